@@ -1,0 +1,183 @@
+"""The connector interface (after the Lumos connector SDK).
+
+A connector describes itself with class attributes, validates credentials, and
+implements the read capabilities its source has. Each capability is a
+generator of records (:mod:`ingest.records` models or dicts of their shape);
+the engine validates, counts and writes them. Connectors never touch the
+database and never write to the source.
+
+    class Acme(Connector):
+        type = "acme"
+        name = "Acme"
+        description = "Acme SaaS users and roles."
+        Settings = AcmeSettings          # pydantic model, includes HttpSettings
+        Auth = BearerTokenAuth           # pydantic model of credentials (SecretStr)
+
+        def validate_credentials(self):
+            return self.http.get_json("/me")
+
+        def list_accounts(self):
+            for raw in self.http.records("/users", paginator=CursorPaginator("next"), selector="data"):
+                yield map_user(raw)       # a pure function, tested without HTTP
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import structlog
+from pydantic import BaseModel, ConfigDict
+
+from ingest.http import HttpClient, HttpSettings, HttpStats
+
+__all__ = [
+    "CAPABILITIES",
+    "Connector",
+    "ConnectorContext",
+    "NoAuth",
+    "NoSettings",
+    "ResourceType",
+    "EntitlementType",
+]
+
+# Capability name -> entity it yields (the order is the order a run fetches in).
+CAPABILITIES: dict[str, str | None] = {
+    "list_accounts": "account",
+    "list_resources": "resource",
+    "list_entitlements": "entitlement",
+    "find_entitlement_associations": "assignment",  # also yields nested_entitlement
+    "get_last_activity": "last_activity",
+    "list_custom_attributes_schema": None,
+}
+
+
+class NoSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoAuth(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourceType(BaseModel):
+    type_id: str
+    type_label: str
+
+
+class EntitlementType(BaseModel):
+    type_id: str
+    type_label: str
+    resource_type_id: str = ""
+    min: int = 0
+    max: int | None = None
+
+
+@dataclass
+class ConnectorContext:
+    """What the engine hands a connector: its instance name, validated settings and auth."""
+
+    name: str
+    settings: BaseModel
+    auth: BaseModel
+    stats: HttpStats = field(default_factory=HttpStats)
+    secrets: tuple[str, ...] = ()
+
+    @property
+    def log(self):
+        return structlog.get_logger("ingest.connector").bind(connector=self.name)
+
+    def http_client(self, base_url: str, **kw: Any) -> HttpClient:
+        """The one way a connector gets an HTTP client (timeouts, retries, limits, read-only guard)."""
+        settings = self.settings if isinstance(self.settings, HttpSettings) else HttpSettings()
+        return HttpClient(base_url, settings=settings, connector=self.name, stats=self.stats, **kw)
+
+
+class Connector:
+    """Base class of every connector; subclasses set the class attributes and capabilities."""
+
+    type: ClassVar[str]
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    app_id: ClassVar[str | None] = None  # defaults to ``type``
+    logo_url: ClassVar[str | None] = None
+    Settings: ClassVar[type[BaseModel]] = NoSettings
+    Auth: ClassVar[type[BaseModel]] = NoAuth
+    resource_types: ClassVar[list[ResourceType]] = []
+    entitlement_types: ClassVar[list[EntitlementType]] = []
+
+    def __init__(self, ctx: ConnectorContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.auth = ctx.auth
+        self.log = ctx.log
+
+    # -- lifecycle ---------------------------------------------------------
+    def validate_credentials(self) -> dict[str, Any]:
+        """One cheap authenticated call; returns tenant info to print. Raises on failure."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release clients, servers, connections."""
+        http = self.__dict__.get("http")
+        if http is not None:
+            http.close()
+
+    def __enter__(self) -> "Connector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- read capabilities (override those the source has) ----------------
+    def list_accounts(self) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def list_resources(self) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def list_entitlements(self) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def find_entitlement_associations(self) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def get_last_activity(self) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def list_custom_attributes_schema(self) -> Iterable[Any]:
+        raise NotImplementedError
+
+    # -- self-description ---------------------------------------------------
+    @classmethod
+    def capabilities(cls) -> list[str]:
+        return [c for c in CAPABILITIES if getattr(cls, c) is not getattr(Connector, c)]
+
+    @classmethod
+    def info(cls) -> dict[str, Any]:
+        """The Lumos SDK ``info`` document."""
+        return {
+            "app_id": cls.app_id or cls.type,
+            "type": cls.type,
+            "user_friendly_name": cls.name,
+            "description": cls.description,
+            "logo_url": cls.logo_url,
+            "authentication_schema": cls.Auth.model_json_schema(),
+            "request_settings_schema": cls.Settings.model_json_schema(),
+            "capabilities": ["validate_credentials", *cls.capabilities()],
+            "resource_types": [r.model_dump() for r in cls.resource_types],
+            "entitlement_types": [e.model_dump() for e in cls.entitlement_types],
+        }
+
+    def streams(self) -> Iterator[tuple[str, Iterable[Any]]]:
+        """(capability, record iterable) for every read capability, in fetch order."""
+        for cap, entity in CAPABILITIES.items():
+            if entity and cap in self.capabilities():
+                yield cap, getattr(self, cap)()
+
+
+def cached_client(fn):
+    """Decorator for a connector property that builds its HttpClient once."""
+    return functools.cached_property(fn)

@@ -1,0 +1,290 @@
+"""Paginators: small stateful objects the HTTP layer drives (after dlt's BasePaginator).
+
+The engine owns the loop::
+
+    paginator.init_request(request)
+    while True:
+        response = fetch(request)
+        records = select(response)
+        paginator.update_state(response, data, records)
+        if not paginator.has_next: break
+        paginator.update_request(request)   # base class refuses a request it has already sent
+
+Each ``paginate()`` call uses a fresh copy (``paginator.fresh()``), so one
+configured paginator can serve many streams.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+
+from ingest.errors import PaginationLoopError, ProtocolError
+
+__all__ = [
+    "PageRequest",
+    "Paginator",
+    "SinglePage",
+    "OffsetPaginator",
+    "PageNumberPaginator",
+    "CursorPaginator",
+    "NextUrlPaginator",
+    "LinkHeaderPaginator",
+    "ScimPaginator",
+    "PAGINATORS",
+    "make_paginator",
+    "json_path",
+]
+
+
+@dataclass
+class PageRequest:
+    url: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def signature(self) -> tuple:
+        return (self.url, tuple(sorted((k, str(v)) for k, v in self.params.items())))
+
+
+def json_path(data: Any, path: str | None) -> Any:
+    """Follow a dotted path (``"meta.next"``) into parsed JSON; None when absent."""
+    if not path:
+        return data
+    for part in path.split("."):
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+class Paginator:
+    """Base class: subclasses implement ``update_state`` and ``_next``; loop detection lives here."""
+
+    has_next: bool = True
+
+    def fresh(self) -> "Paginator":
+        clone = copy.copy(self)
+        clone.has_next = True
+        clone._seen = set()
+        clone._reset()
+        return clone
+
+    def _reset(self) -> None:
+        pass
+
+    def init_request(self, request: PageRequest) -> None:
+        self._seen = {request.signature()}
+
+    def update_state(self, response: httpx.Response, data: Any, records: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _next(self, request: PageRequest) -> None:
+        raise NotImplementedError
+
+    def update_request(self, request: PageRequest) -> None:
+        self._next(request)
+        sig = request.signature()
+        if sig in self._seen:
+            raise PaginationLoopError(f"the source sent a page token it already gave ({type(self).__name__})")
+        self._seen.add(sig)
+
+
+class SinglePage(Paginator):
+    """No pagination: one request."""
+
+    def update_state(self, response, data, records):
+        self.has_next = False
+
+
+class OffsetPaginator(Paginator):
+    """``?offset=0&limit=100``; stops on a short or empty page, or at ``total`` (``total_path``)."""
+
+    def __init__(self, limit: int = 100, offset_param: str = "offset", limit_param: str = "limit",
+                 total_path: str | None = None, start: int = 0) -> None:
+        self.limit, self.offset_param, self.limit_param = limit, offset_param, limit_param
+        self.total_path, self.start = total_path, start
+        self._reset()
+
+    def _reset(self) -> None:
+        self.offset = self.start
+
+    def init_request(self, request):
+        request.params[self.offset_param] = self.offset
+        request.params[self.limit_param] = self.limit
+        super().init_request(request)
+
+    def update_state(self, response, data, records):
+        self.offset += len(records)
+        total = json_path(data, self.total_path) if self.total_path else None
+        if total is not None:
+            self.has_next = bool(records) and self.offset < int(total)
+        else:
+            self.has_next = len(records) >= self.limit
+
+    def _next(self, request):
+        request.params[self.offset_param] = self.offset
+
+
+class PageNumberPaginator(Paginator):
+    """``?page=1&per_page=100``; stops on a short page or at ``total_pages_path``."""
+
+    def __init__(self, size: int = 100, page_param: str = "page", size_param: str | None = "per_page",
+                 start: int = 1, total_pages_path: str | None = None) -> None:
+        self.size, self.page_param, self.size_param = size, page_param, size_param
+        self.start, self.total_pages_path = start, total_pages_path
+        self._reset()
+
+    def _reset(self) -> None:
+        self.page = self.start
+
+    def init_request(self, request):
+        request.params[self.page_param] = self.page
+        if self.size_param:
+            request.params[self.size_param] = self.size
+        super().init_request(request)
+
+    def update_state(self, response, data, records):
+        total_pages = json_path(data, self.total_pages_path) if self.total_pages_path else None
+        if total_pages is not None:
+            self.has_next = bool(records) and self.page - self.start + 1 < int(total_pages)
+        else:
+            self.has_next = len(records) >= self.size
+        self.page += 1
+
+    def _next(self, request):
+        request.params[self.page_param] = self.page
+
+
+class CursorPaginator(Paginator):
+    """A token in the body sent back as a parameter: ``{"next_cursor": "abc"}`` -> ``?cursor=abc``."""
+
+    def __init__(self, cursor_path: str = "next_cursor", cursor_param: str = "cursor") -> None:
+        self.cursor_path, self.cursor_param = cursor_path, cursor_param
+        self.cursor = None
+
+    def _reset(self):
+        self.cursor = None
+
+    def update_state(self, response, data, records):
+        self.cursor = json_path(data, self.cursor_path)
+        self.has_next = bool(self.cursor)
+
+    def _next(self, request):
+        request.params[self.cursor_param] = self.cursor
+
+
+class NextUrlPaginator(Paginator):
+    """The next page's URL in the body: ``{"next": "https://api/x?page=2"}`` (absolute or relative)."""
+
+    def __init__(self, next_path: str = "next") -> None:
+        self.next_path = next_path
+        self.next_url: str | None = None
+
+    def _reset(self):
+        self.next_url = None
+
+    def update_state(self, response, data, records):
+        self.next_url = json_path(data, self.next_path)
+        if self.next_url is not None and not isinstance(self.next_url, str):
+            raise ProtocolError(f"next-page link at {self.next_path!r} is not a URL")
+        self.has_next = bool(self.next_url)
+        if self.has_next:
+            self.next_url = urljoin(str(response.request.url), self.next_url)
+
+    def _next(self, request):
+        request.url, request.params = self.next_url, {}
+
+
+class LinkHeaderPaginator(Paginator):
+    """RFC 8288 ``Link: <https://api/x?page=2>; rel="next"`` (GitHub, Okta, ...)."""
+
+    def __init__(self, rel: str = "next") -> None:
+        self.rel = rel
+        self.next_url: str | None = None
+
+    def _reset(self):
+        self.next_url = None
+
+    def update_state(self, response, data, records):
+        link = response.links.get(self.rel)
+        self.next_url = urljoin(str(response.request.url), link["url"]) if link else None
+        self.has_next = bool(self.next_url)
+
+    def _next(self, request):
+        request.url, request.params = self.next_url, {}
+
+
+class ScimPaginator(Paginator):
+    """SCIM 2.0 (RFC 7644 §3.4.2.4): ``?startIndex=1&count=100``; body
+    ``{"totalResults": 250, "itemsPerPage": 100, "startIndex": 1, "Resources": [...]}``.
+
+    The next ``startIndex`` advances by the items actually received (providers
+    may send fewer than asked). ``totalResults`` ends the stream only when it is
+    consistent with what arrived; a page with no item not already seen ends it
+    (a provider that ignores ``startIndex`` must not loop forever).
+    """
+
+    def __init__(self, count: int = 100, id_field: str = "id") -> None:
+        self.count, self.id_field = count, id_field
+        self._reset()
+
+    def _reset(self):
+        self.start_index = 1
+        self.received = 0
+        self._ids: set[str] = set()
+
+    def init_request(self, request):
+        request.params["startIndex"] = self.start_index
+        request.params["count"] = self.count
+        super().init_request(request)
+
+    def update_state(self, response, data, records):
+        new = 0
+        for r in records:
+            rid = r.get(self.id_field) if isinstance(r, dict) else None
+            if rid is None or rid not in self._ids:
+                new += 1
+                if rid is not None:
+                    self._ids.add(rid)
+        self.received += len(records)
+        self.start_index += len(records)
+        total = data.get("totalResults") if isinstance(data, dict) else None
+        if not records or new == 0:
+            self.has_next = False
+        elif isinstance(total, int) and total >= 0 and total >= self.received - 0:
+            self.has_next = self.received < total
+        else:
+            # totalResults missing or inconsistent (smaller than what already arrived): page until empty
+            self.has_next = True
+
+    def _next(self, request):
+        request.params["startIndex"] = self.start_index
+
+
+PAGINATORS: dict[str, type[Paginator]] = {
+    "single_page": SinglePage,
+    "offset": OffsetPaginator,
+    "page_number": PageNumberPaginator,
+    "cursor": CursorPaginator,
+    "next_url": NextUrlPaginator,
+    "link_header": LinkHeaderPaginator,
+    "scim": ScimPaginator,
+}
+
+
+def make_paginator(spec: dict[str, Any]) -> Paginator:
+    """Build a paginator from config: ``{"type": "link_header"}``; unknown names list the known ones."""
+    spec = dict(spec)
+    name = spec.pop("type", None)
+    if name not in PAGINATORS:
+        from ingest.errors import ConfigError
+
+        raise ConfigError(f"unknown paginator {name!r}; known: {', '.join(sorted(PAGINATORS))}")
+    return PAGINATORS[name](**spec)
