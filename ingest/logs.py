@@ -25,6 +25,7 @@ __all__ = ["configure_logging"]
 LogFormat = Literal["console", "json"]
 
 _configured = False
+_HANDLER_NAME = "ingest"
 
 
 def configure_logging(fmt: LogFormat | None = None, verbose: bool = False, force: bool = False) -> None:
@@ -45,29 +46,48 @@ def configure_logging(fmt: LogFormat | None = None, verbose: bool = False, force
     level = logging.DEBUG if verbose else logging.INFO
 
     renderer: structlog.typing.Processor
-    processors: list[structlog.typing.Processor] = [
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        # Tracebacks arrive pre-formatted (and redacted) in "exception": print them plainly.
+        renderer = structlog.dev.ConsoleRenderer(colors=_isatty(stream),
+                                                 exception_formatter=structlog.dev.plain_traceback)
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.StackInfoRenderer(),
     ]
-    if fmt == "json":
-        processors.append(structlog.processors.format_exc_info)
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_isatty(stream))
-    # Redaction runs last before rendering so that nothing added above (a
+    # Redaction runs last before rendering so that nothing added earlier (a
     # bound context value, a formatted traceback) can carry a secret out.
-    processors.append(structlog_processor)
-    processors.append(renderer)
-
+    tail: list[structlog.typing.Processor] = [
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        structlog_processor,
+        renderer,
+    ]
     structlog.configure(
-        processors=processors,
+        processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         context_class=dict,
         logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
         cache_logger_on_first_use=False,
     )
+
+    # Standard-library loggers (httpx, apscheduler, ...) go through the same chain.
+    handler = logging.StreamHandler(_Stderr())  # type: ignore[arg-type]
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # httpx logs every request URL at INFO; our own http_request event (DEBUG) replaces it.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     _configured = True
 
 

@@ -1,9 +1,32 @@
-"""The one HTTP client factory: timeouts, User-Agent, limits, retries, redaction, read-only guard."""
+"""The one HTTP client factory: timeouts, User-Agent, limits, retries, redaction, read-only guard.
+
+Every response is classified once (:meth:`HttpClient._classify`)::
+
+    2xx                                   ok (an exhausted rate-limit window pauses the client)
+    429, 403 with a rate limit at zero    RateLimitedError  (retried after Retry-After / reset)
+    403 with Retry-After (GitHub)         RateLimitedError
+    408, 5xx except 501                   RetryableError    (retried with backoff, or Retry-After)
+    401, 403                              AuthError
+    404                                   NotFoundError
+    anything else                         FatalError
+    connection errors, timeouts,
+    a truncated or cut JSON body          RetryableError
+    TLS certificate not trusted           FatalError (retrying will not fix it)
+    HTML, or another non-JSON type        ProtocolError
+
+Only ``RetryableError`` is retried, at most ``max_retries`` times, waiting
+``Retry-After`` (capped by ``max_retry_after``) when the source names a wait,
+else an exponential backoff with jitter.
+"""
 
 from __future__ import annotations
 
 import email.utils
 import json
+import os
+import random
+import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +40,7 @@ import tenacity
 from ingest import __version__
 from ingest.errors import (
     AuthError,
+    ConfigError,
     FatalError,
     NotFoundError,
     ProtocolError,
@@ -26,41 +50,75 @@ from ingest.errors import (
 )
 from ingest.http._paginators import PageRequest, Paginator, SinglePage, json_path
 from ingest.http._settings import HttpSettings, HttpStats
-from ingest.redact import redact, redact_url
+from ingest.redact import redact, redact_url, register_secret
 
 __all__ = ["HttpClient", "RateLimiter", "retry_after_seconds"]
 
 log = structlog.get_logger("ingest.http")
 _READ_METHODS = frozenset({"GET", "HEAD"})
+_EPOCH = 1e9  # a reset value above this is a Unix time, below it a number of seconds
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value.strip())
+    except ValueError:
+        return None
+
+
+def _structured_ratelimit(value: str | None) -> tuple[float | None, float | None]:
+    """``RateLimit: limit=100, remaining=0, reset=30`` (draft -07) or ``"default";r=0;t=30`` (draft -08+)."""
+    if not value:
+        return None, None
+    fields = dict(re.findall(r"\b(remaining|reset|r|t)\s*=\s*(\d+(?:\.\d+)?)", value))
+    remaining = fields.get("remaining", fields.get("r"))
+    reset = fields.get("reset", fields.get("t"))
+    return _number(remaining), _number(reset)
+
+
+def _rate_limit(response: httpx.Response) -> tuple[float | None, float | None]:
+    """(remaining, reset) from the rate-limit headers the source sends, if any."""
+    h = response.headers
+    remaining = _number(h.get("X-RateLimit-Remaining") or h.get("RateLimit-Remaining")
+                        or h.get("X-Rate-Limit-Remaining"))
+    reset = _number(h.get("X-RateLimit-Reset") or h.get("RateLimit-Reset") or h.get("X-Rate-Limit-Reset"))
+    if remaining is None and reset is None:
+        remaining, reset = _structured_ratelimit(h.get("RateLimit"))
+    return remaining, reset
 
 
 def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
-    """Seconds the source asks us to wait: ``Retry-After`` (seconds or HTTP date), else the reset
-    of an exhausted ``X-RateLimit-*`` / ``RateLimit-*`` window (epoch seconds or a delta)."""
+    """Seconds the source asks us to wait, or None when it names no wait.
+
+    ``Retry-After`` first (delta seconds or an HTTP date, RFC 9110 §10.2.3);
+    else, when the rate-limit window is exhausted (remaining 0) or the answer
+    is a 429, its reset: ``X-RateLimit-Reset`` as epoch seconds (GitHub; epoch
+    milliseconds are recognised too) or a delta, ``RateLimit-Reset`` as a
+    delta (IETF draft), or the ``reset``/``t`` of a structured ``RateLimit``.
+    """
     now = time.time() if now is None else now
-    h = response.headers
-    value = h.get("Retry-After")
+    value = response.headers.get("Retry-After")
     if value:
-        value = value.strip()
-        if value.isdigit():
-            return float(value)
+        seconds = _number(value)
+        if seconds is not None:
+            return max(0.0, seconds)
         try:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
-        except (TypeError, ValueError):
+            when = email.utils.parsedate_to_datetime(value.strip())
+            return max(0.0, when.timestamp() - now)
+        except (TypeError, ValueError, IndexError, OverflowError):
             pass
-    remaining = h.get("X-RateLimit-Remaining") or h.get("RateLimit-Remaining")
-    reset = h.get("X-RateLimit-Reset") or h.get("RateLimit-Reset") or h.get("X-Rate-Limit-Reset")
-    if reset is not None and (remaining is None or remaining.strip() == "0" or response.status_code == 429):
-        try:
-            r = float(reset)
-        except ValueError:
-            return None
-        return max(0.0, r - now) if r > 1e9 else r
-    return None
+    remaining, reset = _rate_limit(response)
+    if reset is None or not (remaining == 0 or response.status_code == 429):
+        return None
+    if reset > _EPOCH * 1000:  # epoch milliseconds
+        reset = reset / 1000.0
+    return max(0.0, reset - now) if reset > _EPOCH else max(0.0, reset)
 
 
 class RateLimiter:
-    """A token bucket shared by the threads of one client, plus a pause the source can impose."""
+    """Spaces requests to ``per_second`` across the threads of one client; the source can impose a pause."""
 
     def __init__(self, per_second: float | None) -> None:
         self.interval = 1.0 / per_second if per_second else 0.0
@@ -69,37 +127,45 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def pause(self, seconds: float) -> None:
+        """Hold every request of this client back for ``seconds`` (a 429, an exhausted window)."""
         with self._lock:
-            self._pause_until = max(self._pause_until, time.monotonic() + seconds)
+            self._pause_until = max(self._pause_until, time.monotonic() + max(0.0, seconds))
 
-    def acquire(self) -> None:
+    def acquire(self) -> float:
+        """Wait for this request's slot; returns the seconds waited."""
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next, self._pause_until)
             self._next = slot + self.interval
         if slot > now:
             time.sleep(slot - now)
+        return max(0.0, slot - now)
 
 
-class _ReadOnlyTransport(httpx.BaseTransport):
-    """Refuses any method but GET/HEAD, except to token endpoints and declared read-only queries."""
+def _without_query(url: httpx.URL | str) -> str:
+    return str(httpx.URL(str(url)).copy_with(query=None, fragment=None))
 
-    def __init__(self, inner: httpx.BaseTransport, allowed: Callable[[httpx.Request], bool]) -> None:
-        self.inner, self.allowed = inner, allowed
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method not in _READ_METHODS and not self.allowed(request):
-            raise ReadOnlyViolation(
-                f"refused {request.method} {redact_url(request.url)}: ingest never writes to a source"
-            )
-        return self.inner.handle_request(request)
-
-    def close(self) -> None:
-        self.inner.close()
+def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class HttpClient:
-    """An HTTP client for one connector. Build it with ``ConnectorContext.http_client``."""
+    """An HTTP client for one connector. Build it with ``ConnectorContext.http_client``.
+
+    ``read_only_queries`` names endpoints (paths under ``base_url`` or absolute
+    URLs) that answer a POST without changing anything, such as a search API;
+    those and the auth's ``token_url`` are the only non-GET/HEAD requests the
+    client lets out. Next-page links and redirects stay on the host they came
+    from: credentials are never sent to a host the connector did not name.
+    """
 
     def __init__(
         self,
@@ -117,117 +183,202 @@ class HttpClient:
         self.connector = connector
         self.stats = stats or HttpStats()
         self.base_url = base_url.rstrip("/") + "/"
-        token_urls = {u for u in (getattr(auth, "token_url", None),) if u}
-        self._write_ok = tuple(urljoin(self.base_url, q.lstrip("/")) for q in read_only_queries) + tuple(token_urls)
-        verify: Any = s.verify_ssl
-        if s.verify_ssl and s.ca_bundle:
-            import ssl
-
-            verify = ssl.create_default_context(cafile=s.ca_bundle)
-        inner = transport or httpx.HTTPTransport(
-            verify=verify, proxy=s.proxy, limits=httpx.Limits(max_connections=s.max_concurrency)
-        )
+        if isinstance(auth, httpx.BasicAuth):
+            register_secret(auth._auth_header.partition(" ")[2])
+        token_urls = [u for u in (getattr(auth, "token_url", None),) if u]
+        self._write_ok = frozenset(_without_query(self.url(q)) for q in (*read_only_queries, *token_urls))
+        if transport is None:
+            transport = self._transport(s)
         self._client = httpx.Client(
             auth=auth,
             headers={"User-Agent": f"ingest/{__version__}", "Accept": "application/json", **(headers or {})},
             timeout=httpx.Timeout(s.timeout, connect=s.connect_timeout),
-            transport=_ReadOnlyTransport(inner, self._allowed),
+            transport=transport,
             follow_redirects=True,
+            max_redirects=5,
+            event_hooks={"request": [self._guard], "response": [self._same_host_redirects]},
         )
         self._slots = threading.BoundedSemaphore(s.max_concurrency)
         self.limiter = RateLimiter(s.requests_per_second)
 
+    def _transport(self, s: HttpSettings) -> httpx.BaseTransport:
+        verify: ssl.SSLContext | bool = s.verify_ssl
+        if s.verify_ssl and s.ca_bundle:
+            path = os.path.expanduser(s.ca_bundle)
+            try:
+                if os.path.isdir(path):
+                    verify = ssl.create_default_context(capath=path)
+                else:
+                    verify = ssl.create_default_context(cafile=path)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"ca_bundle {s.ca_bundle!r} cannot be loaded: {e}", connector=self.connector) from None
+        elif not s.verify_ssl:
+            log.warning("tls_verification_disabled", connector=self.connector)
+        try:
+            return httpx.HTTPTransport(verify=verify, proxy=s.proxy,
+                                       limits=httpx.Limits(max_connections=s.max_concurrency,
+                                                           max_keepalive_connections=s.max_concurrency))
+        except (ValueError, TypeError, httpx.InvalidURL) as e:
+            raise ConfigError(f"proxy {redact_url(s.proxy)!r} is not usable: {redact(str(e))}",
+                              connector=self.connector) from None
+
+    # -- guards (run for every request httpx sends: auth flows and redirects too) ---
     def _allowed(self, request: httpx.Request) -> bool:
-        url = str(request.url).split("?", 1)[0]
-        return any(url == u.split("?", 1)[0] for u in self._write_ok)
+        return request.method in _READ_METHODS or _without_query(request.url) in self._write_ok
+
+    def _guard(self, request: httpx.Request) -> None:
+        if not self._allowed(request):
+            raise ReadOnlyViolation(
+                f"refused {request.method} {redact_url(request.url)}: ingest never writes to a source "
+                "(declare read-only query endpoints in read_only_queries)",
+                connector=self.connector,
+            )
+
+    def _same_host_redirects(self, response: httpx.Response) -> None:
+        if response.has_redirect_location:
+            target = response.request.url.join(response.headers["Location"])
+            if target.host != response.request.url.host:
+                raise FatalError(
+                    f"refusing to follow a redirect to another host ({redact_url(target)})",
+                    request=f"{response.request.method} {redact_url(response.request.url)} -> {response.status_code}",
+                    connector=self.connector, status_code=response.status_code,
+                )
 
     def url(self, path: str) -> str:
+        """``path`` under ``base_url`` (a leading slash does not escape it); absolute URLs pass through."""
         return path if path.startswith(("http://", "https://")) else urljoin(self.base_url, path.lstrip("/"))
 
     # -- one request -------------------------------------------------------
     def _send_once(self, method: str, url: str, params: dict | None, **kw: Any) -> httpx.Response:
-        line = f"{method} {redact_url(httpx.URL(url, params=params or {}))}"
+        target = httpx.URL(url)
+        if params:  # merge: httpx would replace a query string already in the URL (a next-page link)
+            target = target.copy_merge_params(params)
+        request = self._client.build_request(method, target, **kw)
+        line = f"{method} {redact_url(request.url)}"
+        self._guard(request)  # before counting or waiting: a refused request never leaves
         self.limiter.acquire()
-        self.stats.add("requests")
         with self._slots:
+            self.stats.add("requests")
+            started = time.monotonic()
             try:
-                response = self._client.request(method, url, params=params, **kw)
+                response = self._client.send(request)
             except httpx.TimeoutException as e:
-                raise RetryableError(f"timed out ({type(e).__name__})", request=line, connector=self.connector)
+                raise RetryableError(f"timed out ({type(e).__name__})", request=line,
+                                     connector=self.connector) from None
+            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as e:
+                raise FatalError(f"cannot send the request: {redact(str(e))}", request=line,
+                                 connector=self.connector) from None
             except httpx.TransportError as e:
+                tls = _tls_failure(e)
+                if tls is not None:
+                    raise FatalError(
+                        f"TLS certificate verification failed: {redact(tls.verify_message or str(tls))}; "
+                        "set ca_bundle to the CA that signed the server's certificate",
+                        request=line, connector=self.connector,
+                    ) from None
                 raise RetryableError(f"connection failed: {redact(str(e)) or type(e).__name__}",
-                                     request=line, connector=self.connector)
+                                     request=line, connector=self.connector) from None
+        log.debug("http_request", connector=self.connector, request=line, status=response.status_code,
+                  ms=round((time.monotonic() - started) * 1000, 1))
         self._classify(response, line)
         return response
 
     def _classify(self, response: httpx.Response, line: str) -> None:
         code = response.status_code
         wait = retry_after_seconds(response)
-        remaining = response.headers.get("X-RateLimit-Remaining") or response.headers.get("RateLimit-Remaining")
+        remaining, _ = _rate_limit(response)
         if 200 <= code < 300:
-            if wait and remaining is not None and remaining.strip() == "0":
+            if wait and remaining == 0:
+                log.info("rate_limit_window_exhausted", connector=self.connector, wait=round(wait, 3))
                 self.limiter.pause(min(wait, self.settings.max_retry_after))
             return
-        kw = {"request": f"{line} -> {code}", "connector": self.connector, "status_code": code}
-        detail = redact(response.text[:300].strip()) if response.content else ""
-        if code == 429 or (code == 403 and remaining is not None and remaining.strip() == "0"):
+        kw: dict[str, Any] = {"request": f"{line} -> {code}", "connector": self.connector, "status_code": code}
+        detail = _detail(response)
+        if code == 429 or (code == 403 and (remaining == 0 or "Retry-After" in response.headers)):
             self.stats.add("throttled")
-            raise RateLimitedError("rate limited by the source", retry_after=wait, **kw)
-        if code >= 500 or code == 408:
-            raise RetryableError(f"server error{': ' + detail if detail else ''}", retry_after=wait, **kw)
+            raise RateLimitedError(f"rate limited by the source{detail}", retry_after=wait, **kw)
+        if code == 408 or (code >= 500 and code != 501):
+            raise RetryableError(f"server error{detail}", retry_after=wait, **kw)
         if code in (401, 403):
-            raise AuthError(f"the source refused the credentials{': ' + detail if detail else ''}", **kw)
+            challenge = response.headers.get("WWW-Authenticate")
+            extra = f" ({redact(challenge)})" if challenge else ""
+            raise AuthError(f"the source refused the credentials{extra}{detail}", **kw)
         if code == 404:
-            raise NotFoundError(f"not found (is the base URL right?){': ' + detail if detail else ''}", **kw)
-        raise FatalError(f"request rejected{': ' + detail if detail else ''}", **kw)
+            raise NotFoundError(f"not found (is the base URL right?){detail}", **kw)
+        raise FatalError(f"request rejected{detail}", **kw)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
+        s = self.settings
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RetryableError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.settings.max_retry_after)
-        return tenacity.wait_exponential_jitter(initial=self.settings.backoff_initial,
-                                                max=self.settings.backoff_max)(state)
+            wait = min(exc.retry_after, s.max_retry_after)
+        else:
+            base = min(s.backoff_max, s.backoff_initial * 2 ** (state.attempt_number - 1))
+            wait = base / 2 + random.uniform(0, base / 2)  # "equal jitter": spread out, never zero
+        if isinstance(exc, RateLimitedError):
+            self.limiter.pause(wait)  # the whole client waits, not just this thread
+        return wait
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         self.stats.add("retries")
-        exc = state.outcome.exception()
+        exc = state.outcome.exception() if state.outcome else None
         log.warning("request_retry", connector=self.connector, attempt=state.attempt_number,
                     error=str(exc), sleep=round(state.upcoming_sleep, 3))
 
-    def _retrying(self) -> tenacity.Retrying:
-        return tenacity.Retrying(
+    def _with_retries(self, fn: Callable[[], Any]) -> Any:
+        attempts = 0
+
+        def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            return fn()
+
+        retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(RetryableError),
             stop=tenacity.stop_after_attempt(self.settings.max_retries + 1),
             wait=self._wait,
             before_sleep=self._before_sleep,
             reraise=True,
         )
+        try:
+            return retrying(attempt)
+        except RetryableError as e:
+            if attempts > 1:
+                e.message = f"{e.message} (gave up after {attempts} attempts)"
+            raise
 
     def request(self, method: str, path: str, params: dict | None = None, **kw: Any) -> httpx.Response:
-        """Send with retries on RetryableError; returns a 2xx response or raises."""
-        url = self.url(path)
-        return self._retrying()(self._send_once, method.upper(), url, params, **kw)
+        """Send with retries on RetryableError; returns a 2xx response or raises an ingest error."""
+        url, method = self.url(path), method.upper()
+        return self._with_retries(lambda: self._send_once(method, url, params, **kw))
 
     def _get_parsed(self, method: str, url: str, params: dict | None, **kw: Any) -> tuple[httpx.Response, Any]:
         def attempt() -> tuple[httpx.Response, Any]:
             response = self._send_once(method, url, params, **kw)
-            return response, self._parse(response, method, url)
+            return response, self._parse(response, f"{method} {redact_url(response.request.url)}")
 
-        return self._retrying()(attempt)
+        return self._with_retries(attempt)
 
-    def _parse(self, response: httpx.Response, method: str, url: str) -> Any:
-        line = f"{method} {redact_url(url)}"
-        ctype = response.headers.get("content-type", "")
-        if "html" in ctype:
+    def _parse(self, response: httpx.Response, line: str) -> Any:
+        if response.status_code == 204:
+            return None
+        ctype = response.headers.get("content-type", "").lower()
+        head = response.content[:256].lstrip().lower()
+        if "html" in ctype or head.startswith((b"<!doctype html", b"<html")):
             raise ProtocolError("the source answered with an HTML page, not JSON (is the base URL right?)",
-                                request=line, connector=self.connector)
+                                request=line, connector=self.connector, status_code=response.status_code)
         try:
             return json.loads(response.content)
         except ValueError:
+            if ctype and "json" not in ctype and response.content:
+                raise ProtocolError(f"the source answered with {ctype.split(';')[0]}, not JSON",
+                                    request=line, connector=self.connector,
+                                    status_code=response.status_code) from None
             raise RetryableError(f"invalid or truncated JSON body ({len(response.content)} bytes)",
                                  request=line, connector=self.connector) from None
 
     def get_json(self, path: str, params: dict | None = None) -> Any:
+        """GET and parse JSON (retried as a whole when the body is cut short)."""
         return self._get_parsed("GET", self.url(path), params)[1]
 
     def post_json(self, path: str, json_body: Any = None, params: dict | None = None) -> Any:
@@ -243,28 +394,79 @@ class HttpClient:
         selector: str | Callable[[Any], list] | None = None,
         params: dict[str, Any] | None = None,
     ) -> Iterator[list[Any]]:
-        """Yield each page's records; the paginator decides where the next page is."""
+        """Yield each page's records; the paginator decides where the next page is.
+
+        ``selector`` is a dotted path into the body (``"data"``, ``"Resources"``)
+        or a function of the body; None means the body is the list.
+        """
         pager = (paginator or SinglePage()).fresh()
         request = PageRequest(self.url(path), dict(params or {}))
         pager.init_request(request)
+        page = 0
         while True:
             response, data = self._get_parsed("GET", request.url, request.params)
+            page += 1
             records = selector(data) if callable(selector) else json_path(data, selector)
             if records is None:
                 records = []
             if not isinstance(records, list):
                 raise ProtocolError(f"expected a list at {selector!r}, got {type(records).__name__}",
-                                    request=f"GET {redact_url(request.url)}", connector=self.connector)
-            log.debug("page_fetched", connector=self.connector, url=redact_url(request.url), records=len(records))
-            pager.update_state(response, data, records)
+                                    request=f"GET {redact_url(response.request.url)}", connector=self.connector)
+            kept = pager.update_state(response, data, records)
+            if kept is not None:
+                if records and not kept:
+                    log.warning("page_repeated", connector=self.connector, page=page,
+                                url=redact_url(response.request.url),
+                                hint="the source served records it already sent; stopping")
+                records = kept
+            log.debug("page_fetched", connector=self.connector, page=page, url=redact_url(response.request.url),
+                      records=len(records))
             yield records
             if not pager.has_next:
                 return
+            previous = request.url
             pager.update_request(request)
+            if httpx.URL(request.url).host != httpx.URL(previous).host:
+                raise ProtocolError(
+                    f"the next-page link points to another host ({redact_url(request.url)}); not following it",
+                    request=f"GET {redact_url(response.request.url)}", connector=self.connector)
 
     def records(self, path: str, **kw: Any) -> Iterator[Any]:
+        """Every record of every page (see :meth:`paginate`)."""
         for page in self.paginate(path, **kw):
             yield from page
 
     def close(self) -> None:
         self._client.close()
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _detail(response: httpx.Response) -> str:
+    """A short, redacted excerpt of an error body: the JSON error message when there is one."""
+    if not response.content:
+        return ""
+    text = ""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for key in ("detail", "error_description", "message", "error", "errors", "errorSummary"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message") or value
+            if value:
+                text = value if isinstance(value, str) else json.dumps(value)[:300]
+                break
+    if not text:
+        ctype = response.headers.get("content-type", "").lower()
+        if "html" in ctype or response.content.lstrip()[:1] == b"<":
+            return " (an HTML error page)"
+        text = response.text
+    text = " ".join(text.split())[:300]
+    return f": {redact(text)}" if text else ""

@@ -6,12 +6,18 @@ The engine owns the loop::
     while True:
         response = fetch(request)
         records = select(response)
-        paginator.update_state(response, data, records)
+        kept = paginator.update_state(response, data, records)   # may drop records already seen
+        yield kept if kept is not None else records
         if not paginator.has_next: break
         paginator.update_request(request)   # base class refuses a request it has already sent
 
 Each ``paginate()`` call uses a fresh copy (``paginator.fresh()``), so one
 configured paginator can serve many streams.
+
+Page-size paginators (offset, page number) never stop on a page merely
+shorter than asked: many APIs cap the page size silently (ask for 500, get
+100), and stopping there would drop data without a word. They stop on an empty
+page, on ``total``, or on a page shorter than the largest page already seen.
 """
 
 from __future__ import annotations
@@ -50,10 +56,19 @@ class PageRequest:
         return (self.url, tuple(sorted((k, str(v)) for k, v in self.params.items())))
 
 
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
 def json_path(data: Any, path: str | None) -> Any:
     """Follow a dotted path (``"meta.next"``) into parsed JSON; None when absent."""
     if not path:
         return data
+    if isinstance(data, dict) and path in data:  # a key that itself has dots: "@odata.nextLink"
+        return data[path]
     for part in path.split("."):
         if isinstance(data, dict):
             data = data.get(part)
@@ -82,7 +97,8 @@ class Paginator:
     def init_request(self, request: PageRequest) -> None:
         self._seen = {request.signature()}
 
-    def update_state(self, response: httpx.Response, data: Any, records: list[Any]) -> None:
+    def update_state(self, response: httpx.Response, data: Any, records: list[Any]) -> list[Any] | None:
+        """Read where the next page is; return a replacement record list to drop records, else None."""
         raise NotImplementedError
 
     def _next(self, request: PageRequest) -> None:
@@ -92,7 +108,9 @@ class Paginator:
         self._next(request)
         sig = request.signature()
         if sig in self._seen:
-            raise PaginationLoopError(f"the source sent a page token it already gave ({type(self).__name__})")
+            raise PaginationLoopError(
+                f"the source sent a page token it already gave ({type(self).__name__}); stopping instead of looping"
+            )
         self._seen.add(sig)
 
 
@@ -103,8 +121,22 @@ class SinglePage(Paginator):
         self.has_next = False
 
 
-class OffsetPaginator(Paginator):
-    """``?offset=0&limit=100``; stops on a short or empty page, or at ``total`` (``total_path``)."""
+class _PageSize:
+    """Shared stop rule of offset and page-number paging (see the module docstring)."""
+
+    def _short_page_ends(self, n: int, asked: int) -> bool:
+        largest = getattr(self, "_largest", 0)
+        self._largest = max(largest, n)
+        return n == 0 or (n < asked and n < largest)
+
+
+class OffsetPaginator(_PageSize, Paginator):
+    """``?offset=0&limit=100`` answered by ``{"items": [...], "total": 250}``.
+
+    The offset advances by the records received. Stops at ``total`` (when
+    ``total_path`` names it), on an empty page, or on a page shorter than an
+    earlier one (so a server that caps ``limit`` is paged through in full).
+    """
 
     def __init__(self, limit: int = 100, offset_param: str = "offset", limit_param: str = "limit",
                  total_path: str | None = None, start: int = 0) -> None:
@@ -114,6 +146,7 @@ class OffsetPaginator(Paginator):
 
     def _reset(self) -> None:
         self.offset = self.start
+        self._largest = 0
 
     def init_request(self, request):
         request.params[self.offset_param] = self.offset
@@ -122,18 +155,23 @@ class OffsetPaginator(Paginator):
 
     def update_state(self, response, data, records):
         self.offset += len(records)
-        total = json_path(data, self.total_path) if self.total_path else None
+        total = _int_or_none(json_path(data, self.total_path)) if self.total_path else None
+        ends = self._short_page_ends(len(records), self.limit)
         if total is not None:
-            self.has_next = bool(records) and self.offset < int(total)
+            self.has_next = bool(records) and self.offset < total
         else:
-            self.has_next = len(records) >= self.limit
+            self.has_next = not ends
 
     def _next(self, request):
         request.params[self.offset_param] = self.offset
 
 
-class PageNumberPaginator(Paginator):
-    """``?page=1&per_page=100``; stops on a short page or at ``total_pages_path``."""
+class PageNumberPaginator(_PageSize, Paginator):
+    """``?page=1&per_page=100`` answered by ``{"data": [...], "total_pages": 3}``.
+
+    Stops after ``total_pages`` (when ``total_pages_path`` names it), on an
+    empty page, or on a page shorter than an earlier one.
+    """
 
     def __init__(self, size: int = 100, page_param: str = "page", size_param: str | None = "per_page",
                  start: int = 1, total_pages_path: str | None = None) -> None:
@@ -143,6 +181,7 @@ class PageNumberPaginator(Paginator):
 
     def _reset(self) -> None:
         self.page = self.start
+        self._largest = 0
 
     def init_request(self, request):
         request.params[self.page_param] = self.page
@@ -151,11 +190,12 @@ class PageNumberPaginator(Paginator):
         super().init_request(request)
 
     def update_state(self, response, data, records):
-        total_pages = json_path(data, self.total_pages_path) if self.total_pages_path else None
+        total_pages = _int_or_none(json_path(data, self.total_pages_path)) if self.total_pages_path else None
+        ends = self._short_page_ends(len(records), self.size)
         if total_pages is not None:
-            self.has_next = bool(records) and self.page - self.start + 1 < int(total_pages)
+            self.has_next = bool(records) and self.page - self.start + 1 < total_pages
         else:
-            self.has_next = len(records) >= self.size
+            self.has_next = not ends
         self.page += 1
 
     def _next(self, request):
@@ -163,7 +203,12 @@ class PageNumberPaginator(Paginator):
 
 
 class CursorPaginator(Paginator):
-    """A token in the body sent back as a parameter: ``{"next_cursor": "abc"}`` -> ``?cursor=abc``."""
+    """A token in the body sent back as a parameter: ``{"data": [...], "next_cursor": "abc"}`` -> ``?cursor=abc``.
+
+    ``cursor_path`` is dotted (``"response_metadata.next_cursor"``); a missing,
+    null or empty token ends the stream; a token already sent raises
+    PaginationLoopError.
+    """
 
     def __init__(self, cursor_path: str = "next_cursor", cursor_param: str = "cursor") -> None:
         self.cursor_path, self.cursor_param = cursor_path, cursor_param
@@ -173,15 +218,23 @@ class CursorPaginator(Paginator):
         self.cursor = None
 
     def update_state(self, response, data, records):
-        self.cursor = json_path(data, self.cursor_path)
-        self.has_next = bool(self.cursor)
+        cursor = json_path(data, self.cursor_path)
+        if cursor is not None and not isinstance(cursor, (str, int)):
+            raise ProtocolError(f"page token at {self.cursor_path!r} is a {type(cursor).__name__}, not a string")
+        self.cursor = cursor
+        self.has_next = cursor is not None and cursor != ""
 
     def _next(self, request):
         request.params[self.cursor_param] = self.cursor
 
 
 class NextUrlPaginator(Paginator):
-    """The next page's URL in the body: ``{"next": "https://api/x?page=2"}`` (absolute or relative)."""
+    """The next page's URL in the body: ``{"results": [...], "next": "https://api/x?page=2"}``.
+
+    Absolute or relative to the page it came in; ``next_path`` is dotted and
+    may be ``"@odata.nextLink"`` style (``json_path`` treats a key with dots
+    that exists as is first). Null, empty or missing ends the stream.
+    """
 
     def __init__(self, next_path: str = "next") -> None:
         self.next_path = next_path
@@ -203,7 +256,8 @@ class NextUrlPaginator(Paginator):
 
 
 class LinkHeaderPaginator(Paginator):
-    """RFC 8288 ``Link: <https://api/x?page=2>; rel="next"`` (GitHub, Okta, ...)."""
+    """RFC 8288 ``Link: <https://api/x?page=2>; rel="next", <https://api/x?page=9>; rel="last"``
+    (GitHub, Okta, ...). No ``rel="next"`` ends the stream."""
 
     def __init__(self, rel: str = "next") -> None:
         self.rel = rel
@@ -223,12 +277,16 @@ class LinkHeaderPaginator(Paginator):
 
 class ScimPaginator(Paginator):
     """SCIM 2.0 (RFC 7644 §3.4.2.4): ``?startIndex=1&count=100``; body
-    ``{"totalResults": 250, "itemsPerPage": 100, "startIndex": 1, "Resources": [...]}``.
+    ``{"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"], "totalResults": 250,
+    "itemsPerPage": 100, "startIndex": 1, "Resources": [...]}``.
 
     The next ``startIndex`` advances by the items actually received (providers
-    may send fewer than asked). ``totalResults`` ends the stream only when it is
-    consistent with what arrived; a page with no item not already seen ends it
-    (a provider that ignores ``startIndex`` must not loop forever).
+    may send fewer than asked). ``totalResults`` ends the stream when it is
+    consistent with what arrived; otherwise paging goes on until an empty page.
+    Records whose ``id`` was on the previous page are dropped, and a page with
+    nothing new ends the stream: a provider that ignores ``startIndex`` (and
+    serves page one again) cannot loop forever or duplicate records. Only the
+    previous page's ids are kept, so memory stays flat.
     """
 
     def __init__(self, count: int = 100, id_field: str = "id") -> None:
@@ -238,7 +296,7 @@ class ScimPaginator(Paginator):
     def _reset(self):
         self.start_index = 1
         self.received = 0
-        self._ids: set[str] = set()
+        self._previous_ids: set[Any] = set()
 
     def init_request(self, request):
         request.params["startIndex"] = self.start_index
@@ -246,23 +304,21 @@ class ScimPaginator(Paginator):
         super().init_request(request)
 
     def update_state(self, response, data, records):
-        new = 0
-        for r in records:
-            rid = r.get(self.id_field) if isinstance(r, dict) else None
-            if rid is None or rid not in self._ids:
-                new += 1
-                if rid is not None:
-                    self._ids.add(rid)
+        ids = {r.get(self.id_field) for r in records if isinstance(r, dict)} - {None}
+        kept = [r for r in records
+                if not (isinstance(r, dict) and r.get(self.id_field) in self._previous_ids)]
+        self._previous_ids = ids
         self.received += len(records)
         self.start_index += len(records)
-        total = data.get("totalResults") if isinstance(data, dict) else None
-        if not records or new == 0:
+        total = _int_or_none(data.get("totalResults")) if isinstance(data, dict) else None
+        if not records or not kept:
             self.has_next = False
-        elif isinstance(total, int) and total >= 0 and total >= self.received - 0:
+        elif total is not None and total >= self.received:
             self.has_next = self.received < total
         else:
-            # totalResults missing or inconsistent (smaller than what already arrived): page until empty
+            # totalResults missing or smaller than what already arrived: page until an empty page
             self.has_next = True
+        return kept if len(kept) != len(records) else None
 
     def _next(self, request):
         request.params["startIndex"] = self.start_index
