@@ -1,0 +1,579 @@
+"""SCIM 2.0 (RFC 7643 / RFC 7644): users, groups and group memberships from any service provider.
+
+What it reads, all with GET::
+
+    /ServiceProviderConfig                                   what the provider supports; filter.maxResults
+                                                             and pagination.maxPageSize cap the page size
+    /Users?startIndex=1&count=100                            accounts
+    /Groups?startIndex=1&count=100&excludedAttributes=members  entitlements (ids and names only)
+    /Groups/{id}                                             each group's complete member list
+
+Why members are read group by group: ``members`` cannot be paginated in SCIM,
+and real providers omit it from list responses or cap it there (the RFC
+allows either), so a member list from ``GET /Groups`` cannot be trusted to be
+complete. The group list asks the provider to leave members out (cheap pages),
+then each group is read on its own, ``max_concurrency`` at a time, which gives
+every member of a group of any size in one request. A member whose ``type`` is
+``Group``, or whose ``value`` is the id of a known group, is a nested group
+(:class:`~ingest.records.NestedEntitlement`), not an account assignment.
+
+Pages follow ``startIndex`` / ``count`` with :class:`ScimPages`, which refuses
+to end a stream short when the provider's own ``totalResults`` says items are
+missing (a provider that ignores ``startIndex``).
+
+Mapping a SCIM resource to a record is done by the pure functions
+:func:`map_user`, :func:`map_group` and :func:`map_members`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from ingest.connector import Connector, EntitlementType
+from ingest.errors import AuthError, NotFoundError, ProtocolError
+from ingest.http import BearerAuth, BearerTokenConfig, HttpClient, HttpSettings, ScimPaginator
+from ingest.records import AccountStatus, CustomAttribute
+from ingest.redact import redact_url
+
+__all__ = [
+    "ENTERPRISE_USER",
+    "LucidScimConnector",
+    "LucidScimSettings",
+    "ProviderConfig",
+    "ScimAuth",
+    "ScimConnector",
+    "ScimPages",
+    "ScimSettings",
+    "list_response_resources",
+    "map_group",
+    "map_members",
+    "map_user",
+    "primary_email",
+]
+
+CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+SERVICE_PROVIDER_CONFIG = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
+LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
+
+# custom_attributes of an account: name -> (where it comes from, description)
+CUSTOM_ATTRIBUTES: dict[str, str] = {
+    "employeeNumber": "Enterprise extension: the organisation's identifier of the person.",
+    "costCenter": "Enterprise extension: cost center.",
+    "organization": "Enterprise extension: organisation.",
+    "division": "Enterprise extension: division.",
+    "department": "Enterprise extension: department.",
+    "manager": "Enterprise extension: SCIM id of the person's manager (manager.value).",
+    "title": "Core User: job title.",
+    "userType": "Core User: relationship to the organisation (Employee, Contractor, ...).",
+    "externalId": "Core User: the provisioning client's identifier of the user.",
+}
+_ENTERPRISE_FIELDS = ("employeeNumber", "costCenter", "organization", "division", "department")
+_CORE_FIELDS = ("title", "userType", "externalId")
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+class ScimSettings(HttpSettings):
+    """Where the SCIM service is and how to page it (plus the shared HTTP settings)."""
+
+    base_url: str = Field(description="SCIM root URL, the one /Users hangs off, e.g. https://example.com/scim/v2.")
+    page_size: int = Field(100, ge=1, le=10000, description="Resources asked for per page (count); capped by "
+                           "what the provider announces in /ServiceProviderConfig.")
+    users_filter: str | None = Field(None, description='SCIM filter for /Users, e.g. `active eq true`.')
+    groups_filter: str | None = Field(None, description='SCIM filter for /Groups, e.g. `displayName sw "app-"`.')
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        v = v.strip()
+        if not v.startswith(("http://", "https://")) or len(v) < 10:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://example.com/scim/v2")
+        return v.rstrip("/")
+
+    @field_validator("users_filter", "groups_filter")
+    @classmethod
+    def _blank_is_none(cls, v: str | None) -> str | None:
+        return v.strip() or None if v is not None else None
+
+
+class ScimAuth(BaseModel):
+    """Bearer token, or HTTP basic (username + password): exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["bearer_token"]}, {"required": ["username", "password"]}],
+    })
+
+    bearer_token: SecretStr | None = Field(None, description="Bearer token (Authorization: Bearer ...).")
+    username: str | None = Field(None, description="Basic auth user name (with password).")
+    password: SecretStr | None = Field(None, description="Basic auth password (with username).")
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> "ScimAuth":
+        basic = self.username is not None or self.password is not None
+        if self.bearer_token is not None and basic:
+            raise ValueError("give either bearer_token or username + password, not both")
+        if self.bearer_token is None and not basic:
+            raise ValueError("give bearer_token, or username and password")
+        if self.bearer_token is not None and not self.bearer_token.get_secret_value().strip():
+            raise ValueError("bearer_token is empty (is its environment variable set?)")
+        if basic and (not self.username or self.password is None):
+            raise ValueError("basic auth needs both username and password")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "bearer token" if self.bearer_token is not None else "username and password"
+
+    def httpx_auth(self) -> httpx.Auth:
+        if self.bearer_token is not None:
+            return BearerAuth(self.bearer_token.get_secret_value().strip())
+        return httpx.BasicAuth(self.username or "", self.password.get_secret_value() if self.password else "")
+
+
+class LucidScimSettings(ScimSettings):
+    base_url: str = Field("https://users.lucid.app/scim/v2", description="Lucid SCIM base URL (Admin > App "
+                          "Integration > SCIM).")
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """What ``/ServiceProviderConfig`` announces (``announced`` is False when the provider has none)."""
+
+    announced: bool = False
+    filter_supported: bool | None = None
+    max_results: int | None = None
+    max_page_size: int | None = None
+    authentication_schemes: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, data: Any) -> "ProviderConfig":
+        """Read a ServiceProviderConfig document; raises ProtocolError if it is not one."""
+        if not isinstance(data, dict) or not (
+            SERVICE_PROVIDER_CONFIG in (data.get("schemas") or [])
+            or any(k in data for k in ("filter", "patch", "bulk", "authenticationSchemes"))
+        ):
+            raise ProtocolError("/ServiceProviderConfig is not a SCIM ServiceProviderConfig document")
+        flt = data.get("filter") if isinstance(data.get("filter"), dict) else {}
+        pag = data.get("pagination") if isinstance(data.get("pagination"), dict) else {}
+        schemes = data.get("authenticationSchemes") if isinstance(data.get("authenticationSchemes"), list) else []
+
+        def positive(v: Any) -> int | None:
+            return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+        return cls(
+            announced=True,
+            filter_supported=flt.get("supported") if isinstance(flt.get("supported"), bool) else None,
+            max_results=positive(flt.get("maxResults")),
+            max_page_size=positive(pag.get("maxPageSize")),
+            authentication_schemes=tuple(str(s.get("name") or s.get("type")) for s in schemes if isinstance(s, dict)),
+        )
+
+    def page_size(self, wanted: int) -> int:
+        return min([wanted, *(v for v in (self.max_results, self.max_page_size) if v)])
+
+
+# -- pagination --------------------------------------------------------------------------------------
+
+class ScimPages(ScimPaginator):
+    """:class:`~ingest.http.ScimPaginator` that never ends a stream short without saying so.
+
+    Body it reads (RFC 7644 §3.4.2.4)::
+
+        {"totalResults": 250, "itemsPerPage": 100, "startIndex": 101, "Resources": [...]}
+
+    As in the base class, ``startIndex`` advances by the items received, records
+    repeated from the previous page are dropped and a page with nothing new ends
+    the stream (only one page of ids is kept: memory stays flat). On top of it:
+
+    - ``totalResults`` ends the stream only once it has proved to count the
+      collection, not the page (it was larger than a page): some providers
+      report the page length there. Until then paging goes on to an empty page,
+      which costs one request for a collection that fits in one page;
+    - a page with nothing new while ``totalResults`` says items are still missing
+      is a :class:`~ingest.errors.ProtocolError` (the provider ignores
+      ``startIndex``): a failed run, never a silently truncated snapshot.
+    """
+
+    def _reset(self):
+        super()._reset()
+        self.start_index, self.received, self.unique = 1, 0, 0
+        self._previous: set[Any] = set()
+        self._total_trusted = False
+
+    def update_state(self, response, data, records):
+        ids = {r.get(self.id_field) for r in records if isinstance(r, dict)} - {None}
+        kept = [r for r in records if not (isinstance(r, dict) and r.get(self.id_field) in self._previous)]
+        self._previous = ids
+        self.received += len(records)
+        self.unique += len(kept)
+        self.start_index += len(records)
+        total = data.get("totalResults") if isinstance(data, dict) else None
+        total = total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
+        if total is not None and total > len(records):
+            self._total_trusted = True
+        if not records:
+            self.has_next = False
+        elif not kept:
+            self.has_next = False
+            if self._total_trusted and total is not None and self.unique < total:
+                raise ProtocolError(
+                    f"the provider answered startIndex={self.start_index - len(records)} with the items it had "
+                    f"just sent: got {self.unique} of the {total} it announces (it seems to ignore startIndex)")
+        elif self._total_trusted and total is not None and total >= self.received:
+            self.has_next = self.received < total
+        else:
+            self.has_next = True  # totalResults missing, unproven or smaller than what arrived: page until empty
+        return kept if len(kept) != len(records) else None
+
+
+def list_response_resources(data: Any, what: str = "response") -> list[Any]:
+    """The ``Resources`` of a SCIM ListResponse; ProtocolError when ``data`` is not one."""
+    if not isinstance(data, dict) or not (
+        LIST_RESPONSE in (data.get("schemas") or []) or "Resources" in data or "totalResults" in data
+    ):
+        raise ProtocolError(f"the answer to {what} is not a SCIM ListResponse (no Resources / totalResults)")
+    resources = data.get("Resources")
+    if resources is None:  # RFC 7644: Resources may be left out when totalResults is 0
+        if data.get("totalResults") not in (0, None):
+            raise ProtocolError(f"the answer to {what} announces totalResults={data.get('totalResults')} "
+                                "but has no Resources")
+        return []
+    if not isinstance(resources, list):
+        raise ProtocolError(f"the answer to {what} has Resources that is not a list")
+    return resources
+
+
+# -- mapping (pure functions) --------------------------------------------------------------------------
+
+def primary_email(emails: Any) -> str | None:
+    """The ``primary`` address, else the first ``work`` one, else the first; None when there is none."""
+    if not isinstance(emails, list):
+        return None
+    valid = [e for e in emails if isinstance(e, dict) and isinstance(e.get("value"), str) and e["value"].strip()]
+    for e in valid:
+        if _true(e.get("primary")):
+            return e["value"].strip()
+    for e in valid:
+        if str(e.get("type") or "").lower() == "work":
+            return e["value"].strip()
+    return valid[0]["value"].strip() if valid else None
+
+
+def _true(v: Any) -> bool:
+    return v is True or (isinstance(v, str) and v.strip().lower() == "true")
+
+
+def _false(v: Any) -> bool:
+    return v is False or (isinstance(v, str) and v.strip().lower() == "false")
+
+
+def _str(v: Any) -> str | None:
+    if v is None or isinstance(v, (dict, list)):
+        return None
+    return v if isinstance(v, str) else str(v)
+
+
+def _without_location(raw: dict[str, Any], *drop_meta: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The raw resource minus fields that say how it was fetched, not what it is."""
+    out = {k: v for k, v in raw.items() if k not in drop}
+    if isinstance(out.get("meta"), dict):
+        out["meta"] = {k: v for k, v in out["meta"].items() if k not in ("location", *drop_meta)}
+    return out
+
+
+def map_user(raw: Any) -> dict[str, Any]:
+    """A SCIM User resource -> an Account record (dict). ``extra`` keeps the raw resource
+    (without ``meta.location``, which depends on the URL it was fetched from)."""
+    if not isinstance(raw, dict):
+        return {"account_id": None, "extra": {"raw": raw}}
+    name = raw.get("name") if isinstance(raw.get("name"), dict) else {}
+    ent = raw.get(ENTERPRISE_USER) if isinstance(raw.get(ENTERPRISE_USER), dict) else {}
+    custom: dict[str, Any] = {}
+    for key in _ENTERPRISE_FIELDS:
+        if (v := _str(ent.get(key))) is not None:
+            custom[key] = v
+    manager = ent.get("manager")
+    manager_id = manager.get("value") if isinstance(manager, dict) else manager
+    if (v := _str(manager_id)) is not None:
+        custom["manager"] = v
+    for key in _CORE_FIELDS:
+        if (v := _str(raw.get(key))) is not None:
+            custom[key] = v
+    return {
+        "account_id": _str(raw.get("id")),
+        "email": primary_email(raw.get("emails")),
+        "username": _str(raw.get("userName")),
+        "display_name": _str(raw.get("displayName")) or _str(name.get("formatted")),
+        "given_name": _str(name.get("givenName")),
+        "family_name": _str(name.get("familyName")),
+        "status": AccountStatus.SUSPENDED.value if _false(raw.get("active")) else AccountStatus.ACTIVE.value,
+        "account_type": "user",
+        "custom_attributes": custom,
+        "extra": _without_location(raw),
+    }
+
+
+def map_group(raw: Any) -> dict[str, Any]:
+    """A SCIM Group resource -> a global Entitlement of type ``group`` (dict).
+
+    ``extra`` keeps the group without ``members`` (they are assignments) and
+    without ``meta.lastModified`` / ``meta.version`` / ``meta.location``, which
+    change with every membership change or fetch URL, so that an entitlement
+    changes only when the group itself does.
+    """
+    if not isinstance(raw, dict):
+        return {"entitlement_type": "group", "entitlement_id": None, "extra": {"raw": raw}}
+    return {
+        "entitlement_type": "group",
+        "resource_type": "",
+        "resource_id": "",
+        "entitlement_id": _str(raw.get("id")),
+        "label": _str(raw.get("displayName")),
+        "description": _str(raw.get("description")),
+        "is_assignable": True,
+        "extra": _without_location(raw, "lastModified", "version", drop=("members",)),
+    }
+
+
+def map_members(group_id: str, members: Any, group_ids: Iterable[str] | set[str]) -> Iterator[dict[str, Any]]:
+    """A group's ``members`` -> Assignment dicts (accounts) and NestedEntitlement dicts (groups).
+
+    A member is a group when its ``type`` says ``Group`` or its ``value`` is the
+    id of a known group; each member is reported once.
+    """
+    if members is None:
+        return
+    if not isinstance(members, list):
+        raise ProtocolError(f"group {group_id}: members is not a list")
+    seen: set[Any] = set()
+    for m in members:
+        value = _str(m.get("value")) if isinstance(m, dict) else None
+        kind = str(m.get("type") or "").lower() if isinstance(m, dict) else ""
+        nested = kind == "group" or (value is not None and value in group_ids)
+        key = (nested, value)
+        if value is not None and key in seen:
+            continue
+        seen.add(key)
+        if nested:
+            yield {"entitlement_id": group_id, "member_entitlement_id": value}
+        else:
+            yield {"account_id": value, "entitlement_id": group_id, "resource_type": "", "resource_id": ""}
+
+
+# -- the connector ---------------------------------------------------------------------------------------
+
+class ScimConnector(Connector):
+    """Any SCIM 2.0 service provider."""
+
+    type: ClassVar[str] = "scim"
+    name: ClassVar[str] = "SCIM 2.0"
+    description: ClassVar[str] = (
+        "Users, groups and group memberships from any SCIM 2.0 service provider (RFC 7643/7644), "
+        "including the enterprise user extension."
+    )
+    Settings: ClassVar[type[BaseModel]] = ScimSettings
+    Auth: ClassVar[type[BaseModel]] = ScimAuth
+    entitlement_types: ClassVar[list[EntitlementType]] = [EntitlementType(type_id="group", type_label="Group")]
+
+    members_window: ClassVar[int] = 4  # group reads queued per concurrent slot
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self._group_ids: list[str] | None = None
+
+    @functools.cached_property
+    def http(self) -> HttpClient:
+        return self.ctx.http_client(
+            self.settings.base_url,
+            auth=self.auth.httpx_auth(),
+            headers={"Accept": "application/scim+json, application/json"},
+        )
+
+    # -- discovery ------------------------------------------------------------------------------
+    def _err(self, cls: type, message: str, cause: Exception | None = None, **kw: Any) -> Exception:
+        return cls(message, connector=self.ctx.name, request=getattr(cause, "request", None),
+                   status_code=getattr(cause, "status_code", None), **kw)
+
+    @property
+    def _auth_kind(self) -> str:
+        return getattr(self.auth, "kind", "bearer token")
+
+    def _auth_error(self, e: AuthError) -> AuthError:
+        field = "auth.bearer_token" if self._auth_kind == "bearer token" else "auth.username / auth.password"
+        return self._err(AuthError, (
+            f"the SCIM service at {redact_url(self.settings.base_url)} refused the {self._auth_kind} "
+            f"(HTTP {e.status_code}); check {field}: it may be wrong, expired or revoked, or lack read access "
+            "to Users and Groups"), e)
+
+    def _not_scim(self, e: Exception | None, why: str) -> ProtocolError:
+        return self._err(ProtocolError, (
+            f"{redact_url(self.settings.base_url)} does not answer like a SCIM 2.0 service ({why}); check "
+            "settings.base_url: it must be the SCIM root that /Users hangs off (often ending in /scim/v2), "
+            "not a web page or another API"), e)
+
+    def _not_found(self, e: NotFoundError) -> NotFoundError:
+        return self._err(NotFoundError, (
+            f"no SCIM service at {redact_url(self.settings.base_url)} (HTTP 404 for /ServiceProviderConfig "
+            "and /Users); check settings.base_url: it must be the SCIM root that /Users hangs off, often "
+            "ending in /scim/v2"), e)
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """GET with this connector's error messages for refused credentials and non-SCIM answers."""
+        try:
+            return self.http.get_json(path, params=params)
+        except AuthError as e:
+            raise self._auth_error(e) from None
+        except ProtocolError as e:
+            raise self._not_scim(e, e.message) from None
+
+    @functools.cached_property
+    def provider(self) -> ProviderConfig:
+        """The provider's ServiceProviderConfig (a provider without one gets the defaults)."""
+        try:
+            data = self._get("ServiceProviderConfig")
+        except NotFoundError:
+            self.log.info("scim_no_service_provider_config", base_url=redact_url(self.settings.base_url))
+            return ProviderConfig()
+        try:
+            cfg = ProviderConfig.parse(data)
+        except ProtocolError as e:
+            raise self._not_scim(None, e.message) from None
+        if cfg.filter_supported is False and (self.settings.users_filter or self.settings.groups_filter):
+            raise self._err(ProtocolError, (
+                "settings.users_filter / groups_filter are set but the provider announces that it does not "
+                "support filtering (ServiceProviderConfig filter.supported = false); remove them"))
+        return cfg
+
+    @property
+    def page_size(self) -> int:
+        return self.provider.page_size(self.settings.page_size)
+
+    def validate_credentials(self) -> dict[str, Any]:
+        """Reads /ServiceProviderConfig and one page of /Users; returns what a user wants to see."""
+        cfg = self.provider
+        params: dict[str, Any] = {"startIndex": 1, "count": 1}
+        if self.settings.users_filter:
+            params["filter"] = self.settings.users_filter
+        try:
+            data = self._get("Users", params)
+        except NotFoundError as e:
+            raise (self._not_found(e) if not cfg.announced else self._err(NotFoundError, (
+                f"{redact_url(self.settings.base_url)} announces a ServiceProviderConfig but has no /Users "
+                "endpoint (HTTP 404); check settings.base_url"), e)) from None
+        try:
+            resources = list_response_resources(data, "GET /Users")
+        except ProtocolError as e:
+            raise self._not_scim(None, e.message) from None
+        total = data.get("totalResults")
+        return {
+            "base_url": redact_url(self.settings.base_url),
+            "auth": self._auth_kind,
+            "service_provider_config": cfg.announced,
+            "filtering": cfg.filter_supported,
+            "max_results": cfg.max_results,
+            "page_size": self.page_size,
+            "authentication_schemes": list(cfg.authentication_schemes),
+            "users": total if isinstance(total, int) else None,
+            "sample_user": resources[0].get("userName") if resources and isinstance(resources[0], dict) else None,
+        }
+
+    # -- streams --------------------------------------------------------------------------------
+    def _resources(self, path: str, scim_filter: str | None, **params: Any) -> Iterator[Any]:
+        """Every resource of a collection, page by page."""
+        page_size = self.page_size
+        if scim_filter:
+            params["filter"] = scim_filter
+        try:
+            yield from self.http.records(
+                path,
+                paginator=ScimPages(count=page_size),
+                selector=functools.partial(list_response_resources, what=f"GET /{path}"),
+                params=params,
+            )
+        except AuthError as e:
+            raise self._auth_error(e) from None
+
+    def list_accounts(self) -> Iterator[dict[str, Any]]:
+        for raw in self._resources("Users", self.settings.users_filter):
+            yield map_user(raw)
+
+    def list_entitlements(self) -> Iterator[dict[str, Any]]:
+        ids: list[str] = []
+        for raw in self._resources("Groups", self.settings.groups_filter, excludedAttributes="members"):
+            record = map_group(raw)
+            if record.get("entitlement_id"):
+                ids.append(record["entitlement_id"])
+            yield record
+        self._group_ids = ids  # complete: find_entitlement_associations need not list them again
+
+    def _list_group_ids(self) -> list[str]:
+        if self._group_ids is None:
+            self._group_ids = [
+                gid for raw in self._resources("Groups", self.settings.groups_filter, excludedAttributes="members")
+                if (gid := map_group(raw).get("entitlement_id"))
+            ]
+        return self._group_ids
+
+    def _read_members(self, group_id: str) -> Any:
+        try:
+            data = self._get(f"Groups/{quote(group_id, safe='')}")
+        except NotFoundError:
+            self.log.warning("scim_group_vanished", group_id=group_id)  # deleted since it was listed
+            return None
+        if not isinstance(data, dict):
+            raise self._not_scim(None, f"GET /Groups/{group_id} is not a Group resource")
+        return data.get("members")  # absent = no members (RFC 7643: unassigned attributes are left out)
+
+    def _members_by_group(self, group_ids: list[str]) -> Iterator[tuple[str, Any]]:
+        """(group id, members) for each group, read ``max_concurrency`` at a time, in order."""
+        workers = max(1, self.settings.max_concurrency)
+        window: deque[tuple[str, Future]] = deque()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=f"scim-{self.ctx.name}")
+        try:
+            for gid in group_ids:
+                window.append((gid, pool.submit(contextvars.copy_context().run, self._read_members, gid)))
+                if len(window) >= workers * self.members_window:
+                    gid0, fut = window.popleft()
+                    yield gid0, fut.result()
+            while window:
+                gid0, fut = window.popleft()
+                yield gid0, fut.result()
+        finally:
+            for _, fut in window:
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def find_entitlement_associations(self) -> Iterator[dict[str, Any]]:
+        group_ids = self._list_group_ids()
+        known = set(group_ids)
+        for gid, members in self._members_by_group(group_ids):
+            yield from map_members(gid, members, known)
+
+    def list_custom_attributes_schema(self) -> Iterator[CustomAttribute]:
+        for name, description in CUSTOM_ATTRIBUTES.items():
+            yield CustomAttribute(name=name, type="string", description=description)
+
+
+class LucidScimConnector(ScimConnector):
+    """Lucid (Lucidchart, Lucidspark, Lucidscale) through its SCIM API, with a bearer token."""
+
+    type: ClassVar[str] = "lucid_scim"
+    name: ClassVar[str] = "Lucid SCIM"
+    description: ClassVar[str] = (
+        "Lucid users, groups and group memberships through Lucid's SCIM API "
+        "(bearer token from Admin > App Integration > SCIM)."
+    )
+    app_id: ClassVar[str | None] = "lucid"
+    Settings: ClassVar[type[BaseModel]] = LucidScimSettings
+    Auth: ClassVar[type[BaseModel]] = BearerTokenConfig
