@@ -195,7 +195,8 @@ class LdapClient:
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(RetryableError),
             stop=tenacity.stop_after_attempt(s.max_retries + 1),
-            wait=tenacity.wait_exponential_jitter(initial=s.backoff_initial, max=s.backoff_max),
+            wait=tenacity.wait_exponential_jitter(multiplier=s.backoff_initial, max=s.backoff_max,
+                                                 jitter=s.backoff_initial),
             before_sleep=self._before_sleep,
             reraise=True,
         )

@@ -84,9 +84,10 @@ def _entry(dn: str, attrs: list[tuple[str, str | bytes]]) -> str:
 
 def _ou(dn: str, description: str | None = None, guid: bytes | None = None) -> str:
     name = dn.split(",", 1)[0].split("=", 1)[1]
-    attrs: list[tuple[str, str | bytes]] = [("objectClass", "organizationalUnit"), ("ou", name)]
-    if guid is not None:
+    attrs: list[tuple[str, str | bytes]] = [("objectClass", "organizationalUnit")]
+    if guid is not None:  # values of one attribute must be contiguous for slapadd
         attrs += [("objectClass", "ingestTestADObject"), ("objectGUID", guid)]
+    attrs.append(("ou", name))
     if description:
         attrs.append(("description", description))
     return _entry(dn, attrs)

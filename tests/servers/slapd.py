@@ -28,13 +28,14 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SLAPD", "SLAPADD", "Database", "Slapd", "ROOT_PASSWORD", "free_port"]
+__all__ = ["SLAPD", "SLAPADD", "Database", "Slapd", "CuttingProxy", "ROOT_PASSWORD", "free_port"]
 
 SLAPD = "/usr/sbin/slapd"
 SLAPADD = "/usr/sbin/slapadd"
@@ -211,3 +212,82 @@ if __name__ == "__main__":  # pragma: no cover - a manual tool
         pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class CuttingProxy:
+    """A loopback TCP proxy that cuts chosen connections after the server has sent ``cut_after`` bytes.
+
+    For fault tests of LDAP clients: connection number ``n`` (0-based, in accept order) is reset
+    mid-answer when ``n in cut``; every other connection is relayed untouched.
+
+        with CuttingProxy(("127.0.0.1", slapd.port), cut={0}, cut_after=200_000) as proxy:
+            proxy.port
+    """
+
+    def __init__(self, upstream: tuple[str, int], cut: set[int], cut_after: int) -> None:
+        self.upstream, self.cut, self.cut_after = upstream, cut, cut_after
+        self.accepted = 0
+        self.cuts = 0
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stop = False
+        self._threads: list = []
+
+    def __enter__(self) -> "CuttingProxy":
+        import threading
+
+        t = threading.Thread(target=self._accept, daemon=True, name="cutting-proxy")
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        for t in self._threads:
+            t.join(timeout=5)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stop:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            n, self.accepted = self.accepted, self.accepted + 1
+            t = threading.Thread(target=self._relay, args=(client, n in self.cut), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _relay(self, client: socket.socket, cut: bool) -> None:
+        import select
+
+        upstream = socket.create_connection(self.upstream, timeout=5)
+        sent = 0
+        try:
+            while not self._stop:
+                ready, _, _ = select.select([client, upstream], [], [], 0.2)
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    if s is upstream:
+                        if cut and sent + len(data) > self.cut_after:
+                            client.sendall(data[: max(0, self.cut_after - sent)])
+                            self.cuts += 1
+                            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            return  # closing with linger 0 sends a RST mid-message
+                        sent += len(data)
+                        client.sendall(data)
+                    else:
+                        upstream.sendall(data)
+        except OSError:
+            return
+        finally:
+            client.close()
+            upstream.close()
