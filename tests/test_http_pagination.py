@@ -130,8 +130,10 @@ class TestLoops:
     def test_a_repeated_cursor_raises_instead_of_looping(self, fake_api: FakeApi) -> None:
         """A server that hands back the same cursor twice ends in PaginationLoopError, not an endless loop."""
         fake_api.serve_records("/users", RECORDS, style="cursor", repeat_cursor=True)
-        with client(fake_api) as http, pytest.raises(PaginationLoopError, match="already gave"):
+        with client(fake_api) as http, pytest.raises(PaginationLoopError, match="already gave") as e:
             list(http.records("/users", paginator=CursorPaginator(), selector="data", params={"limit": 20}))
+        assert e.value.connector == "test"
+        assert e.value.request.startswith(f"GET {fake_api.base_url}/users?limit=20&cursor=")
         assert len(fake_api.requests) == 2  # page 2 repeats the cursor page 1 gave: stop before asking again
 
     def test_a_next_link_pointing_back_raises(self, fake_api: FakeApi) -> None:

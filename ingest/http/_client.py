@@ -42,6 +42,7 @@ from ingest.errors import (
     AuthError,
     ConfigError,
     FatalError,
+    IngestError,
     NotFoundError,
     ProtocolError,
     RateLimitedError,
@@ -214,6 +215,8 @@ class HttpClient:
                 raise ConfigError(f"ca_bundle {s.ca_bundle!r} cannot be loaded: {e}", connector=self.connector) from None
         elif not s.verify_ssl:
             log.warning("tls_verification_disabled", connector=self.connector)
+        if s.proxy:
+            register_secret(httpx.URL(s.proxy).password if "://" in s.proxy else None)
         try:
             return httpx.HTTPTransport(verify=verify, proxy=s.proxy,
                                        limits=httpx.Limits(max_connections=s.max_concurrency,
@@ -412,7 +415,10 @@ class HttpClient:
             if not isinstance(records, list):
                 raise ProtocolError(f"expected a list at {selector!r}, got {type(records).__name__}",
                                     request=f"GET {redact_url(response.request.url)}", connector=self.connector)
-            kept = pager.update_state(response, data, records)
+            try:
+                kept = pager.update_state(response, data, records)
+            except IngestError as e:
+                raise self._located(e, response) from None
             if kept is not None:
                 if records and not kept:
                     log.warning("page_repeated", connector=self.connector, page=page,
@@ -425,11 +431,20 @@ class HttpClient:
             if not pager.has_next:
                 return
             previous = request.url
-            pager.update_request(request)
+            try:
+                pager.update_request(request)
+            except IngestError as e:
+                raise self._located(e, response) from None
             if httpx.URL(request.url).host != httpx.URL(previous).host:
                 raise ProtocolError(
                     f"the next-page link points to another host ({redact_url(request.url)}); not following it",
                     request=f"GET {redact_url(response.request.url)}", connector=self.connector)
+
+    def _located(self, error: IngestError, response: httpx.Response) -> IngestError:
+        """Name the connector and the page a paginator's error came from."""
+        error.connector = error.connector or self.connector
+        error.request = error.request or f"GET {redact_url(response.request.url)}"
+        return error
 
     def records(self, path: str, **kw: Any) -> Iterator[Any]:
         """Every record of every page (see :meth:`paginate`)."""
