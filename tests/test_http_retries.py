@@ -269,3 +269,37 @@ class TestRetryAfterParsing:
     def test_retry_after_seconds(self, headers: dict[str, str], status: int, expected: float | None) -> None:
         got = retry_after_seconds(httpx.Response(status, headers=headers), now=self.NOW)
         assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+class TestTransportEdgeCases:
+    def test_a_redirect_loop_is_fatal(self) -> None:
+        def loop(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(302, headers={"Location": str(request.url) + "x"})
+
+        http = HttpClient("http://api.test", settings=HttpSettings(), transport=httpx.MockTransport(loop))
+        with http, pytest.raises(FatalError, match="too many redirects") as e:
+            http.get_json("/a")
+        assert not isinstance(e.value, RetryableError)
+
+    def test_a_corrupt_compressed_body_is_retried(self) -> None:
+        bodies = iter([b"not gzip at all", None])
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            body = next(bodies)
+            if body is None:
+                return httpx.Response(200, json={"ok": True})
+            return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=body)
+
+        http = HttpClient("http://api.test", settings=HttpSettings(backoff_initial=0.01),
+                          transport=httpx.MockTransport(handler))
+        with http:
+            assert http.get_json("/a") == {"ok": True}
+            assert http.stats.retries == 1
+
+    def test_an_empty_200_body_is_treated_as_cut_short(self) -> None:
+        answers = iter([httpx.Response(200, content=b""), httpx.Response(200, json=[1])])
+        http = HttpClient("http://api.test", settings=HttpSettings(backoff_initial=0.01),
+                          transport=httpx.MockTransport(lambda _r: next(answers)))
+        with http:
+            assert http.get_json("/a") == [1]
+            assert http.stats.retries == 1

@@ -253,10 +253,14 @@ class HttpClient:
 
     # -- one request -------------------------------------------------------
     def _send_once(self, method: str, url: str, params: dict | None, **kw: Any) -> httpx.Response:
-        target = httpx.URL(url)
-        if params:  # merge: httpx would replace a query string already in the URL (a next-page link)
-            target = target.copy_merge_params(params)
-        request = self._client.build_request(method, target, **kw)
+        try:
+            target = httpx.URL(url)
+            if params:  # merge: httpx would replace a query string already in the URL (a next-page link)
+                target = target.copy_merge_params(params)
+            request = self._client.build_request(method, target, **kw)
+        except httpx.InvalidURL as e:
+            raise FatalError(f"invalid URL: {redact(str(e))}", request=f"{method} {redact_url(url)}",
+                             connector=self.connector) from None
         line = f"{method} {redact_url(request.url)}"
         self._guard(request)  # before counting or waiting: a refused request never leaves
         self.limiter.acquire()
@@ -281,6 +285,11 @@ class HttpClient:
                     ) from None
                 raise RetryableError(f"connection failed: {redact(str(e)) or type(e).__name__}",
                                      request=line, connector=self.connector) from None
+            except httpx.TooManyRedirects:
+                raise FatalError("too many redirects", request=line, connector=self.connector) from None
+            except httpx.DecodingError as e:  # a corrupt compressed body: a cut connection, most likely
+                raise RetryableError(f"could not decode the body: {redact(str(e))}", request=line,
+                                     connector=self.connector) from None
         log.debug("http_request", connector=self.connector, request=line, status=response.status_code,
                   ms=round((time.monotonic() - started) * 1000, 1))
         self._classify(response, line)
