@@ -56,3 +56,11 @@ def _plain_logs():
     configure_logging("json", verbose=False, force=True)
     yield
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(autouse=True)
+def _file_connector(monkeypatch):
+    """Register the engine-test connector type ``file`` (tests/fakes.py)."""
+    from ingest import registry
+
+    monkeypatch.setitem(registry.BUILTIN, "file", "tests.fakes:FileConnector")

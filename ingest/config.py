@@ -1,0 +1,256 @@
+"""``schedules.yaml``: parsed, substituted and validated against each connector's schemas.
+
+``${VAR}`` reads the environment, ``${VAR:-default}`` gives a default,
+``${file:PATH}`` reads a file (relative to the config, trailing newline
+stripped). Unknown keys are errors; every error names the file, the connector
+and the field, and is raised as :class:`ConfigError` (exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ingest.errors import ConfigError
+from ingest.redact import register_secret
+
+__all__ = [
+    "Config",
+    "ConnectorConfig",
+    "DaemonConfig",
+    "Defaults",
+    "ResolvedConnector",
+    "load_config",
+    "parse_config",
+    "validate_cron",
+]
+
+_VAR = re.compile(r"\$\{([^}]*)\}")
+_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+def validate_cron(expr: str, timezone: str = "UTC") -> str:
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"{expr!r} is not a 5-field cron expression (minute hour day month weekday)")
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expr, timezone=timezone)
+    except ValueError as e:
+        raise ValueError(f"{expr!r} is not a valid cron expression: {e}") from None
+    return expr
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Defaults(_Strict):
+    schedule: str = "0 2 * * *"
+    max_deletion_ratio: float = Field(0.5, ge=0, le=1)
+    timeout: float | None = Field(None, gt=0, description="Seconds before a run is aborted (daemon).")
+
+    _cron = field_validator("schedule")(lambda cls, v: validate_cron(v))
+
+
+class DaemonConfig(_Strict):
+    max_concurrent_runs: int = Field(4, ge=1)
+    jitter: float = Field(300.0, ge=0, description="Max seconds a connector's start is spread by (stable per name).")
+    misfire_grace_time: float = Field(86400.0, gt=0)
+    grace_period: float = Field(60.0, ge=0, description="Seconds in-flight runs get to finish after SIGTERM.")
+    retries: int = Field(2, ge=0, description="Retries of a failed run within its day.")
+    retry_backoff: float = Field(300.0, ge=0, description="Seconds before the first retry; doubles each time.")
+    failing_after_days: int = Field(3, ge=1, description="Consecutive failed days before a connector is 'failing'.")
+    listen: str | None = Field("127.0.0.1:9464", description="host:port of /healthz and /metrics; null turns it off.")
+    lease_seconds: float = Field(60.0, gt=0)
+    watch_config: bool = False
+
+
+class ConnectorConfig(_Strict):
+    type: str
+    enabled: bool = True
+    schedule: str | None = None
+    max_deletion_ratio: float | None = Field(None, ge=0, le=1)
+    timeout: float | None = Field(None, gt=0)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    auth: dict[str, Any] = Field(default_factory=dict)
+
+    _cron = field_validator("schedule")(lambda cls, v: v if v is None else validate_cron(v))
+
+
+class Config(_Strict):
+    database_url: str | None = None
+    data_dir: str | None = None
+    timezone: str = "UTC"
+    defaults: Defaults = Field(default_factory=Defaults)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r} (use an IANA name such as UTC or Europe/Paris)") from None
+        return v
+
+    @field_validator("connectors")
+    @classmethod
+    def _names(cls, v: dict[str, ConnectorConfig]) -> dict[str, ConnectorConfig]:
+        for name in v:
+            if not re.match(_NAME, name):
+                raise ValueError(f"connector name {name!r} must be lowercase letters, digits, '_' or '-'")
+        return v
+
+
+@dataclass
+class ResolvedConnector:
+    """A configured connector with its settings and auth validated by its own models."""
+
+    name: str
+    type: str
+    cls: type
+    enabled: bool
+    schedule: str
+    max_deletion_ratio: float
+    timeout: float | None
+    settings: BaseModel
+    auth: BaseModel
+    config_dir: Path
+
+
+@dataclass
+class LoadedConfig:
+    path: Path
+    config: Config
+    connectors: dict[str, ResolvedConnector]
+
+    @property
+    def data_dir(self) -> Path:
+        d = self.config.data_dir
+        return (self.path.parent / d) if d else self.path.parent / ".ingest"
+
+    def connector(self, name: str) -> ResolvedConnector:
+        if name not in self.connectors:
+            known = ", ".join(sorted(self.connectors)) or "none"
+            raise ConfigError(f"{self.path}: no connector named {name!r} (configured: {known})")
+        return self.connectors[name]
+
+
+def _substitute(value: Any, where: str, base: Path, path: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{where}.{k}" if where else str(k), base, path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{where}[{i}]", base, path) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def one(m: re.Match[str]) -> str:
+        expr = m.group(1)
+        if expr.startswith("file:"):
+            target = (base / expr[5:]).expanduser()
+            try:
+                return target.read_text().rstrip("\n")
+            except OSError as e:
+                raise ConfigError(f"{path}: {where}: cannot read ${{file:{expr[5:]}}}: {e.strerror}") from None
+        name, sep, default = expr.partition(":-")
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise ConfigError(f"{path}: {where}: bad substitution ${{{expr}}}")
+        if name in os.environ:
+            return os.environ[name]
+        if sep:
+            return default
+        raise ConfigError(f"{path}: {where}: environment variable {name} is not set")
+
+    return _VAR.sub(one, value)
+
+
+def _format_validation(e: ValidationError, prefix: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        field = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling)"
+        lines.append(f"{field}: {msg}")
+    return "; ".join(lines)
+
+
+def _register_secrets(model: BaseModel) -> None:
+    for value in model.__dict__.values():
+        if isinstance(value, SecretStr):
+            register_secret(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            _register_secrets(value)
+
+
+def parse_config(data: Any, path: Path) -> LoadedConfig:
+    from ingest.registry import get_connector_class
+
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    data = _substitute(data, "", path.parent, path)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {_format_validation(e, '')}") from None
+
+    resolved: dict[str, ResolvedConnector] = {}
+    for name, c in config.connectors.items():
+        where = f"connectors.{name}"
+        try:
+            cls = get_connector_class(c.type)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {where}.type: {e.message}") from None
+        try:
+            settings = cls.Settings.model_validate(c.settings)
+        except ValidationError as e:
+            raise ConfigError(f"{path}: {_format_validation(e, where + '.settings')}") from None
+        try:
+            auth = cls.Auth.model_validate(c.auth)
+        except ValidationError as e:
+            raise ConfigError(f"{path}: {_format_validation(e, where + '.auth')}") from None
+        _register_secrets(auth)
+        schedule = c.schedule or config.defaults.schedule
+        try:
+            validate_cron(schedule, config.timezone)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {where}.schedule: {e}") from None
+        resolved[name] = ResolvedConnector(
+            name=name, type=c.type, cls=cls, enabled=c.enabled, schedule=schedule,
+            max_deletion_ratio=c.max_deletion_ratio if c.max_deletion_ratio is not None
+            else config.defaults.max_deletion_ratio,
+            timeout=c.timeout if c.timeout is not None else config.defaults.timeout,
+            settings=settings, auth=auth, config_dir=path.parent,
+        )
+    return LoadedConfig(path=path, config=config, connectors=resolved)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
+    """Read and validate ``path`` (default: ``$INGEST_CONFIG`` or ``./schedules.yaml``)."""
+    path = Path(path or os.environ.get("INGEST_CONFIG") or "schedules.yaml").resolve()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (pass --config PATH or set INGEST_CONFIG)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    return parse_config(data, path)

@@ -1,0 +1,273 @@
+"""One run of one connector = one snapshot. ``ingest run`` and the daemon both call :func:`run`."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+
+from ingest.config import LoadedConfig, ResolvedConnector
+from ingest.connector import CAPABILITIES, ConnectorContext
+from ingest.db import get_engine, migrate
+from ingest.errors import AlreadyRunningError, IngestError, MassDeletionError
+from ingest.redact import redact
+from ingest.writer import SnapshotWriter
+
+__all__ = ["RunResult", "Cancelled", "run", "interrupt_stale", "Progress"]
+
+log = structlog.get_logger("ingest.runner")
+_LOCK_NS = 1769  # advisory lock namespace: (1769, hashtext(connector)) = "a run of this connector"
+_BATCH = 2000
+
+Progress = Callable[[str, int], None]
+
+
+class Cancelled(IngestError):
+    """The run was stopped from outside: ``status`` is ``interrupted`` (shutdown) or ``failed`` (timeout)."""
+
+    def __init__(self, message: str, status: str = "interrupted") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class RunResult:
+    connector: str
+    snapshot_id: int | None
+    status: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+def _entity_of(capability: str, item: Any) -> str:
+    if capability == "find_entitlement_associations":
+        is_nested = (getattr(item, "entity", None) == "nested_entitlement"
+                     or (isinstance(item, dict) and "member_entitlement_id" in item))
+        return "nested_entitlement" if is_nested else "assignment"
+    return CAPABILITIES[capability]
+
+
+def _prefetched(source: Iterable[Any], check: Callable[[], None], depth: int = 8) -> Iterator[list[Any]]:
+    """Run ``source`` in a thread, handing batches over a bounded queue (fetch overlaps writing)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        it = iter(source)
+        try:
+            batch: list[Any] = []
+            for item in it:
+                batch.append(item)
+                if len(batch) >= _BATCH:
+                    while not stop.is_set():
+                        try:
+                            q.put(batch, timeout=0.2)
+                            break
+                        except queue.Full:
+                            pass
+                    if stop.is_set():
+                        return
+                    batch = []
+            q.put(batch)
+            q.put(done)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    pass
+
+    t = threading.Thread(target=produce, name="ingest-fetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            try:
+                got = q.get(timeout=0.5)
+            except queue.Empty:
+                check()
+                continue
+            if got is done:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            check()
+            yield got
+    finally:
+        stop.set()
+        # drain so a blocked producer can see the stop flag
+        while t.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+            t.join(timeout=0.1)
+
+
+def interrupt_stale(conn: sa.Connection, connector: str, reason: str | None = None) -> int:
+    """Mark ``running`` snapshots of ``connector`` as ``interrupted`` (caller holds the run lock)."""
+    rows = conn.execute(sa.text(
+        "UPDATE ingest.snapshots SET status = 'interrupted', finished_at = now(), "
+        "error = coalesce(error, :e) WHERE connector = :c AND status = 'running' RETURNING snapshot_id"),
+        {"c": connector, "e": reason or "the process running this snapshot stopped before it finished"}).all()
+    for (sid,) in rows:
+        for ent in ("account", "resource", "entitlement", "assignment", "nested_entitlement", "last_activity"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS ingest_stage.s{sid}_{ent}"))
+        log.warning("snapshot_interrupted", connector=connector, snapshot_id=sid)
+    return len(rows)
+
+
+def run(
+    loaded: LoadedConfig,
+    name: str,
+    *,
+    database_url: str,
+    trigger: str = "manual",
+    scheduled_for: datetime | None = None,
+    allow_mass_delete: bool = False,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    timeout: float | None = None,
+    on_snapshot: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Take one snapshot of connector ``name``; never raises for a failed run (see ``RunResult``).
+
+    Raises :class:`AlreadyRunningError` when another run of the connector holds its lock,
+    and :class:`ConfigError` for an unknown name.
+    """
+    rc: ResolvedConnector = loaded.connector(name)
+    engine = get_engine(database_url)
+    migrate(engine)
+    started = time.monotonic()
+    deadline = started + timeout if timeout else None
+
+    def check() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("stopped: the daemon is shutting down", "interrupted")
+        if deadline is not None and time.monotonic() > deadline:
+            raise Cancelled(f"timed out after {timeout:g} s", "failed")
+
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock_conn:
+        got = lock_conn.execute(sa.text("SELECT pg_try_advisory_lock(:ns, hashtext(:c))"),
+                                {"ns": _LOCK_NS, "c": name}).scalar()
+        if not got:
+            raise AlreadyRunningError(f"another run of {name!r} is in progress", connector=name)
+        try:
+            interrupt_stale(lock_conn, name)
+            sid = lock_conn.execute(sa.text(
+                "INSERT INTO ingest.snapshots (connector, connector_type, trigger, scheduled_for, status, host, pid) "
+                "VALUES (:c, :t, :tr, :sf, 'running', :h, :p) RETURNING snapshot_id"),
+                {"c": name, "t": rc.type, "tr": trigger, "sf": scheduled_for, "h": socket.gethostname(),
+                 "p": os.getpid()}).scalar_one()
+            if on_snapshot:
+                on_snapshot(sid)
+            with structlog.contextvars.bound_contextvars(connector=name, snapshot_id=sid):
+                return _take(rc, sid, engine, lock_conn, started, check, progress, allow_mass_delete)
+        finally:
+            lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, hashtext(:c))"), {"ns": _LOCK_NS, "c": name})
+
+
+def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connection, started: float,
+          check: Callable[[], None], progress: Progress | None, allow_mass_delete: bool) -> RunResult:
+    log.info("snapshot_started", connector_type=rc.type, trigger="manual")
+    ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth)
+    writer = SnapshotWriter(engine, rc.name, sid)
+    status, error, stats, keep_stage = "failed", None, {}, False
+    try:
+        check()
+        with rc.cls(ctx) as connector:
+            for capability, records in connector.streams():
+                check()
+                log.info("stream_started", stream=capability)
+                _stage_stream(writer, capability, records, check, progress)
+            check()
+
+            def finish(c: sa.Connection, s: dict[str, Any]) -> None:
+                s["http"] = ctx.stats.as_dict()
+                c.execute(sa.text(
+                    "UPDATE ingest.snapshots SET status = 'succeeded', finished_at = now(), "
+                    "stats = CAST(:s AS jsonb) WHERE snapshot_id = :sid"),
+                    {"s": _json(s), "sid": sid})
+
+            stats = writer.commit(max_deletion_ratio=rc.max_deletion_ratio, allow_mass_delete=allow_mass_delete,
+                                  finish=finish)
+            status = "succeeded"
+    except MassDeletionError as e:
+        status, error, keep_stage = "rejected", str(e), True
+        stats = getattr(e, "stats", {})
+    except Cancelled as e:
+        status, error = e.status, str(e)
+    except IngestError as e:
+        error = str(e)
+    except Exception as e:  # a bug or a database error: still recorded, never partial
+        error = f"{type(e).__name__}: {e}"
+        log.exception("snapshot_crashed")
+    duration = time.monotonic() - started
+    error = redact(error) if error else None
+    stats.setdefault("http", ctx.stats.as_dict())
+    stats["duration_s"] = round(duration, 3)
+    if status != "succeeded":
+        try:
+            writer.discard(keep=keep_stage)
+        except Exception:
+            log.warning("stage_cleanup_failed")
+        try:
+            conn.execute(sa.text(
+                "UPDATE ingest.snapshots SET status = :st, finished_at = now(), error = :e, "
+                "stats = CAST(:s AS jsonb) WHERE snapshot_id = :sid"),
+                {"st": status, "e": error, "s": _json(stats), "sid": sid})
+        except Exception as e:
+            log.error("snapshot_status_not_recorded", error=redact(str(e)))
+        log.error("snapshot_" + status, error=error, duration_s=round(duration, 3))
+    else:
+        conn.execute(sa.text("UPDATE ingest.snapshots SET stats = stats || CAST(:s AS jsonb) "
+                             "WHERE snapshot_id = :sid"), {"s": _json({"duration_s": stats["duration_s"]}),
+                                                            "sid": sid})
+        log.info("snapshot_committed", duration_s=round(duration, 3),
+                 **{k: {x: v.get(x) for x in ("added", "modified", "removed")}
+                    for k, v in stats.items() if isinstance(v, dict) and "added" in v})
+    return RunResult(rc.name, sid, status, stats, error, duration)
+
+
+def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any], check: Callable[[], None],
+                  progress: Progress | None) -> None:
+    batches = _prefetched(records, check)
+    if capability != "find_entitlement_associations":
+        writer.stage(CAPABILITIES[capability], (item for batch in batches for item in batch), progress)
+        return
+    # Associations hold two entities: split them into two staging tables in one pass.
+    nested: list[Any] = []
+
+    def assignments() -> Iterator[Any]:
+        for batch in batches:
+            for item in batch:
+                if _entity_of(capability, item) == "nested_entitlement":
+                    nested.append(item)
+                else:
+                    yield item
+
+    writer.stage("assignment", assignments(), progress)
+    writer.stage("nested_entitlement", nested, progress)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str)

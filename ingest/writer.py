@@ -1,0 +1,261 @@
+"""The snapshot writer: records in, one atomic snapshot out.
+
+Records stream into per-snapshot UNLOGGED staging tables with COPY (memory
+stays flat), then one transaction merges every entity into its ``*_history``
+table by hash: unchanged rows are not touched, changed rows are closed and
+re-opened, rows the source no longer returns are closed. Until that
+transaction commits, queries see the previous snapshot.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from ingest.errors import MassDeletionError
+from ingest.records import Account, Assignment, Entitlement, LastActivity, NestedEntitlement, Resource
+
+__all__ = ["ENTITIES", "Entity", "SnapshotWriter", "stage_schema"]
+
+log = structlog.get_logger("ingest.writer")
+MAX_INVALID_SAMPLES = 20
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str                    # as in changes.entity
+    table: str | None            # ingest.<table>_history; None for last_activity (folded into accounts)
+    model: type[BaseModel]
+    key: tuple[str, ...]
+    values: tuple[str, ...]      # hashed into row_hash
+    extra_cols: tuple[str, ...] = ()  # stored and compared, not hashed
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.key + self.values + self.extra_cols
+
+
+ENTITIES: dict[str, Entity] = {
+    e.name: e
+    for e in (
+        Entity("account", "accounts", Account, ("account_id",),
+               ("email", "username", "display_name", "given_name", "family_name", "status", "account_type",
+                "custom_attributes", "extra"), ("last_activity_at",)),
+        Entity("resource", "resources", Resource, ("resource_type", "resource_id"),
+               ("label", "description", "parent_resource_type", "parent_resource_id", "extra")),
+        Entity("entitlement", "entitlements", Entitlement, ("resource_type", "resource_id", "entitlement_id"),
+               ("entitlement_type", "label", "description", "is_assignable", "extra")),
+        Entity("assignment", "assignments", Assignment,
+               ("account_id", "entitlement_id", "resource_type", "resource_id"), ()),
+        Entity("nested_entitlement", "nested_entitlements", NestedEntitlement,
+               ("entitlement_id", "member_entitlement_id"), ()),
+        Entity("last_activity", None, LastActivity, ("account_id",), (), ("last_activity_at",)),
+    )
+}
+
+
+def stage_schema() -> str:
+    return "ingest_stage"
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, enum.Enum):
+        return v.value
+    if isinstance(v, dict | list):
+        return json.dumps(v, sort_keys=True, ensure_ascii=False, default=str)
+    return v
+
+
+def _hash_text(v: Any) -> str:
+    if v is None:
+        return "\x1e"
+    if isinstance(v, datetime):
+        return v.isoformat()
+    return str(v)
+
+
+class _EntityStats:
+    __slots__ = ("fetched", "invalid", "samples")
+
+    def __init__(self) -> None:
+        self.fetched = 0
+        self.invalid = 0
+        self.samples: list[dict[str, str]] = []
+
+
+class SnapshotWriter:
+    """Stages and commits one snapshot of one connector.
+
+    ``stage(entity, records)`` may be called once per entity; ``commit()`` merges
+    all staged entities in one transaction; ``discard()`` drops the staging.
+    """
+
+    def __init__(self, engine: sa.Engine, connector: str, snapshot_id: int) -> None:
+        self.engine = engine
+        self.connector = connector
+        self.snapshot_id = snapshot_id
+        self.staged: dict[str, _EntityStats] = {}
+        self._prefix = f"s{snapshot_id}_"
+
+    def stage_table(self, entity: str) -> str:
+        return f"ingest_stage.{self._prefix}{entity}"
+
+    # -- staging -------------------------------------------------------------
+    def _create_stage(self, conn: psycopg.Connection, ent: Entity) -> None:
+        source = f"ingest.{ent.table}_history" if ent.table else "ingest.accounts_history"
+        cols = ", ".join(ent.columns + ("key_hash", "row_hash"))
+        conn.execute(f"DROP TABLE IF EXISTS {self.stage_table(ent.name)}")
+        conn.execute(f"CREATE UNLOGGED TABLE {self.stage_table(ent.name)} AS SELECT {cols} FROM {source} WITH NO DATA")
+
+    def row(self, ent: Entity, rec: BaseModel) -> tuple:
+        """The staging row of a validated record: columns, key hash, row hash."""
+        d = rec.__dict__
+        key = [d[c] for c in ent.key]
+        key_hash = hashlib.md5("\x1f".join([self.connector, *key]).encode()).hexdigest()
+        values = [_cell(d[c]) for c in ent.values]
+        row_hash = (hashlib.md5("\x1f".join(map(_hash_text, values)).encode()).hexdigest()
+                    if ent.values else key_hash)
+        return (*key, *values, *(d[c] for c in ent.extra_cols), key_hash, row_hash)
+
+    def validate(self, ent: Entity, item: Any, stats: _EntityStats) -> BaseModel | None:
+        if isinstance(item, ent.model):
+            return item
+        try:
+            if isinstance(item, BaseModel):
+                item = item.model_dump()
+            return ent.model.model_validate(item)
+        except ValidationError as e:
+            stats.invalid += 1
+            err = e.errors()[0]
+            reason = f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}"
+            key = item.get(ent.key[0]) if isinstance(item, dict) else None
+            if len(stats.samples) < MAX_INVALID_SAMPLES:
+                stats.samples.append({"key": str(key)[:200], "reason": reason})
+            log.warning("record_invalid", entity=ent.name, key=str(key)[:200], reason=reason)
+            return None
+
+    def stage(self, entity: str, items: Iterable[Any], progress: Callable[[str, int], None] | None = None) -> None:
+        """COPY ``items`` (records or dicts) into staging, validating each one."""
+        ent = ENTITIES[entity]
+        stats = self.staged.setdefault(entity, _EntityStats())
+        cols = ", ".join(ent.columns + ("key_hash", "row_hash"))
+        with psycopg.connect(self._dsn(), autocommit=True) as conn:
+            self._create_stage(conn, ent)
+            with conn.cursor() as cur, cur.copy(f"COPY {self.stage_table(entity)} ({cols}) FROM STDIN") as copy:
+                n = 0
+                for item in items:
+                    stats.fetched += 1
+                    rec = self.validate(ent, item, stats)
+                    if rec is not None:
+                        copy.write_row(self.row(ent, rec))
+                    n += 1
+                    if progress is not None and n % 5000 == 0:
+                        progress(entity, stats.fetched)
+            conn.execute(f"ANALYZE {self.stage_table(entity)}")
+        if progress is not None:
+            progress(entity, stats.fetched)
+
+    def _dsn(self) -> str:
+        url = self.engine.url
+        return url.render_as_string(hide_password=False).replace("postgresql+psycopg://", "postgresql://", 1)
+
+    # -- commit ----------------------------------------------------------------
+    def commit(self, *, max_deletion_ratio: float = 1.0, allow_mass_delete: bool = False,
+               finish: Callable[[sa.Connection, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Merge every staged entity in one transaction and return the stats.
+
+        ``finish(conn, stats)`` runs inside the transaction (the runner marks the
+        snapshot succeeded there), so data and status commit together. Raises
+        :class:`MassDeletionError` (nothing committed, staging kept) when an
+        entity would lose more than ``max_deletion_ratio`` of its rows.
+        """
+        stats: dict[str, Any] = {}
+        too_many: list[str] = []
+        with self.engine.connect() as conn:
+            with conn.begin():
+                if "last_activity" in self.staged and "account" in self.staged:
+                    conn.execute(sa.text(
+                        f"UPDATE {self.stage_table('account')} a SET last_activity_at = l.last_activity_at "
+                        f"FROM {self.stage_table('last_activity')} l WHERE l.key_hash = a.key_hash"))
+                for name, ent in ENTITIES.items():
+                    if ent.table is None or name not in self.staged:
+                        continue
+                    s = self._merge(conn, ent)
+                    s["fetched"] = self.staged[name].fetched
+                    s["invalid"] = self.staged[name].invalid
+                    stats[name] = s
+                    if (not allow_mass_delete and s["before"] > 0
+                            and s["removed"] / s["before"] > max_deletion_ratio):
+                        too_many.append(f"{s['removed']} of {s['before']} {ent.table}")
+                if "last_activity" in self.staged:
+                    la = self.staged["last_activity"]
+                    stats["last_activity"] = {"fetched": la.fetched, "invalid": la.invalid}
+                samples = {k: v.samples for k, v in self.staged.items() if v.samples}
+                if samples:
+                    stats["invalid_samples"] = samples
+                for s in stats.values():
+                    if isinstance(s, dict):
+                        s.pop("before", None)
+                if too_many:
+                    err = MassDeletionError(
+                        f"rejected: the run would remove {', '.join(too_many)} (more than "
+                        f"max_deletion_ratio {max_deletion_ratio:g}); the fetched data is kept in "
+                        f"{self.stage_table('*')} for inspection; re-run with --allow-mass-delete to accept it",
+                        connector=self.connector,
+                    )
+                    err.stats = stats
+                    raise err  # leaving the block rolls the merge back
+                for name in self.staged:
+                    conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.stage_table(name)}"))
+                if finish is not None:
+                    finish(conn, stats)
+        return stats
+
+    def _merge(self, conn: sa.Connection, ent: Entity) -> dict[str, int]:
+        hist = f"ingest.{ent.table}_history"
+        stage = self.stage_table(ent.name)
+        p = {"c": self.connector, "sid": self.snapshot_id}
+        before = conn.execute(sa.text(f"SELECT count(*) FROM {hist} WHERE connector = :c AND valid_to IS NULL"),
+                              p).scalar_one()
+        same_la = " AND s.last_activity_at IS NOT DISTINCT FROM h.last_activity_at" if ent.extra_cols else ""
+        closed = conn.execute(sa.text(
+            f"UPDATE {hist} h SET valid_to = :sid WHERE h.connector = :c AND h.valid_to IS NULL "
+            f"AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE s.key_hash = h.key_hash "
+            f"AND s.row_hash = h.row_hash{same_la})"), p).rowcount
+        cols = ", ".join(ent.columns)
+        scols = ", ".join(f"s.{c}" for c in ent.columns)
+        opened = conn.execute(sa.text(
+            f"INSERT INTO {hist} (connector, {cols}, key_hash, row_hash, valid_from) "
+            f"SELECT :c, {scols}, s.key_hash, s.row_hash, :sid FROM {stage} s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {hist} h WHERE h.key_hash = s.key_hash AND h.valid_to IS NULL) "
+            f"ON CONFLICT (key_hash) WHERE valid_to IS NULL DO NOTHING"), p).rowcount
+        modified = 0
+        if closed and opened:
+            modified = conn.execute(sa.text(
+                f"SELECT count(*) FROM {hist} n JOIN {hist} o ON o.key_hash = n.key_hash AND o.valid_to = :sid "
+                f"WHERE n.valid_from = :sid"), p).scalar_one()
+        return {
+            "added": opened - modified,
+            "modified": modified,
+            "removed": closed - modified,
+            "unchanged": before - closed,
+            "before": before,
+        }
+
+    def discard(self, keep: bool = False) -> None:
+        """Drop the staging tables (``keep`` leaves them for inspection)."""
+        if keep:
+            return
+        with psycopg.connect(self._dsn(), autocommit=True) as conn:
+            for name in ENTITIES:
+                conn.execute(f"DROP TABLE IF EXISTS {self.stage_table(name)}")
