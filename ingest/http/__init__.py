@@ -1,4 +1,19 @@
-"""The shared HTTP layer every connector fetches through."""
+"""The shared HTTP layer every connector fetches through.
+
+    http = ctx.http_client(settings.base_url, auth=settings_auth.httpx_auth())
+    for user in http.records("/users", paginator=LinkHeaderPaginator(), selector=None):
+        yield map_user(user)
+
+- ``HttpClient`` (``_client``): timeouts, User-Agent, TLS/CA bundle/proxy,
+  request-rate and concurrency limits, retries with backoff and jitter that
+  honour ``Retry-After`` and rate-limit headers, one classification of every
+  response into the ``ingest.errors`` tree, the read-only guard, redaction.
+- Paginators (``_paginators``): offset, page number, cursor, next URL, RFC 8288
+  ``Link``, SCIM; loop detection in the base class; ``make_paginator`` by name.
+- Auth (``_auth``): bearer, basic, API key (any header, prefix, or query
+  parameter), OAuth 2.0 client credentials; config models with ``SecretStr``.
+- ``HttpSettings`` (``_settings``): what every HTTP connector's settings include.
+"""
 
 from ingest.http._auth import (
     ApiKeyAuth,
