@@ -185,7 +185,7 @@ class HttpClient:
         self.stats = stats or HttpStats()
         self.base_url = base_url.rstrip("/") + "/"
         if isinstance(auth, httpx.BasicAuth):
-            register_secret(auth._auth_header.partition(" ")[2])
+            register_secret(str(getattr(auth, "_auth_header", "")).partition(" ")[2])
         token_urls = [u for u in (getattr(auth, "token_url", None),) if u]
         self._write_ok = frozenset(_without_query(self.url(q)) for q in (*read_only_queries, *token_urls))
         if transport is None:
