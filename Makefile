@@ -1,0 +1,45 @@
+# ingest: `make demo` runs the main job on the embedded database; `make test` passes the tests.
+# Both create .venv and install what they need when it is missing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+INGEST := $(BIN)/ingest --config examples/demo.yaml
+
+.PHONY: install demo test bench lint clean system-deps
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Debian packages the test suite needs (OpenLDAP's slapd for the LDAP connector).
+system-deps:
+	bash scripts/install-slapd.sh
+
+demo: install
+	@echo "== day 1: first snapshot of the demo organisation"
+	$(INGEST) run demo
+	@echo "== day 2: the organisation changed overnight (the demo advances one day per run)"
+	$(INGEST) run demo
+	@echo "== what changed between the two snapshots"
+	$(INGEST) diff demo --limit 5
+	@echo "== who has admin access right now (ingest.access)"
+	$(INGEST) sql "SELECT username, display_name, entitlement_label, resource_label FROM ingest.access WHERE connector = 'demo' AND entitlement_label ILIKE '%admin%' ORDER BY username LIMIT 10"
+
+test: install system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python bench/bench.py
+
+lint: install
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check ingest connectors tests bench
+
+clean:
+	rm -rf $(VENV) .ingest examples/.ingest

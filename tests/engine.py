@@ -1,0 +1,56 @@
+"""Helpers for engine tests: a JSON-file organisation and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+from typer.testing import CliRunner
+
+from ingest.cli import app
+
+
+class Org:
+    """A small organisation in a JSON file served by the ``file`` connector."""
+
+    def __init__(self, tmp_path: Path, database_url: str, name: str = "acme", **connector: Any) -> None:
+        self.path = tmp_path / f"{name}.json"
+        self.config = tmp_path / "schedules.yaml"
+        self.url = database_url
+        self.name = name
+        self.data: dict[str, list[dict[str, Any]]] = {
+            "account": [], "resource": [], "entitlement": [], "assignment": [], "nested_entitlement": [],
+        }
+        self.connector = {"type": "file", "settings": {"path": str(self.path)}, **connector}
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.data))
+        existing = yaml.safe_load(self.config.read_text()) if self.config.exists() else {"connectors": {}}
+        existing["connectors"][self.name] = self.connector
+        self.config.write_text(yaml.safe_dump(existing))
+
+    def cli(self, *args: str):
+        return CliRunner().invoke(app, ["--config", str(self.config), "--database-url", self.url, *args])
+
+    def run(self, *flags: str):
+        return self.cli("run", self.name, *flags)
+
+    def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        from ingest.db import get_engine
+
+        with get_engine(self.url).connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
+
+    def last_snapshot(self) -> dict[str, Any]:
+        return self.query("SELECT * FROM ingest.snapshots WHERE connector = :c ORDER BY snapshot_id DESC LIMIT 1",
+                          c=self.name)[0]
+
+
+def people(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"account_id": f"u{i}", "email": f"user{i}@example.com", "username": f"user{i}",
+             "display_name": f"User {i}", "custom_attributes": {"department": "eng" if i % 2 else "sales"}}
+            for i in range(start, start + n)]
