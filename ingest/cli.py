@@ -50,6 +50,7 @@ app.add_typer(db_app, name="db")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 ENTITY_ORDER = ("account", "resource", "entitlement", "assignment", "nested_entitlement")
+LABELS = {"nested_entitlement": "nested group"}
 
 
 @dataclass
@@ -112,7 +113,8 @@ def main_options(
         raise typer.Exit(0)
     if log_format not in (None, "console", "json"):
         raise typer.BadParameter("must be console or json", param_hint="--log-format")
-    configure_logging(log_format, verbose=verbose, force=True)
+    configure_logging(log_format, verbose=verbose, force=True,
+                      quiet_console=ctx.invoked_subcommand != "daemon")
     ctx.obj = State(config, database_url)
 
 
@@ -133,7 +135,7 @@ def _summary_table(name: str, result) -> Table:
     for ent in ENTITY_ORDER:
         s = result.stats.get(ent)
         if isinstance(s, dict):
-            t.add_row(ent, *(f"{s.get(k, 0):,}" for k in ("fetched", "added", "modified", "removed", "unchanged", "invalid")))
+            t.add_row(LABELS.get(ent, ent), *(f"{s.get(k, 0):,}" for k in ("fetched", "added", "modified", "removed", "unchanged", "invalid")))
     return t
 
 

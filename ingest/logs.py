@@ -28,12 +28,14 @@ _configured = False
 _HANDLER_NAME = "ingest"
 
 
-def configure_logging(fmt: LogFormat | None = None, verbose: bool = False, force: bool = False) -> None:
+def configure_logging(fmt: LogFormat | None = None, verbose: bool = False, force: bool = False,
+                      quiet_console: bool = False) -> None:
     """Configure structlog for the process.
 
     ``fmt`` picks the renderer; ``None`` means console on a terminal, JSON
-    otherwise. ``verbose`` lowers the level from INFO to DEBUG. A second call
-    is a no-op unless ``force`` is true.
+    otherwise. ``verbose`` lowers the level from INFO to DEBUG. ``quiet_console``
+    raises it to WARNING when rendering for a person (the CLI's progress and
+    summary say what happened). A second call is a no-op unless ``force`` is true.
     """
     global _configured
     if _configured and not force:
@@ -44,6 +46,8 @@ def configure_logging(fmt: LogFormat | None = None, verbose: bool = False, force
     if fmt is None:
         fmt = "console" if _isatty(stream) else "json"
     level = logging.DEBUG if verbose else logging.INFO
+    if quiet_console and fmt == "console" and not verbose:
+        level = logging.WARNING
 
     renderer: structlog.typing.Processor
     if fmt == "json":
