@@ -10,7 +10,8 @@ production directory that forces clients to page:
 
 * the ``mdb`` backend, schemas core/cosine/inetorgperson/nis from
   /etc/ldap/schema, the ppolicy overlay (``pwdAccountLockedTime``), and the
-  Microsoft AD schema OpenLDAP ships (``msuser.schema``) plus the managed
+  referential integrity (refint: deletes and renames update ``member`` and
+  ``uniqueMember``), the Microsoft AD schema OpenLDAP ships (``msuser.schema``) plus the managed
   service account classes, so an AD-shaped tree can live in a second database;
 * ``sizelimit`` soft = hard = ``size_limit`` (500 by default) for everyone but
   the rootdn, with paged results (RFC 2696) allowed to go past it
@@ -109,6 +110,7 @@ class Slapd:
             f"modulepath {MODULE_DIR}",
             "moduleload back_mdb",
             "moduleload ppolicy",
+            "moduleload refint",
             "loglevel none",
             # Paged searches may return everything; anything else stops at the limit.
             f"sizelimit size.soft={self.size_limit} size.hard={self.size_limit} size.prtotal=unlimited",
@@ -129,6 +131,10 @@ class Slapd:
                 "index uid,cn eq",
                 "index member,uniqueMember,memberUid eq",
                 "overlay ppolicy",
+                # Deleting or renaming an entry updates the groups naming it, as directories do.
+                "overlay refint",
+                "refint_attributes member uniqueMember",
+                f'refint_nothing "cn=nobody,{db.suffix}"',
                 "access to attrs=userPassword by anonymous auth by * none",
                 "access to * by users read by * none",
                 "",

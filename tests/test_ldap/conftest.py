@@ -77,3 +77,63 @@ def collect(connector: LdapConnector) -> dict[str, list[dict]]:
             else:
                 out["assignment"].append(r)
     return out
+
+
+def source_state(conn: ldap3.Connection, suffix: str, today=None) -> dict:
+    """What the directory holds, in the shape of the ingest views, read with ``conn`` (the rootdn)
+    in one unpaged search per kind, without the connector's code."""
+    from datetime import date, datetime, timezone
+
+    today = today or datetime.now(timezone.utc).date()
+
+    def search(filt: str, attrs: list[str]) -> list[tuple[str, dict]]:
+        conn.search(suffix, filt, attributes=attrs)
+        assert conn.result["description"] == "success", conn.result
+        return [(e["dn"], e["raw_attributes"]) for e in conn.response]
+
+    def one(raw: dict, name: str):
+        return raw[name][0].decode() if raw.get(name) else None
+
+    people = search("(|(objectClass=person)(objectClass=posixAccount))",
+                    ["entryUUID", "uid", "mail", "displayName", "cn", "givenName", "sn", "pwdAccountLockedTime",
+                     "shadowExpire"])
+    accounts, by_dn, by_uid = {}, {}, {}
+    for dn, raw in people:
+        aid = one(raw, "entryUUID")
+        expire = one(raw, "shadowExpire")
+        suspended = bool(raw.get("pwdAccountLockedTime")) or (
+            expire is not None and int(expire) >= 0 and (today - date(1970, 1, 1)).days >= int(expire))
+        accounts[aid] = {"username": one(raw, "uid"), "email": one(raw, "mail"),
+                         "display_name": one(raw, "displayName") or one(raw, "cn"),
+                         "given_name": one(raw, "givenName"), "family_name": one(raw, "sn"),
+                         "status": "SUSPENDED" if suspended else "ACTIVE", "dn": dn}
+        by_dn[dn.lower()] = aid
+        by_uid[one(raw, "uid")] = aid
+    groups_raw = search("(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))",
+                        ["entryUUID", "cn", "member", "uniqueMember", "memberUid"])
+    groups = {dn.lower(): one(raw, "entryUUID") for dn, raw in groups_raw}
+    assignments, nested = set(), set()
+    for dn, raw in groups_raw:
+        gid = groups[dn.lower()]
+        for v in raw.get("member", []) + raw.get("uniqueMember", []):
+            key = v.decode().lower()
+            if key in by_dn:
+                assignments.add((by_dn[key], gid))
+            elif key in groups:
+                nested.add((gid, groups[key]))
+        for v in raw.get("memberUid", []):
+            if v.decode() in by_uid:
+                assignments.add((by_uid[v.decode()], gid))
+    ous_raw = search("(objectClass=organizationalUnit)", ["entryUUID", "ou"])
+    ou_ids = {dn.lower(): one(raw, "entryUUID") for dn, raw in ous_raw}
+    resources = {}
+    for dn, raw in ous_raw:
+        parent = dn.lower().split(",", 1)[1]
+        resources[one(raw, "entryUUID")] = {"label": one(raw, "ou"), "parent_resource_id": ou_ids.get(parent)}
+    return {
+        "accounts": accounts,
+        "entitlements": {one(raw, "entryUUID"): one(raw, "cn") for _, raw in groups_raw},
+        "resources": resources,
+        "assignments": assignments,
+        "nested": nested,
+    }
