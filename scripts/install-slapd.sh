@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install OpenLDAP's slapd and ldap-utils for the LDAP connector's tests.
+# Install OpenLDAP's slapd and ldap-utils for the LDAP connector's tests (and openssl, which the
+# TLS tests use to make a throw-away CA, if it is missing).
 #
-# Idempotent: does nothing when /usr/sbin/slapd is already there. Installs the
+# Idempotent: does nothing when /usr/sbin/slapd, ldapsearch and openssl are there. Installs the
 # Debian packages non-interactively, runs `apt-get update` only if the first
 # install attempt fails, and makes sure the system slapd service is neither
 # running nor enabled: the tests start their own slapd on 127.0.0.1 in a
@@ -9,7 +10,10 @@
 set -euo pipefail
 
 SLAPD=/usr/sbin/slapd
-PACKAGES=(slapd ldap-utils)
+PACKAGES=()
+[ -x "$SLAPD" ] || PACKAGES+=(slapd)
+command -v ldapsearch >/dev/null 2>&1 || PACKAGES+=(ldap-utils)
+command -v openssl >/dev/null 2>&1 || PACKAGES+=(openssl)
 
 stop_system_slapd() {
     # The package's postinst may start the service; the tests never use it.
@@ -34,7 +38,7 @@ stop_system_slapd() {
     done
 }
 
-if [ -x "$SLAPD" ] && command -v ldapsearch >/dev/null 2>&1; then
+if [ ${#PACKAGES[@]} -eq 0 ]; then
     exit 0
 fi
 

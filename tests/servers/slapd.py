@@ -81,18 +81,45 @@ class Slapd:
     """One slapd process; ``start()`` / ``stop()`` or use it as a context manager."""
 
     def __init__(self, workdir: Path | str, databases: list[Database], size_limit: int = 500,
-                 start_timeout: float = 20.0) -> None:
+                 start_timeout: float = 20.0, tls: bool = False) -> None:
         self.dir = Path(workdir)
         self.databases = databases
         self.size_limit = size_limit
         self.start_timeout = start_timeout
+        self.tls = tls  # also listen on ldaps://, StartTLS on ldap://, with a certificate from a test CA
         self.port = 0
+        self.ldaps_port = 0
+        self.ca_file = self.dir / "ca.pem"
         self.process: subprocess.Popen | None = None
         self.conf = self.dir / "slapd.conf"
 
     @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.ldaps_port}"
+
+    def _make_certificates(self) -> list[str]:
+        """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI); slapd.conf lines."""
+        d = self.dir
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"), "-out",
+                str(self.ca_file), "-days", "2", "-subj", "/CN=ingest test CA",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "server.key"), "-out",
+                str(d / "server.csr"), "-subj", "/CN=127.0.0.1")
+        (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                      "extendedKeyUsage=serverAuth\n")
+        openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(self.ca_file), "-CAkey",
+                str(d / "ca.key"), "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2",
+                "-extfile", str(d / "server.ext"))
+        return [f"TLSCACertificateFile {self.ca_file}", f"TLSCertificateFile {d / 'server.pem'}",
+                f"TLSCertificateKeyFile {d / 'server.key'}"]
 
     def rootdn(self, suffix: str | None = None) -> str:
         return f"cn=admin,{suffix or self.databases[0].suffix}"
@@ -112,6 +139,7 @@ class Slapd:
             "moduleload ppolicy",
             "moduleload refint",
             "loglevel none",
+            *(self._make_certificates() if self.tls else []),
             # Paged searches may return everything; anything else stops at the limit.
             f"sizelimit size.soft={self.size_limit} size.hard={self.size_limit} size.prtotal=unlimited",
             "",
@@ -161,8 +189,12 @@ class Slapd:
         self._load()
         for _ in range(5):  # the free port can be taken between probing and binding
             self.port = free_port()
+            urls = self.url + "/"
+            if self.tls:
+                self.ldaps_port = free_port()
+                urls += " " + self.ldaps_url + "/"
             self.process = subprocess.Popen(
-                [SLAPD, "-d", "0", "-f", str(self.conf), "-h", self.url + "/"],
+                [SLAPD, "-d", "0", "-f", str(self.conf), "-h", urls],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
             )
             if self._wait_ready():
@@ -176,8 +208,10 @@ class Slapd:
             if self.process.poll() is not None:
                 return False
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return True
+                for port in (self.port, self.ldaps_port) if self.tls else (self.port,):
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        pass
+                return True
             except OSError:
                 time.sleep(0.05)
         return False
