@@ -39,6 +39,8 @@ from connectors.ldap._mapping import (
     normalize_dn,
     ou_record,
     parent_dn,
+    primary_group_sid,
+    sid_to_str,
 )
 from connectors.ldap._settings import (
     DEFAULT_ID_ATTRIBUTE,
@@ -219,12 +221,21 @@ class LdapConnector(Connector):
         counts = {"assignments": 0, "nested": 0, "unresolved": 0}
         samples: list[str] = []
         attributes = [d.id_attribute, *MEMBER_ATTRIBUTES, "memberUid"]
+        primary = d.ad and s.primary_group_membership
+        group_by_sid: dict[str, str] = {}  # AD: group SID -> id, for primary groups
+        if primary:
+            attributes.append("objectSid")
         for dn, attrs in self.client.paged_search(s.base_for("group"), s.filter_for("group"), attributes,
                                                   page_size=min(s.membership_page_size, s.page_size),
                                                   stream="find_entitlement_associations"):
             group_id = entry_id(attrs, d)
             if not group_id:
                 continue  # counted invalid by list_entitlements
+            if primary and attrs.get("objectsid"):
+                try:
+                    group_by_sid[sid_to_str(attrs["objectsid"][0])] = group_id
+                except ValueError:
+                    pass
             seen_accounts: set[str] = set()
             seen_groups: set[str] = set()
             for attribute in MEMBER_ATTRIBUTES:
@@ -258,11 +269,26 @@ class LdapConnector(Connector):
                     seen_accounts.add(account_id)
                     counts["assignments"] += 1
                     yield _assignment(account_id, group_id)
+        if primary and group_by_sid:
+            yield from self._primary_group_assignments(group_by_sid, counts)
         if counts["unresolved"]:
             log.warning("ldap_unresolved_members", connector=self.ctx.name, count=counts["unresolved"],
                         examples=samples,
                         hint="members outside the user/group search bases or filters, or deleted entries")
         log.info("ldap_memberships_resolved", connector=self.ctx.name, **counts)
+
+    def _primary_group_assignments(self, group_by_sid: dict[str, str], counts: dict[str, int]) -> Iterator[dict]:
+        """AD users' primary groups (``primaryGroupID`` is a RID in the user's own domain)."""
+        s, d = self.settings, self.dialect
+        filt = f"(&{s.filter_for('user')}(primaryGroupID=*))"
+        for _, attrs in self.client.paged_search(s.base_for("user"), filt, [d.id_attribute, "objectSid",
+                                                                             "primaryGroupID"],
+                                                 stream="primary_groups"):
+            account_id, sid = entry_id(attrs, d), primary_group_sid(attrs)
+            group_id = group_by_sid.get(sid) if sid else None
+            if account_id and group_id:
+                counts["assignments"] += 1
+                yield _assignment(account_id, group_id)
 
     def list_custom_attributes_schema(self) -> Iterator[dict[str, Any]]:
         for name in self.dialect.custom_attributes:

@@ -30,6 +30,8 @@ __all__ = [
     "first",
     "values",
     "guid_to_str",
+    "sid_to_str",
+    "primary_group_sid",
     "filetime_to_datetime",
     "generalized_time",
     "normalize_dn",
@@ -103,6 +105,36 @@ def guid_to_str(raw: bytes) -> str:
     if len(raw) != 16:
         raise ValueError(f"an objectGUID is 16 bytes, got {len(raw)}")
     return str(uuid.UUID(bytes_le=bytes(raw)))
+
+
+def sid_to_str(raw: bytes) -> str:
+    """A binary Windows security identifier -> ``S-1-5-21-…-RID``.
+
+    Layout: revision (1 byte), sub-authority count (1), identifier authority (6, big-endian),
+    then that many 32-bit little-endian sub-authorities.
+    """
+    raw = bytes(raw)
+    if len(raw) < 8 or len(raw) != 8 + 4 * raw[1]:
+        raise ValueError(f"not a binary SID ({len(raw)} bytes)")
+    authority = int.from_bytes(raw[2:8], "big")
+    subs = [int.from_bytes(raw[8 + 4 * i:12 + 4 * i], "little") for i in range(raw[1])]
+    return "-".join(["S", str(raw[0]), str(authority), *map(str, subs)])
+
+
+def primary_group_sid(attrs: Attrs) -> str | None:
+    """The SID of an AD user's primary group: its own domain SID plus ``primaryGroupID`` (a RID).
+
+    AD does not list primary-group members in the group's ``member`` (everyone's "Domain Users").
+    """
+    rid = _int(attrs, "primaryGroupID")
+    raw = attrs.get("objectsid")
+    if rid is None or not raw:
+        return None
+    try:
+        own = sid_to_str(raw[0])
+    except ValueError:
+        return None
+    return own.rsplit("-", 1)[0] + f"-{rid}"
 
 
 def filetime_to_datetime(value: int | str | None) -> datetime | None:

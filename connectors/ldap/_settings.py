@@ -63,6 +63,9 @@ class LdapSettings(BaseModel):
         None, description="Attribute holding the login name; default uid or sAMAccountName.")
     custom_attributes: list[str] = Field(
         default_factory=list, description="Extra account attributes copied into custom_attributes.")
+    primary_group_membership: bool = Field(
+        True, description="Active Directory: also report each user's primary group (primaryGroupID, usually "
+                          "Domain Users), which AD leaves out of the group's member attribute.")
     page_size: int = Field(500, ge=1, le=100_000, description="Entries per page (RFC 2696 paged results).")
     membership_page_size: int = Field(
         50, ge=1, le=10_000, description="Groups per page when reading members (large groups are big entries).")

@@ -36,6 +36,7 @@ __all__ = [
     "ad_org",
     "ssha",
     "filetime",
+    "sid",
 ]
 
 OPENLDAP_SUFFIX = "dc=example,dc=org"
@@ -208,6 +209,15 @@ def _guid(name: str) -> bytes:
     return uuid.uuid5(uuid.NAMESPACE_URL, "ad:" + name).bytes_le
 
 
+DOMAIN_SID = (21, 1004336348, 1177238915, 682003330)
+
+
+def sid(rid: int) -> bytes:
+    """The binary objectSid S-1-5-21-1004336348-1177238915-682003330-<rid>."""
+    subs = (*DOMAIN_SID, rid)
+    return bytes([1, len(subs)]) + (5).to_bytes(6, "big") + b"".join(x.to_bytes(4, "little") for x in subs)
+
+
 def ad_org(n_users: int = 40, reader_password: str = "reader-password") -> tuple[str, OrgSummary]:
     """The Active-Directory-shaped test organisation (see the module docstring)."""
     s = AD_SUFFIX
@@ -249,6 +259,7 @@ def ad_org(n_users: int = 40, reader_password: str = "reader-password") -> tuple
             ("displayName", f"{given} {family}"), ("sAMAccountName", sam),
             ("userPrincipalName", f"{sam}@corp.example.com"), ("mail", f"{sam}@example.com"),
             ("userAccountControl", str(uac)), ("objectGUID", _guid(dn)), ("objectCategory", category), *mstop,
+            ("objectSid", sid(1000 + i)), ("primaryGroupID", "1101" if i == 6 else "513"),
         ]
         if i % 5 != 0:  # every fifth user never logged on
             attrs.append(("lastLogonTimestamp", str(filetime(base_login - i * 3600))))
@@ -264,6 +275,7 @@ def ad_org(n_users: int = 40, reader_password: str = "reader-password") -> tuple
         ("userPrincipalName", "svc-sql@corp.example.com"), ("userAccountControl", "66048"),
         ("servicePrincipalName", "MSSQLSvc/sql01.corp.example.com:1433"),
         ("objectGUID", _guid(spn_user)), ("objectCategory", category), *mstop,
+        ("objectSid", sid(2000)), ("primaryGroupID", "513"),
     ]))
     summary.users.append(spn_user)
     # A (group) managed service account.
@@ -274,6 +286,7 @@ def ad_org(n_users: int = 40, reader_password: str = "reader-password") -> tuple
             ("objectClass", "user"), ("objectClass", "securityPrincipal"), ("objectClass", "computer"), ("objectClass", cls), ("cn", name), ("sn", name),
             ("sAMAccountName", name + "$"), ("userAccountControl", "4096"),
             ("objectGUID", _guid(dn)), ("objectCategory", f"CN={cls},CN=Schema,CN=Configuration,{s}"), *mstop,
+            ("objectSid", sid(2001 if cls.startswith("msDS-M") else 2002)), ("primaryGroupID", "515"),
         ]))
         summary.users.append(dn)
     # A workstation: a computer object is not an account.
@@ -287,11 +300,12 @@ def ad_org(n_users: int = 40, reader_password: str = "reader-password") -> tuple
 
     groups = f"ou=Groups,ou=Corp,{s}"
 
-    def group(cn: str, members: list[str], description: str | None = None) -> str:
+    def group(cn: str, members: list[str], description: str | None = None, rid: int | None = None) -> str:
         dn = f"cn={cn},{groups}"
         attrs: list[tuple[str, str | bytes]] = [
-            ("objectClass", "top"), ("objectClass", "group"), ("objectClass", "securityPrincipal"), ("cn", cn), ("sAMAccountName", cn),
-            ("groupType", "-2147483646"), ("objectGUID", _guid(dn)), ("objectCategory", group_category), *mstop,
+            ("objectClass", "top"), ("objectClass", "group"), ("objectClass", "securityPrincipal"), ("cn", cn),
+            ("sAMAccountName", cn), ("groupType", "-2147483646"), ("objectGUID", _guid(dn)),
+            ("objectCategory", group_category), *mstop, ("objectSid", sid(rid or 1100 + len(summary.groups))),
         ]
         if description:
             attrs.append(("description", description))
@@ -301,8 +315,10 @@ def ad_org(n_users: int = 40, reader_password: str = "reader-password") -> tuple
         return dn
 
     people = summary.users[:n_users]
-    sql_admins = group("SQL Admins", [spn_user, people[0]], "Database administrators")
-    group("IT Admins", [people[1], people[2], sql_admins], "IT administrators")
+    # Primary groups are not in member: everyone's is Domain Users (RID 513), user 6's is IT Admins (1101).
+    group("Domain Users", [], "All domain users", rid=513)
+    sql_admins = group("SQL Admins", [spn_user, people[0]], "Database administrators", rid=1102)
+    group("IT Admins", [people[1], people[2], sql_admins], "IT administrators", rid=1101)
     group("All Staff", people, "Everyone in Staff")
     group("Web Servers", [f"cn=msa-web,{svc}", f"cn=gmsa-batch,{svc}"])
     return "".join(out), summary

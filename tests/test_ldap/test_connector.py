@@ -199,18 +199,28 @@ class TestActiveDirectory:
 
     def test_groups_ous_and_nesting(self, ad_records):
         labels = {e["entitlement_id"]: e["label"] for e in ad_records["entitlement"]}
-        assert set(labels.values()) == {"SQL Admins", "IT Admins", "All Staff", "Web Servers"}
+        assert set(labels.values()) == {"Domain Users", "SQL Admins", "IT Admins", "All Staff", "Web Servers"}
         nested = {(labels[n["entitlement_id"]], labels[n["member_entitlement_id"]])
                   for n in ad_records["nested_entitlement"]}
         assert nested == {("IT Admins", "SQL Admins")}
         per_group: dict[str, int] = {}
         for a in ad_records["assignment"]:
             per_group[labels[a["entitlement_id"]]] = per_group.get(labels[a["entitlement_id"]], 0) + 1
-        assert per_group == {"SQL Admins": 2, "IT Admins": 2, "All Staff": 40, "Web Servers": 2}
+        # Domain Users has no member values: everyone but user 6 (whose primary group is IT Admins) and
+        # svc-sql get it through primaryGroupID; the MSAs' primary group (Domain Computers) is not in the tree.
+        assert per_group == {"Domain Users": 40, "SQL Admins": 2, "IT Admins": 3, "All Staff": 40, "Web Servers": 2}
+
         ous = {r["label"]: r for r in ad_records["resource"]}
         assert ous["Interns"]["parent_resource_id"] == ous["Staff"]["resource_id"]
         assert ous["Staff"]["parent_resource_id"] == ous["Corp"]["resource_id"]
         assert all(uuid.UUID(r["resource_id"]) for r in ad_records["resource"])
+
+    def test_primary_groups_can_be_left_out(self, directory: Directory):
+        with directory.connector("active_directory", primary_group_membership=False) as conn:
+            records = collect(conn)
+        labels = {e["entitlement_id"]: e["label"] for e in records["entitlement"]}
+        assert "Domain Users" not in {labels[a["entitlement_id"]] for a in records["assignment"]}
+        assert len(records["assignment"]) == 2 + 2 + 40 + 2
 
 
 class TestCheck:

@@ -23,7 +23,9 @@ from connectors.ldap._mapping import (
     normalize_dn,
     ou_record,
     parent_dn,
+    primary_group_sid,
     ranged_attribute,
+    sid_to_str,
 )
 from ingest.records import Account, Entitlement, Resource
 
@@ -74,6 +76,25 @@ class TestIds:
         assert entry_id(ad_user(), AD) == "12345678-1234-5678-0123-456789abcdef"
         assert entry_id({"cn": b("x")}, OL) is None
         assert entry_id({"objectguid": [b"short"]}, AD) is None
+
+
+class TestSids:
+    SID = bytes([1, 5]) + (5).to_bytes(6, "big") + b"".join(
+        x.to_bytes(4, "little") for x in (21, 1004336348, 1177238915, 682003330, 1105))
+
+    def test_a_binary_sid_is_formatted(self):
+        assert sid_to_str(self.SID) == "S-1-5-21-1004336348-1177238915-682003330-1105"
+        assert sid_to_str(bytes([1, 1]) + (5).to_bytes(6, "big") + (18).to_bytes(4, "little")) == "S-1-5-18"
+
+    def test_a_truncated_sid_is_rejected(self):
+        with pytest.raises(ValueError):
+            sid_to_str(self.SID[:-1])
+
+    def test_the_primary_group_is_a_rid_in_the_users_domain(self):
+        attrs = {"objectsid": [self.SID], "primarygroupid": b("513")}
+        assert primary_group_sid(attrs) == "S-1-5-21-1004336348-1177238915-682003330-513"
+        assert primary_group_sid({"primarygroupid": b("513")}) is None
+        assert primary_group_sid({"objectsid": [self.SID]}) is None
 
 
 class TestTimes:
