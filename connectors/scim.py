@@ -414,7 +414,7 @@ class ScimConnector(Connector):
         return self._err(AuthError, (
             f"the SCIM service at {redact_url(self.settings.base_url)} refused the {self._auth_kind} "
             f"(HTTP {e.status_code}); check {field}: it may be wrong, expired or revoked, or lack read access "
-            "to Users and Groups"), e)
+            f"to Users and Groups [{e.message}]"), e)
 
     def _not_scim(self, e: Exception | None, why: str) -> ProtocolError:
         return self._err(ProtocolError, (
