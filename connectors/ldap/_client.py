@@ -39,6 +39,7 @@ from ingest.errors import (
     AuthError,
     FatalError,
     NotFoundError,
+    PaginationLoopError,
     ProtocolError,
     RetryableError,
     SourceError,
@@ -252,8 +253,13 @@ class LdapClient:
 
         pages = 0
         while True:
+            previous = st.cookie
             entries, cookie = self._call(page)
             pages += 1
+            if cookie and cookie == previous and st.generation == self._generation:
+                raise PaginationLoopError(f"the LDAP server handed back the same paged-results cookie twice "
+                                          f"(page {pages})", connector=self.connector, stream=stream,
+                                          request=f"search base={base!r} filter={filt}")
             st.cookie, st.generation = cookie, self._generation
             log.debug("ldap_page_fetched", connector=self.connector, stream=stream, base=base, page=pages,
                       entries=len(entries))

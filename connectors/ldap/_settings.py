@@ -117,4 +117,6 @@ class LdapAuth(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bind_dn: str = Field(min_length=1, description="Bind DN, e.g. cn=reader,dc=example,dc=org, or a UPN.")
-    password: SecretStr = Field(description="The bind password.")
+    # An empty password would be an "unauthenticated bind" (RFC 4513 5.1.2), which servers may accept as
+    # anonymous: refused here so a missing secret cannot silently read as anonymous.
+    password: SecretStr = Field(min_length=1, description="The bind password.")

@@ -8,7 +8,7 @@ from datetime import date, datetime, timezone
 import pytest
 from pydantic import ValidationError
 
-from connectors.ldap import LdapSettings
+from connectors.ldap import LdapAuth, LdapSettings
 from connectors.ldap._mapping import (
     Dialect,
     account_record,
@@ -274,3 +274,8 @@ class TestSettings:
     def test_unknown_settings_are_rejected(self):
         with pytest.raises(ValidationError):
             LdapSettings(host="h", base_dn="dc=x", page_sise=10)
+
+    def test_an_empty_password_is_refused_rather_than_binding_anonymously(self):
+        with pytest.raises(ValidationError):
+            LdapAuth(bind_dn="cn=reader,dc=x", password="")
+        assert "s3cret" not in repr(LdapAuth(bind_dn="cn=reader,dc=x", password="s3cret"))

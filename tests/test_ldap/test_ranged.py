@@ -134,3 +134,23 @@ class TestRangedMembers:
             list(connector.list_entitlements())
             with pytest.raises(ProtocolError, match="ranged retrieval of member"):
                 list(connector.find_entitlement_associations())
+
+
+class TestPagingLoop:
+    def test_a_server_repeating_its_cookie_is_a_pagination_loop_not_an_endless_run(self):
+        from ingest.errors import PaginationLoopError
+
+        conn = _mock_directory(30)
+        original = conn.search
+
+        def stuck_search(*args, **kw):  # every page answers with the same cookie (and the same entries)
+            if kw.get("paged_cookie") == b"same":
+                kw["paged_cookie"] = None
+            ok = original(*args, **kw)
+            if kw.get("paged_size"):
+                conn.result["controls"] = {"1.2.840.113556.1.4.319": {"value": {"size": 0, "cookie": b"same"}}}
+            return ok
+
+        conn.search = stuck_search
+        with _connector(conn) as connector, pytest.raises(PaginationLoopError, match="same paged-results cookie"):
+            list(connector.list_accounts())
