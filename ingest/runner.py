@@ -61,6 +61,36 @@ def _entity_of(capability: str, item: Any) -> str:
     return CAPABILITIES[capability]
 
 
+class _Timings:
+    """Seconds per phase: ``fetch`` (inside the connector), ``stage`` (validate + COPY), ``merge``."""
+
+    def __init__(self) -> None:
+        self.fetch = self.stage = self.merge = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"fetch_s": round(self.fetch, 3), "stage_s": round(self.stage, 3), "merge_s": round(self.merge, 3)}
+
+
+def _timed(source: Iterable[Any], timings: _Timings) -> Iterator[Any]:
+    it = iter(source)
+    clock = time.perf_counter
+    while True:
+        t = clock()
+        try:
+            item = next(it)
+        except StopIteration:
+            timings.fetch += clock() - t
+            return
+        timings.fetch += clock() - t
+        yield item
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _prefetched(source: Iterable[Any], check: Callable[[], None], depth: int = 8) -> Iterator[list[Any]]:
     """Run ``source`` in a thread, handing batches over a bounded queue (fetch overlaps writing)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -186,9 +216,10 @@ def run(
 
 def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connection, started: float,
           check: Callable[[], None], progress: Progress | None, allow_mass_delete: bool) -> RunResult:
-    log.info("snapshot_started", connector_type=rc.type, trigger="manual")
+    log.info("snapshot_started", connector_type=rc.type)
     ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth)
     writer = SnapshotWriter(engine, rc.name, sid)
+    timings = _Timings()
     status, error, stats, keep_stage = "failed", None, {}, False
     try:
         check()
@@ -196,11 +227,18 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
             for capability, records in connector.streams():
                 check()
                 log.info("stream_started", stream=capability)
-                _stage_stream(writer, capability, records, check, progress)
+                t = time.perf_counter()
+                _stage_stream(writer, capability, _timed(records, timings), check, progress)
+                timings.stage += time.perf_counter() - t
             check()
+
+            merge_started = time.perf_counter()
 
             def finish(c: sa.Connection, s: dict[str, Any]) -> None:
                 s["http"] = ctx.stats.as_dict()
+                timings.merge = time.perf_counter() - merge_started
+                s["timings"] = timings.as_dict()
+                s["peak_rss_mb"] = _peak_rss_mb()
                 c.execute(sa.text(
                     "UPDATE ingest.snapshots SET status = 'succeeded', finished_at = now(), "
                     "stats = CAST(:s AS jsonb) WHERE snapshot_id = :sid"),
@@ -222,6 +260,8 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
     duration = time.monotonic() - started
     error = redact(error) if error else None
     stats.setdefault("http", ctx.stats.as_dict())
+    stats.setdefault("timings", timings.as_dict())
+    stats.setdefault("peak_rss_mb", _peak_rss_mb())
     stats["duration_s"] = round(duration, 3)
     if status != "succeeded":
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 import sqlalchemy as sa
 import structlog
@@ -68,11 +69,14 @@ def stage_schema() -> str:
     return "ingest_stage"
 
 
+_JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
 def _cell(v: Any) -> Any:
     if isinstance(v, enum.Enum):
         return v.value
-    if isinstance(v, dict | list):
-        return json.dumps(v, sort_keys=True, ensure_ascii=False, default=str)
+    if type(v) is dict or type(v) is list:
+        return orjson.dumps(v, option=_JSON_OPTS, default=str).decode() if v else ("{}" if type(v) is dict else "[]")
     return v
 
 
@@ -82,6 +86,39 @@ def _hash_text(v: Any) -> str:
     if isinstance(v, datetime):
         return v.isoformat()
     return str(v)
+
+
+class _PlainStrings:
+    """Accepts a dict for a model whose fields are all plain strings without running pydantic.
+
+    Assignments and nested groups are most of the rows of a large source; this
+    checks exactly what their models check (types, required, length, no extra
+    keys). Anything it does not accept goes through pydantic, which gives the reason.
+    """
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        fields = model.model_fields
+        self.usable = all(f.annotation is str for f in fields.values())
+        self.allowed = frozenset(fields)
+        self.defaults = {n: f.default for n, f in fields.items() if not f.is_required()}
+        self.limits = {}
+        for n, f in fields.items():
+            lo = next((m.min_length for m in f.metadata if hasattr(m, "min_length")), 0)
+            hi = next((m.max_length for m in f.metadata if hasattr(m, "max_length")), None)
+            self.limits[n] = (lo, hi if hi is not None else 1 << 62)
+
+    def __call__(self, item: Any) -> dict[str, Any] | None:
+        if type(item) is not dict or not (item.keys() <= self.allowed):
+            return None
+        d = {**self.defaults, **item} if len(item) < len(self.allowed) else item
+        for n, (lo, hi) in self.limits.items():
+            v = d[n]
+            if type(v) is not str or not lo <= len(v) <= hi:
+                return None
+        return d
+
+
+_FAST = {name: f for name, e in ENTITIES.items() if (f := _PlainStrings(e.model)).usable}
 
 
 class _EntityStats:
@@ -117,31 +154,48 @@ class SnapshotWriter:
         conn.execute(f"DROP TABLE IF EXISTS {self.stage_table(ent.name)}")
         conn.execute(f"CREATE UNLOGGED TABLE {self.stage_table(ent.name)} AS SELECT {cols} FROM {source} WITH NO DATA")
 
-    def row(self, ent: Entity, rec: BaseModel) -> tuple:
-        """The staging row of a validated record: columns, key hash, row hash."""
-        d = rec.__dict__
-        key = [d[c] for c in ent.key]
-        key_hash = hashlib.md5("\x1f".join([self.connector, *key]).encode()).hexdigest()
-        values = [_cell(d[c]) for c in ent.values]
-        row_hash = (hashlib.md5("\x1f".join(map(_hash_text, values)).encode()).hexdigest()
-                    if ent.values else key_hash)
-        return (*key, *values, *(d[c] for c in ent.extra_cols), key_hash, row_hash)
+    def row(self, ent: Entity, d: dict[str, Any]) -> tuple:
+        """The staging row of a validated record's fields: columns, key hash, row hash.
 
-    def validate(self, ent: Entity, item: Any, stats: _EntityStats) -> BaseModel | None:
+        Raises ValueError for text PostgreSQL cannot store (NUL).
+        """
+        key = [d[c] for c in ent.key]
+        key_text = "\x1f".join([self.connector, *key])
+        key_hash = hashlib.md5(key_text.encode()).hexdigest()
+        if ent.values:
+            values = [_cell(d[c]) for c in ent.values]
+            value_text = "\x1f".join(map(_hash_text, values))
+            if "\x00" in key_text or "\x00" in value_text or "\\u0000" in value_text:
+                raise ValueError("contains a NUL character, which PostgreSQL cannot store")
+            row_hash = hashlib.md5(value_text.encode()).hexdigest()
+            return (*key, *values, *(d[c] for c in ent.extra_cols), key_hash, row_hash)
+        if "\x00" in key_text:
+            raise ValueError("contains a NUL character, which PostgreSQL cannot store")
+        return (*key, *(d[c] for c in ent.extra_cols), key_hash, key_hash)
+
+    def _invalid(self, ent: Entity, item: Any, stats: _EntityStats, reason: str) -> None:
+        stats.invalid += 1
+        key = item.get(ent.key[0]) if isinstance(item, dict) else getattr(item, ent.key[0], None)
+        if len(stats.samples) < MAX_INVALID_SAMPLES:
+            stats.samples.append({"key": str(key)[:200], "reason": reason})
+        log.warning("record_invalid", entity=ent.name, key=str(key)[:200], reason=reason)
+
+    def validate(self, ent: Entity, item: Any, stats: _EntityStats) -> dict[str, Any] | None:
+        """The record's fields when ``item`` is valid; otherwise counts it as invalid and returns None."""
         if isinstance(item, ent.model):
-            return item
+            return item.__dict__
+        fast = _FAST.get(ent.name)
+        if fast is not None:
+            d = fast(item)
+            if d is not None:
+                return d
         try:
             if isinstance(item, BaseModel):
                 item = item.model_dump()
-            return ent.model.model_validate(item)
+            return ent.model.model_validate(item).__dict__
         except ValidationError as e:
-            stats.invalid += 1
             err = e.errors()[0]
-            reason = f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}"
-            key = item.get(ent.key[0]) if isinstance(item, dict) else None
-            if len(stats.samples) < MAX_INVALID_SAMPLES:
-                stats.samples.append({"key": str(key)[:200], "reason": reason})
-            log.warning("record_invalid", entity=ent.name, key=str(key)[:200], reason=reason)
+            self._invalid(ent, item, stats, f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}")
             return None
 
     def stage(self, entity: str, items: Iterable[Any], progress: Callable[[str, int], None] | None = None) -> None:
@@ -153,11 +207,15 @@ class SnapshotWriter:
             self._create_stage(conn, ent)
             with conn.cursor() as cur, cur.copy(f"COPY {self.stage_table(entity)} ({cols}) FROM STDIN") as copy:
                 n = 0
+                validate, row, write = self.validate, self.row, copy.write_row
                 for item in items:
                     stats.fetched += 1
-                    rec = self.validate(ent, item, stats)
-                    if rec is not None:
-                        copy.write_row(self.row(ent, rec))
+                    fields = validate(ent, item, stats)
+                    if fields is not None:
+                        try:
+                            write(row(ent, fields))
+                        except ValueError as e:
+                            self._invalid(ent, item, stats, str(e))
                     n += 1
                     if progress is not None and n % 5000 == 0:
                         progress(entity, stats.fetched)

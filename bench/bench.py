@@ -1,0 +1,100 @@
+"""`make bench`: the demo source through the whole pipeline, at two sizes.
+
+For each size: a first load into an empty database, then a re-run after one
+day of churn (1 % of users by default). Each run is a separate `ingest run`
+process against a fresh embedded PostgreSQL on default settings. Prints
+records/s, seconds per phase and the ingest process's peak RSS.
+
+    python bench/bench.py [--users 100000] [--memberships 10] [--scales 1,2] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+INGEST = [sys.executable, "-c", "from ingest.cli import main; main()"]
+
+
+def run(config: Path, *extra: str) -> dict:
+    t = time.perf_counter()
+    proc = subprocess.run([*INGEST, "--config", str(config), "--log-format", "json", "run", "demo", "--json", *extra],
+                          capture_output=True, text=True, cwd=config.parent, timeout=1800)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"ingest run failed ({proc.returncode})")
+    result = json.loads(proc.stdout)[0]
+    result["wall_s"] = wall
+    return result
+
+
+def records(stats: dict) -> int:
+    return sum(v.get("fetched", 0) for k, v in stats.items()
+               if isinstance(v, dict) and k in ("account", "resource", "entitlement", "assignment", "nested_entitlement"))
+
+
+def line(label: str, r: dict) -> str:
+    s = r["stats"]
+    n = records(s)
+    t = s["timings"]
+    written = sum(v.get("added", 0) + v.get("modified", 0) + v.get("removed", 0)
+                  for k, v in s.items() if isinstance(v, dict) and "added" in v)
+    return (f"{label:<24} {r['wall_s']:7.1f} s wall  {r['duration_s']:6.1f} s run  {n / r['duration_s']:>9,.0f} rec/s  "
+            f"fetch {t['fetch_s']:5.1f}  stage {t['stage_s']:5.1f}  merge {t['merge_s']:5.1f}  "
+            f"rows written {written:>9,}  peak RSS {s['peak_rss_mb']:6.1f} MB")
+
+
+def bench_size(users: int, memberships: float, churn: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        config = Path(tmp) / "schedules.yaml"
+
+        def write(day: int) -> None:
+            config.write_text(json.dumps({"connectors": {"demo": {"type": "demo", "settings": {
+                "users": users, "memberships_per_user": memberships, "groups": max(50, users // 200),
+                "workspaces": max(12, users // 2000), "churn": churn, "day": day}}}}))
+
+        write(0)
+        subprocess.run([*INGEST, "--config", str(config), "db", "start"], check=True, capture_output=True)
+        try:
+            first = run(config)
+            write(1)
+            rerun = run(config)
+            write(1)
+            idle = run(config)
+        finally:
+            subprocess.run([*INGEST, "--config", str(config), "db", "stop"], capture_output=True)
+        return {"first": first, "rerun": rerun, "idle": idle}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--users", type=int, default=int(os.environ.get("BENCH_USERS", 100_000)))
+    ap.add_argument("--memberships", type=float, default=10.0, help="assignments per user")
+    ap.add_argument("--churn", type=float, default=0.01)
+    ap.add_argument("--scales", default=os.environ.get("BENCH_SCALES", "1,2"))
+    args = ap.parse_args()
+    print(f"ingest bench: demo source, {os.cpu_count()} CPUs, embedded PostgreSQL with default settings")
+    rss = []
+    for scale in (float(s) for s in args.scales.split(",")):
+        users = int(args.users * scale)
+        print(f"\n{users:,} accounts, ~{int(users * args.memberships):,} assignments")
+        r = bench_size(users, args.memberships, args.churn)
+        print(line("first load", r["first"]))
+        print(line(f"re-run after {args.churn:.0%} churn", r["rerun"]))
+        print(line("re-run, no change", r["idle"]))
+        rss.append((users, max(r[k]["stats"]["peak_rss_mb"] for k in r)))
+    if len(rss) > 1:
+        print("\npeak RSS by size: " + ", ".join(f"{u:,} accounts: {m:.0f} MB" for u, m in rss)
+              + f"  (ratio {rss[-1][1] / rss[0][1]:.2f})")
+
+
+if __name__ == "__main__":
+    main()
