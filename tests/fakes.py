@@ -4,11 +4,13 @@
       path: /tmp/org.json        # {"account": [...], "entitlement": [...], "assignment": [...], ...}
       fail_in: assignment        # raise while streaming this entity ...
       fail_after: 10             # ... after this many records
+      sleep: 0.5                 # seconds to wait before each record (a slow source)
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -22,6 +24,7 @@ class FileSettings(BaseModel):
     path: str
     fail_in: str | None = None
     fail_after: int = 0
+    sleep: float = 0.0
 
 
 class FileAuth(BaseModel):
@@ -54,6 +57,8 @@ class FileConnector(Connector):
                     raise RetryableError(f"injected failure in {entity} after {n} records",
                                          connector=self.ctx.name)
                 n += 1
+                if self.settings.sleep:
+                    time.sleep(self.settings.sleep)
                 yield item
 
     def list_accounts(self):
