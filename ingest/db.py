@@ -110,8 +110,8 @@ class EmbeddedDatabase:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.DBNAME,)).fetchone():
                 try:
                     conn.execute(f'CREATE DATABASE "{self.DBNAME}"')
-                except psycopg.errors.DuplicateDatabase:
-                    pass
+                except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+                    pass  # another process created it at the same moment
         log.debug("embedded_db_started", pgdata=str(self.pgdata))
         return self._with_db(uri)
 
