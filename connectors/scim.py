@@ -61,7 +61,6 @@ __all__ = [
     "primary_email",
 ]
 
-CORE_USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 ENTERPRISE_USER = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 SERVICE_PROVIDER_CONFIG = "urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 import structlog
 from psycopg.rows import dict_row
 from typer.testing import CliRunner

@@ -93,13 +93,11 @@ class ScimServer:
         self.app = BearerTokenApplication(
             self.storage, provider, service=ScimService(provider, secret="t" * 32), bearer_tokens=[token]
         )
-        self.requests = 0
         self._server: ThreadingWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- WSGI ---------------------------------------------------------------------------------------
     def _wsgi(self, environ: dict, start_response) -> Iterable[bytes]:
-        self.requests += 1
         path = environ.get("PATH_INFO", "")
         if path.startswith("/app/"):  # a web application on the same host: HTML for everything
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
