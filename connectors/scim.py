@@ -17,7 +17,7 @@ every member of a group of any size in one request. A member whose ``type`` is
 ``Group``, or whose ``value`` is the id of a known group, is a nested group
 (:class:`~ingest.records.NestedEntitlement`), not an account assignment.
 
-Pages follow ``startIndex`` / ``count`` with :class:`ScimPages`, which refuses
+Pages follow ``startIndex`` / ``count`` with :class:`~ingest.http.ScimPaginator`, which refuses
 to end a stream short when the provider's own ``totalResults`` says items are
 missing (a provider that ignores ``startIndex``).
 
@@ -52,7 +52,6 @@ __all__ = [
     "ProviderConfig",
     "ScimAuth",
     "ScimConnector",
-    "ScimPages",
     "ScimSettings",
     "list_response_resources",
     "map_group",
@@ -183,58 +182,6 @@ class ProviderConfig:
 
 
 # -- pagination --------------------------------------------------------------------------------------
-
-class ScimPages(ScimPaginator):
-    """:class:`~ingest.http.ScimPaginator` that never ends a stream short without saying so.
-
-    Body it reads (RFC 7644 §3.4.2.4)::
-
-        {"totalResults": 250, "itemsPerPage": 100, "startIndex": 101, "Resources": [...]}
-
-    As in the base class, ``startIndex`` advances by the items received, records
-    repeated from the previous page are dropped and a page with nothing new ends
-    the stream (only one page of ids is kept: memory stays flat). On top of it:
-
-    - ``totalResults`` ends the stream only once it has proved to count the
-      collection, not the page (it was larger than a page): some providers
-      report the page length there. Until then paging goes on to an empty page,
-      which costs one request for a collection that fits in one page;
-    - a page with nothing new while ``totalResults`` says items are still missing
-      is a :class:`~ingest.errors.ProtocolError` (the provider ignores
-      ``startIndex``): a failed run, never a silently truncated snapshot.
-    """
-
-    def _reset(self):
-        super()._reset()
-        self.start_index, self.received, self.unique = 1, 0, 0
-        self._previous: set[Any] = set()
-        self._total_trusted = False
-
-    def update_state(self, response, data, records):
-        ids = {r.get(self.id_field) for r in records if isinstance(r, dict)} - {None}
-        kept = [r for r in records if not (isinstance(r, dict) and r.get(self.id_field) in self._previous)]
-        self._previous = ids
-        self.received += len(records)
-        self.unique += len(kept)
-        self.start_index += len(records)
-        total = data.get("totalResults") if isinstance(data, dict) else None
-        total = total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else None
-        if total is not None and total > len(records):
-            self._total_trusted = True
-        if not records:
-            self.has_next = False
-        elif not kept:
-            self.has_next = False
-            if self._total_trusted and total is not None and self.unique < total:
-                raise ProtocolError(
-                    f"the provider answered startIndex={self.start_index - len(records)} with the items it had "
-                    f"just sent: got {self.unique} of the {total} it announces (it seems to ignore startIndex)")
-        elif self._total_trusted and total is not None and total >= self.received:
-            self.has_next = self.received < total
-        else:
-            self.has_next = True  # totalResults missing, unproven or smaller than what arrived: page until empty
-        return kept if len(kept) != len(records) else None
-
 
 def list_response_resources(data: Any, what: str = "response") -> list[Any]:
     """The ``Resources`` of a SCIM ListResponse; ProtocolError when ``data`` is not one."""
@@ -496,7 +443,7 @@ class ScimConnector(Connector):
         try:
             yield from self.http.records(
                 path,
-                paginator=ScimPages(count=page_size),
+                paginator=ScimPaginator(count=page_size),
                 selector=functools.partial(list_response_resources, what=f"GET /{path}"),
                 params=params,
             )

@@ -142,14 +142,16 @@ class TestLoops:
             list(http.records("/users", paginator=NextUrlPaginator(), selector="results"))
         assert len(fake_api.requests) == 1
 
-    def test_scim_provider_ignoring_start_index_ends_without_duplicates(self, fake_api: FakeApi) -> None:
-        """A SCIM provider that serves page one for every startIndex ends the stream: no loop, no duplicate."""
+    def test_scim_provider_ignoring_start_index_fails_instead_of_looping_or_truncating(self, fake_api: FakeApi) -> None:
+        """A SCIM provider that serves page one for every startIndex ends the stream after one repeat,
+        and because totalResults says items are missing, it fails: no loop, no silently short snapshot."""
         fake_api.serve_records("/Users", RECORDS, style="scim", ignore_start_index=True)
-        with client(fake_api) as http, capture_logs() as logs:
-            got = list(http.records("/Users", paginator=ScimPaginator(count=20), selector="Resources"))
+        got = []
+        with client(fake_api) as http, pytest.raises(ProtocolError, match="ignore startIndex"):
+            for record in http.records("/Users", paginator=ScimPaginator(count=20), selector="Resources"):
+                got.append(record)
         assert got == RECORDS[:20]
         assert len(fake_api.requests) == 2
-        assert any(e["event"] == "page_repeated" and e["log_level"] == "warning" for e in logs)
 
     def test_scim_stops_at_total_results_even_with_short_pages(self, fake_api: FakeApi) -> None:
         """``startIndex`` advances by what arrived, and ``totalResults`` ends the stream."""

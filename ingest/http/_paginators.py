@@ -280,13 +280,19 @@ class ScimPaginator(Paginator):
     ``{"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"], "totalResults": 250,
     "itemsPerPage": 100, "startIndex": 1, "Resources": [...]}``.
 
-    The next ``startIndex`` advances by the items actually received (providers
-    may send fewer than asked). ``totalResults`` ends the stream when it is
-    consistent with what arrived; otherwise paging goes on until an empty page.
-    Records whose ``id`` was on the previous page are dropped, and a page with
-    nothing new ends the stream: a provider that ignores ``startIndex`` (and
-    serves page one again) cannot loop forever or duplicate records. Only the
-    previous page's ids are kept, so memory stays flat.
+    It never ends a stream short without saying so:
+
+    - the next ``startIndex`` advances by the items actually received
+      (providers may send fewer than asked);
+    - records whose ``id`` was on the previous page are dropped, and a page with
+      nothing new ends the stream (only one page of ids is kept: memory stays flat);
+    - ``totalResults`` ends the stream only once it has proved to count the
+      collection, not the page (it was larger than a page): some providers
+      report the page length there. Until then paging goes on to an empty page,
+      which costs one request for a collection that fits in one page;
+    - a page with nothing new while ``totalResults`` says items are still missing
+      is a :class:`~ingest.errors.ProtocolError` (the provider ignores
+      ``startIndex``): a failed run, never a silently truncated snapshot.
     """
 
     def __init__(self, count: int = 100, id_field: str = "id") -> None:
@@ -294,9 +300,9 @@ class ScimPaginator(Paginator):
         self._reset()
 
     def _reset(self):
-        self.start_index = 1
-        self.received = 0
-        self._previous_ids: set[Any] = set()
+        self.start_index, self.received, self.unique = 1, 0, 0
+        self._previous: set[Any] = set()
+        self._total_trusted = False
 
     def init_request(self, request):
         request.params["startIndex"] = self.start_index
@@ -305,19 +311,26 @@ class ScimPaginator(Paginator):
 
     def update_state(self, response, data, records):
         ids = {r.get(self.id_field) for r in records if isinstance(r, dict)} - {None}
-        kept = [r for r in records
-                if not (isinstance(r, dict) and r.get(self.id_field) in self._previous_ids)]
-        self._previous_ids = ids
+        kept = [r for r in records if not (isinstance(r, dict) and r.get(self.id_field) in self._previous)]
+        self._previous = ids
         self.received += len(records)
+        self.unique += len(kept)
         self.start_index += len(records)
         total = _int_or_none(data.get("totalResults")) if isinstance(data, dict) else None
-        if not records or not kept:
+        if total is not None and total > len(records):
+            self._total_trusted = True
+        if not records:
             self.has_next = False
-        elif total is not None and total >= self.received:
+        elif not kept:
+            self.has_next = False
+            if self._total_trusted and total is not None and self.unique < total:
+                raise ProtocolError(
+                    f"the provider answered startIndex={self.start_index - len(records)} with the items it had "
+                    f"just sent: got {self.unique} of the {total} it announces (it seems to ignore startIndex)")
+        elif self._total_trusted and total is not None and total >= self.received:
             self.has_next = self.received < total
         else:
-            # totalResults missing or smaller than what already arrived: page until an empty page
-            self.has_next = True
+            self.has_next = True  # totalResults missing, unproven or smaller than what arrived: page until empty
         return kept if len(kept) != len(records) else None
 
     def _next(self, request):
