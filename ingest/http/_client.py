@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
+import orjson
 import structlog
 import tenacity
 
@@ -88,6 +89,15 @@ def _rate_limit(response: httpx.Response) -> tuple[float | None, float | None]:
     if remaining is None and reset is None:
         remaining, reset = _structured_ratelimit(h.get("RateLimit"))
     return remaining, reset
+
+
+def _loads(content: bytes) -> Any:
+    """orjson (several times faster on big pages), else the stdlib for what orjson refuses
+    (NaN, integers beyond 64 bits); ValueError when it is not JSON at all."""
+    try:
+        return orjson.loads(content)
+    except ValueError:
+        return json.loads(content)
 
 
 def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
@@ -380,7 +390,7 @@ class HttpClient:
             raise ProtocolError("the source answered with an HTML page, not JSON (is the base URL right?)",
                                 request=line, connector=self.connector, status_code=response.status_code)
         try:
-            return json.loads(response.content)
+            return _loads(response.content)
         except ValueError:
             if ctype and "json" not in ctype and response.content:
                 raise ProtocolError(f"the source answered with {ctype.split(';')[0]}, not JSON",
