@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,11 @@ def snapshot(spec: OrgSpec) -> tuple[dict[str, dict], set[tuple[str, str, str, s
         else:
             assert org.slots(i) is None
     return users, grants
+
+
+def records(chunks: list[str]) -> list[dict]:
+    """The grants of a page of JSON chunks (a chunk may hold several)."""
+    return json.loads("[" + ",".join(chunks) + "]")
 
 
 def entitlement_keys(org: Org) -> set[tuple[str, str, str]]:
@@ -87,22 +93,29 @@ class TestShape:
         assert len({u["email"] for u in people}) == len(people)
         assert len({u["username"] for u in users.values()}) == len(users)
         for u in people:
-            assert set(u["profile"]) == {"department", "title", "cost_center", "manager_id", "location",
-                                         "employee_id"}
-            assert u["display_name"] == f'{u["name"]["given"]} {u["name"]["family"]}'
+            assert set(u["profile"]) == {"department", "title", "cost_center", "manager", "location",
+                                         "employee_id"} - ({"manager"} if u["id"] == "u0" else set())
+            assert u["display_name"] == f'{u["first_name"]} {u["last_name"]}'
         assert len({u["profile"]["department"] for u in people}) > 5
         assert any(u["last_login_at"] is None for u in users.values())
         assert sum(u["last_login_at"] is not None for u in users.values()) > 0.8 * len(users)
         service = next(u for u in users.values() if u["type"] == "service")
         assert service["email"] is None and service["username"].startswith("svc-")
 
-    def test_managers_are_living_people_of_the_same_day(self):
+    def test_managers_are_living_people_of_the_same_day_in_a_hierarchy(self):
         for day in (0, 40):
             users, _ = snapshot(OrgSpec(users=800, day=day, churn=0.05))
-            managers = [u["profile"]["manager_id"] for u in users.values() if u["profile"]["manager_id"]]
-            assert len(managers) > 0.9 * len(users)
-            for m in managers:
+            managers = {u["id"]: u["profile"]["manager"] for u in users.values() if "manager" in u["profile"]}
+            assert len(managers) == len(users) - 1  # all but the CEO
+            for m in managers.values():
                 assert m in users and users[m]["type"] == "user"
+            for start in users:  # no cycles: every chain ends at the CEO
+                seen, node = set(), start
+                while node in managers:
+                    assert node not in seen
+                    seen.add(node)
+                    node = managers[node]
+                assert node == "u0"
 
     def test_every_grant_points_at_an_existing_entitlement_and_no_user_holds_one_twice(self):
         spec = OrgSpec(users=600, groups=15, roles=4, workspaces=5, memberships_per_user=9, day=7, churn=0.05)
@@ -222,7 +235,7 @@ class TestCost:
         finally:
             tracemalloc.stop()
         assert len(users) == 500 and nxt is not None
-        assert len(grants) == 2000 and cursor is not None
+        assert len(records(grants)) == 2000 and cursor is not None
         assert elapsed < 5  # the seed tables (once per process) plus a few thousand records
         assert peak < 40 * 1024 * 1024  # seed tables and pre-rendered entitlements, no users
 
@@ -235,16 +248,18 @@ class TestCost:
         grants, cursor = [], (0, 0)
         while cursor is not None:
             page, cursor = org.memberships_page_json(cursor[0], cursor[1], 97)
-            grants += page
-        whole, _ = org.memberships_page_json(0, 0, 10**6)
+            assert len(records(page)) == 97 or cursor is None
+            grants += records(page)
+        whole = records(org.memberships_page_json(0, 0, 10**6)[0])
         assert grants == whole
+        assert whole == [{"account_id": f"u{i}", "entitlement_id": e, "resource_type": t, "resource_id": r}
+                         for i in range(org.index_bound()) for e, t, r in org.memberships(i)]
         assert len(ids) == len(set(ids)) == org.count_users()
 
     def test_user_ranges_partition_the_lists(self):
         org = Org(OrgSpec(users=500, day=9, churn=0.05))
-        whole, _ = org.memberships_page_json(0, 0, 10**6)
+        whole = records(org.memberships_page_json(0, 0, 10**6)[0])
         parts = []
         for lo, hi in ((0, 100), (100, 333), (333, None)):
-            page, _ = org.memberships_page_json(lo, 0, 10**6, hi)
-            parts += page
+            parts += records(org.memberships_page_json(lo, 0, 10**6, hi)[0])
         assert parts == whole

@@ -212,7 +212,7 @@ class DemoConnector(Connector):
             yield from page  # already Assignment-shaped (see connectors.demo.mapping)
 
     def list_custom_attributes_schema(self) -> Iterator[CustomAttribute]:
-        for name, description in CUSTOM_ATTRIBUTES.values():
+        for name, description in CUSTOM_ATTRIBUTES.items():
             yield CustomAttribute(name=name, type="string", description=description)
 
     # -- pages -------------------------------------------------------------------------

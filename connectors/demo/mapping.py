@@ -20,33 +20,31 @@ __all__ = [
     "role_entitlement_id",
 ]
 
-# profile field -> custom attribute
-CUSTOM_ATTRIBUTES: dict[str, tuple[str, str]] = {
-    "department": ("department", "Department the person works in."),
-    "title": ("title", "Job title."),
-    "cost_center": ("cost_center", "Cost centre the seat is charged to."),
-    "manager_id": ("manager", "account_id of the person's manager (the owner, for a service account)."),
-    "location": ("location", "Office or 'Remote'."),
-    "employee_id": ("employee_id", "HR employee number."),
+# The custom attributes (the API's ``profile`` holds exactly these, leaving out unknown ones).
+CUSTOM_ATTRIBUTES: dict[str, str] = {
+    "department": "Department the person works in.",
+    "title": "Job title.",
+    "cost_center": "Cost centre the seat is charged to.",
+    "manager": "account_id of the person's manager (the owner, for a service account).",
+    "location": "Office or 'Remote'.",
+    "employee_id": "HR employee number.",
 }
 _STATUS = {"active": "ACTIVE", "suspended": "SUSPENDED", "deactivated": "DEPROVISIONED", "invited": "PENDING"}
 
 
 def map_user(raw: dict[str, Any]) -> dict[str, Any]:
     """A ``/api/users`` object -> Account. An unknown status passes through (and fails validation)."""
-    name = raw.get("name") or {}
-    profile = raw.get("profile") or {}
+    status = raw.get("status")
     return {
         "account_id": raw["id"],
         "email": raw.get("email"),
         "username": raw.get("username"),
         "display_name": raw.get("display_name"),
-        "given_name": name.get("given"),
-        "family_name": name.get("family"),
-        "status": _STATUS.get(raw.get("status"), raw.get("status")),
+        "given_name": raw.get("first_name"),
+        "family_name": raw.get("last_name"),
+        "status": _STATUS.get(status, status),
         "account_type": "service" if raw.get("type") == "service" else "user",
-        "custom_attributes": {CUSTOM_ATTRIBUTES[k][0]: v for k, v in profile.items()
-                              if v is not None and k in CUSTOM_ATTRIBUTES},
+        "custom_attributes": raw.get("profile") or {},
         "extra": {"created_at": raw.get("created_at")},
         "last_activity_at": raw.get("last_login_at"),
     }

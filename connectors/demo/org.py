@@ -23,8 +23,9 @@ is split between kinds of event (``SHARES``):
   so about ``users * r`` users see it each day, and the version of an attribute
   on day ``d`` is ``(d + phase) // period``: O(1), no look-back.
 
-Managers are drawn from the first eighth of the initial users; when one leaves,
-their reports move to another manager (extra, realistic modifications).
+Managers are the first eighth of the initial users; they stay, and form a
+hierarchy (each reports to a lower index; ``u0`` to no one). Everyone else
+reports to one of them, and may get another manager on a job change.
 Groups and workspaces are renamed now and then (``ENTITY_RENAME_SHARE``).
 
 Identifiers are stable: users ``u<i>``, groups ``g<k>``, workspaces ``w<k>``,
@@ -44,7 +45,7 @@ import math
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-__all__ = ["EPOCH", "SHARES", "OrgSpec", "Org", "get_org", "day_date"]
+__all__ = ["EPOCH", "SHARES", "OrgSpec", "Org", "get_org", "day_date", "role_key"]
 
 EPOCH = date(2025, 1, 1)  # day 0
 
@@ -162,16 +163,17 @@ _HM = [f"{h:02d}:{m:02d}" for h in range(24) for m in range(60)]
 _SS = [f"{s:02d}" for s in range(60)]
 # Templates of the API's user objects: every value comes from the tables above (plain ASCII, nothing
 # to escape), several times faster than building dicts for ``json.dumps``.
+# ``profile`` leaves out what is unknown (the CEO has no manager).
 _USER_T = (
     '{"id":"u%d","type":"user","username":"%s.%s%d","email":"%s.%s%d@%s",'
-    '"name":{"given":"%s","family":"%s"},"display_name":"%s %s","status":"%s",'
-    '"created_at":"%s","last_login_at":%s,"profile":{"department":"%s","cost_center":"CC-%d",'
-    '"manager_id":%s,"title":"%s%s","location":"%s","employee_id":"E%d"}}'
+    '"first_name":"%s","last_name":"%s","display_name":"%s %s","status":"%s",'
+    '"created_at":"%s","last_login_at":%s,"profile":{"department":"%s","title":"%s%s",'
+    '"cost_center":"CC-%d",%s"location":"%s","employee_id":"E%d"}}'
 )
 _SERVICE_T = (
-    '{"id":"u%d","type":"service","username":"svc-%s-%d","email":null,"name":null,'
+    '{"id":"u%d","type":"service","username":"svc-%s-%d","email":null,"first_name":null,"last_name":null,'
     '"display_name":"%s service account","status":"%s","created_at":"%s","last_login_at":%s,'
-    '"profile":{"department":"%s","cost_center":"CC-%d","manager_id":%s}}'
+    '"profile":{"department":"%s","cost_center":"CC-%d"%s}}'
 )
 
 
@@ -208,6 +210,88 @@ class OrgSpec:
             raise ValueError("memberships_per_user must be between 0 and 1000")
 
 
+def _strides(u: int) -> list[int]:
+    """Multipliers coprime to ``u``: p -> (base + stride * p) % u is then a bijection."""
+    out, k = [], u // 3 + 1
+    while u > 1 and len(out) < 16 and k < u + 1024:
+        if math.gcd(k, u) == 1:
+            out.append(k)
+        k += 1
+    return out or [1]
+
+
+def role_key(r: int) -> str:
+    return ROLES[r][0] if r < len(ROLES) else f"custom-{r}"
+
+
+class _Grants:
+    """Which entitlements people hold: day-independent *layouts* shared by every day of one org shape.
+
+    A layout is the grant list of the users whose layout word falls on it: a licence,
+    then grants in distinct blocks of the universe (groups, then workspace roles),
+    scattered by an affine bijection, so no one holds an entitlement twice. There
+    are up to 65,536 layouts (people in a team share access, as in real orgs),
+    built on first use; a user's access changes replace single grants of it.
+    """
+
+    def __init__(self, seed: int, groups: int, roles: int, workspaces: int, per_user: float) -> None:
+        self.seed, self.groups, self.roles = seed, groups, roles
+        self.universe = u = groups + roles * workspaces
+        self.m_lo = int(per_user // 2)
+        self.m_hi = max(self.m_lo, round(2 * per_user) - self.m_lo)  # uniform in [lo, hi]: mean per_user
+        slots = min(self.m_hi, u)
+        self.block = u // slots if slots else 0
+        self.strides = _strides(u)
+        # at most 65,536 layouts, fewer when people hold many grants (bounds the memory to ~20 MB)
+        self.count = max(256, min(65536, 12_000_000 // (80 * (self.m_hi + 1))))
+        self._layouts: list[tuple | None] = [None] * self.count
+        self._t2 = _tables(seed)[1]
+        # JSON tails of grant records by position; licence k sits at index -1 - k
+        self.tails = ([self.tail(t) for t in range(u)] + [self.tail(-1 - k) for k in reversed(range(3))]
+                      if u <= _PRERENDER_LIMIT else None)
+
+    def entitlement_of(self, t: int) -> tuple[str, str, str, str]:
+        """(kind, entitlement_id, resource_type, resource_id) of position ``t`` (``-1 - k``: licence k)."""
+        if t < 0:
+            return "license", LICENSES[-1 - t][0], "", ""
+        if t < self.groups:
+            return "group", f"g{t}", "", ""
+        w, r = divmod(t - self.groups, self.roles)
+        return "role", f"w{w}:{role_key(r)}", "workspace", f"w{w}"
+
+    def tail(self, t: int) -> str:
+        _, ent, rtype, rid = self.entitlement_of(t)
+        return f'"entitlement_id":"{ent}","resource_type":"{rtype}","resource_id":"{rid}"}}'
+
+    def position(self, h: int, base: int, stride: int, k: int, moves: int) -> int:
+        """Position of regular grant ``k`` after ``moves`` access changes (always in block ``k``)."""
+        w = (self._t2[(h + k * 0x9E37 + moves * 0x7F4B) & 0xFFFF] >> 32) % self.block
+        return (base + stride * (k * self.block + w)) % self.universe
+
+    def layout(self, key: int) -> tuple:
+        """(h, licence, base, stride, positions of a person, positions of a service account, the
+        person's grants as JSON with ``\0`` for the user's number, or None)."""
+        entry = self._layouts[key]
+        if entry is None:
+            h = _h(self.seed, 3, key)
+            m = self.m_lo + (h >> 40) % (self.m_hi - self.m_lo + 1)
+            u = self.universe
+            base = h % u if u else 0
+            stride = self.strides[((h >> 32) & 15) % len(self.strides)]
+            licence = ((h >> 36) & 0xF) % len(LICENSES)
+            regular = tuple(self.position(h, base, stride, k, 0) for k in range(min(m, u)))
+            person = (-1 - licence,) + regular[:m - 1] if m else ()
+            blob = (",".join('{"account_id":"u\0",' + self.tails[p] for p in person)
+                    if self.tails is not None else None)
+            entry = self._layouts[key] = (h, licence, base, stride, person, regular[:m], blob)
+        return entry
+
+
+@functools.lru_cache(maxsize=4)
+def _grants(seed: int, groups: int, roles: int, workspaces: int, per_user: float) -> _Grants:
+    return _Grants(seed, groups, roles, workspaces, per_user)
+
+
 class Org:
     """The organisation of one spec on its day. Methods are O(1) per record and keep no per-user state."""
 
@@ -218,8 +302,12 @@ class Org:
         self.domain = self.name.split()[0].lower() + ".example"
         self._t1, self._t2 = _tables(s.seed)
         rate = {k: s.churn * v for k, v in SHARES.items()}
+        # Managers (the first eighth of the initial users, a hierarchy) stay; everyone else leaves
+        # with the daily hazard that keeps the headcount near ``users``.
+        self.manager_pool = max(1, s.users // MANAGER_POOL)
         self.joiners_per_day = s.users * rate["join"]
-        self.leave_hazard = rate["leave"]  # keeps the headcount near ``users``
+        stayers = s.users - self.manager_pool
+        self.leave_hazard = min(1.0, rate["leave"] * s.users / stayers) if stayers > 0 else 0.0
         self._log_stay = math.log1p(-self.leave_hazard) if 0 < self.leave_hazard < 1 else None
         self.t_rename = _period(rate["rename"])
         self.t_job = _period(rate["job"])
@@ -229,42 +317,16 @@ class Org:
         self.t_susp = _period(rate["suspend"])
         self.max_absence = max(1, min(14, self.t_susp // 2))
         self.t_entity = _period(s.churn * ENTITY_RENAME_SHARE)
-        self.manager_pool = max(1, s.users // MANAGER_POOL)
         if self.joiners_per_day > 0:
             self._bound = s.users + math.ceil(s.day * self.joiners_per_day) + 1
         else:
             self._bound = s.users
-        # The entitlements a grant can point at ("the universe"): groups, then workspace roles.
-        self.universe = s.groups + s.roles * s.workspaces
-        m = s.memberships_per_user
-        self.m_lo = int(m // 2)
-        self.m_hi = max(self.m_lo, round(2 * m) - self.m_lo)  # uniform in [lo, hi]: mean m
-        slots = min(self.m_hi, self.universe)
-        self.block = self.universe // slots if slots else 0
-        self.strides = self._strides(self.universe)
-        self._grant_json = ([self._grant_tail(t) for t in range(self.universe)]
-                            if self.universe <= _PRERENDER_LIMIT else None)
-        self._license_json = [f'"entitlement_id":"{lid}","resource_type":"","resource_id":""}}'
-                              for lid, _, _ in LICENSES]
+        self.grants = _grants(s.seed, s.groups, s.roles, s.workspaces, s.memberships_per_user)
 
     # -- randomness ---------------------------------------------------------
     def _word(self, i: int, k: int) -> int:
         """The ``k``-th random 64-bit word of user ``i``."""
         return self._t1[(i + k * _K1) & 0xFFFF] ^ self._t2[((i >> 16) + k * _K2) & 0xFFFF]
-
-    def _versioned(self, i: int, k: int, version: int) -> int:
-        """Random bits of user ``i`` that change whenever ``version`` does."""
-        return self._word(i, k) ^ self._t2[(version * 0x9E37 + k * 0x3C6F) & 0xFFFF]
-
-    @staticmethod
-    def _strides(u: int) -> list[int]:
-        """Multipliers coprime to ``u``: p -> (base + stride * p) % u is then a bijection."""
-        out, k = [], u // 3 + 1
-        while u > 1 and len(out) < 16 and k < u + 1024:
-            if math.gcd(k, u) == 1:
-                out.append(k)
-            k += 1
-        return out or [1]
 
     # -- life cycle ----------------------------------------------------------
     def index_bound(self) -> int:
@@ -279,8 +341,10 @@ class Org:
 
     def _life(self, i: int) -> tuple[int, float, int]:
         """(join day, leave day, life word); the leave day is geometric with the daily hazard."""
-        join = 0 if i < self.n else math.floor((i - self.n) / self.joiners_per_day) + 1
         h = self._t1[(i + _LIFE * _K1) & 0xFFFF] ^ self._t2[((i >> 16) + _LIFE * _K2) & 0xFFFF]
+        if i < self.manager_pool:
+            return 0, math.inf, h
+        join = 0 if i < self.n else math.floor((i - self.n) / self.joiners_per_day) + 1
         if self._log_stay is not None:
             u = ((h >> 16) + 1) / 281474976710656.0  # (0, 1]
             return join, join + 1 + math.floor(math.log(u) / self._log_stay), h
@@ -303,21 +367,9 @@ class Org:
         return count
 
     def is_service(self, i: int) -> bool:
-        return (self._word(i, _STATIC) & 0xFFFF) < _SERVICE_CUT
+        return i >= self.manager_pool and (self._word(i, _STATIC) & 0xFFFF) < _SERVICE_CUT
 
     # -- users -----------------------------------------------------------------
-    def _manager(self, i: int, h: int) -> str:
-        """A living human from the manager pool, as a JSON value (``null`` when none is found)."""
-        pool, d = self.manager_pool, self.day
-        c = (h >> 24) % pool
-        for _ in range(8):
-            if c != i:
-                join, leave, _ = self._life(c)
-                if join <= d < leave and (self._word(c, _STATIC) & 0xFFFF) >= _SERVICE_CUT:
-                    return f'"u{c}"'
-            c = (c + 7919) % pool
-        return "null"
-
     def user_json(self, i: int) -> str | None:
         """User ``i`` as the demo API renders it (one JSON object), or None when absent on this day."""
         if i < 0 or i >= self._bound:
@@ -330,13 +382,18 @@ class Org:
         h1 = t1[(lo + _STATIC * _K1) & 0xFFFF] ^ t2[(hi + _STATIC * _K2) & 0xFFFF]
         ha = t1[(lo + _PHASE_A * _K1) & 0xFFFF] ^ t2[(hi + _PHASE_A * _K2) & 0xFFFF]
         hb = t1[(lo + _PHASE_B * _K1) & 0xFFFF] ^ t2[(hi + _PHASE_B * _K2) & 0xFFFF]
+        pool = self.manager_pool
         grace = (hl & 0x1F) - 15 if (hl & 0x1F) > 15 else 0  # half the leavers: suspended 1-16 days first
-        suspended = ((h1 >> 16) & 0xFFFF) < _DORMANT_CUT or (grace and d >= leave - grace)
-        if not suspended and self.t_susp:
-            x = d + (ha >> 42) % self.t_susp
-            hc = self._versioned(i, _SUSP, x // self.t_susp)
-            suspended = bool(hc & 1) and x % self.t_susp < 1 + (hc >> 1) % self.max_absence
-        hj = self._versioned(i, _JOB, (d + (ha >> 21) % self.t_job) // self.t_job if self.t_job else 0)
+        suspended = (i >= pool and ((h1 >> 16) & 0xFFFF) < _DORMANT_CUT) or (grace and d >= leave - grace)
+        t = self.t_susp
+        if not suspended and t:
+            x = d + (ha >> 42) % t
+            hc = t1[(lo + _SUSP * _K1) & 0xFFFF] ^ t2[(hi + _SUSP * _K2) & 0xFFFF] ^ t2[(x // t * 0x9E37) & 0xFFFF]
+            suspended = bool(hc & 1) and x % t < 1 + (hc >> 1) % self.max_absence
+        t = self.t_job
+        hj = t1[(lo + _JOB * _K1) & 0xFFFF] ^ t2[(hi + _JOB * _K2) & 0xFFFF]
+        if t:
+            hj ^= t2[((d + (ha >> 21) % t) // t * 0x9E37 + 0x1234) & 0xFFFF]
         dept = hj % len(DEPARTMENTS)
         created = join if i >= self.n else -1 - ((hl >> 5) & 0x7FF)
         created_at = _timestamp(created, 32400 + (h1 >> 20) % 28800)
@@ -347,21 +404,28 @@ class Org:
                 last_login = f'"{_timestamp(login_day, (i * 2654435761 + login_day * 40503) % 86400)}"'
         status = "suspended" if suspended else "active"
         cost_center = 1000 + dept * 100 + (hj >> 32) % 20
-        manager = self._manager(i, hj)
-        if (h1 & 0xFFFF) < _SERVICE_CUT:
+        # managers form a hierarchy: the pool reports within itself, upwards; everyone else to the pool
+        boss = (hj >> 24) % (i if i < pool else pool) if i else -1
+        if i >= pool and (h1 & 0xFFFF) < _SERVICE_CUT:
             purpose = SERVICE_PURPOSES[(h1 >> 32) % len(SERVICE_PURPOSES)]
             return _SERVICE_T % (i, purpose, i, purpose, status, created_at, last_login,
-                                 DEPARTMENTS[dept][0], cost_center, manager)
+                                 DEPARTMENTS[dept][0], cost_center, f',"manager":"u{boss}"')
         given = ((h1 >> 32) & 0xFFFF) % len(GIVEN)
         family0 = (h1 >> 48) % len(FAMILY)
-        version = (d + ha % self.t_rename) // self.t_rename if self.t_rename else 0
-        family = family0 if version == 0 else self._versioned(i, _NAME, version) % len(FAMILY)
+        family = family0
+        t = self.t_rename
+        if t:
+            version = (d + ha % t) // t
+            if version:
+                family = (t1[(lo + _NAME * _K1) & 0xFFFF] ^ t2[(hi + _NAME * _K2) & 0xFFFF]
+                          ^ t2[(version * 0x9E37 + 0x5678) & 0xFFFF]) % len(FAMILY)
         titles = DEPARTMENTS[dept][1]
         gl, fl, g, f = _GIVEN_L[given], _FAMILY_L[family], GIVEN[given], FAMILY[family]
         return _USER_T % (
             i, gl, _FAMILY_L[family0], i, gl, fl, i, self.domain, g, f, g, f, status, created_at, last_login,
-            DEPARTMENTS[dept][0], cost_center, manager, LEVELS[(hj >> 8) % len(LEVELS)],
-            titles[(hj >> 16) % len(titles)], LOCATIONS[(hb >> 58) % len(LOCATIONS)], 100000 + i,
+            DEPARTMENTS[dept][0], LEVELS[(hj >> 8) % len(LEVELS)], titles[(hj >> 16) % len(titles)],
+            cost_center, f'"manager":"u{boss}",' if boss >= 0 else "", LOCATIONS[(hb >> 58) % len(LOCATIONS)],
+            100000 + i,
         )
 
     def user(self, i: int) -> dict | None:
@@ -389,91 +453,81 @@ class Org:
 
     # -- memberships -------------------------------------------------------------
     def entitlement_of(self, t: int) -> tuple[str, str, str, str]:
-        """(kind, entitlement_id, resource_type, resource_id) of universe position ``t``."""
-        g = self.spec.groups
-        if t < g:
-            return "group", f"g{t}", "", ""
-        w, r = divmod(t - g, self.spec.roles)
-        return "role", f"w{w}:{role_key(r)}", "workspace", f"w{w}"
+        """(kind, entitlement_id, resource_type, resource_id) of grant position ``t``."""
+        return self.grants.entitlement_of(t)
 
-    def _grant_tail(self, t: int) -> str:
-        _, ent, rtype, rid = self.entitlement_of(t)
-        return f'"entitlement_id":"{ent}","resource_type":"{rtype}","resource_id":"{rid}"}}'
-
-    def slots(self, i: int) -> list[int] | None:
-        """User ``i``'s grants as universe positions (``-1 - k`` for licence ``k``); None when absent.
-
-        Non-service users hold one licence, then grants in distinct blocks of the universe,
-        scattered by a per-user affine bijection, so a user never holds one entitlement twice.
-        """
+    def _grants_of(self, i: int) -> tuple[tuple[int, ...] | list[int] | None, str | None]:
+        """(positions, pre-rendered JSON of them or None) of user ``i``'s grants; (None, None) when absent."""
         if i < 0 or i >= self._bound:
-            return None
+            return None, None
         d = self.day
         join, leave, _ = self._life(i)
         if not join <= d < leave:
-            return None
+            return None, None
         t1, t2, lo, hi = self._t1, self._t2, i & 0xFFFF, i >> 16
         hl = t1[(lo + _LAYOUT * _K1) & 0xFFFF] ^ t2[(hi + _LAYOUT * _K2) & 0xFFFF]
-        m = self.m_lo + (hl >> 40) % (self.m_hi - self.m_lo + 1)
-        if m == 0:
-            return []
-        h1 = t1[(lo + _STATIC * _K1) & 0xFFFF] ^ t2[(hi + _STATIC * _K2) & 0xFFFF]
-        lic = 0 if (h1 & 0xFFFF) < _SERVICE_CUT else 1
-        regular = min(m - lic, self.universe)
-        m = regular + lic
-        if m == 0:
-            return []
+        grants = self.grants
+        h, licence, base, stride, person, service, blob = grants.layout(hl % grants.count)
+        human = i < self.manager_pool or ((t1[(lo + _STATIC * _K1) & 0xFFFF] ^ t2[(hi + _STATIC * _K2) & 0xFFFF])
+                                          & 0xFFFF) >= _SERVICE_CUT
+        positions = person if human else service
+        blob = blob if human else None
+        t = self.t_access
+        if not positions or not t:
+            return positions, blob
         hb = t1[(lo + _PHASE_B * _K1) & 0xFFFF] ^ t2[(hi + _PHASE_B * _K2) & 0xFFFF]
-        # access events rotate over the slots: event e (1-based) moves slot (e - 1 + rot) % m
-        events = (d + (hb >> 21) % self.t_access) // self.t_access if self.t_access else 0
-        rot = (hb >> 42) & 0xFF
-        u, block = self.universe, self.block
-        base = hl % u if u else 0
-        stride = self.strides[((hl >> 32) & 15) % len(self.strides)]
-        out = []
-        for j in range(m):
-            first = (j - rot) % m + 1
-            moves = 0 if events < first else (events - first) // m + 1
-            if j < lic:
-                out.append(-1 - (((hl >> 36) & 0xF) + moves) % len(LICENSES))
+        events = (d + (hb >> 21) % t) // t
+        if not events:
+            return positions, blob
+        m, rot = len(positions), (hb >> 42) & 0xFF
+        out = list(positions)
+        for j in range(m) if events >= m else [(rot + e) % m for e in range(events)]:
+            moves = (events - (j - rot) % m - 1) // m + 1
+            if human and j == 0:
+                out[0] = -1 - (licence + moves) % len(LICENSES)
             else:
-                k = j - lic
-                w = (t2[(hl + k * 0x9E37 + moves * 0x7F4B) & 0xFFFF] >> 32) % block
-                out.append((base + stride * (k * block + w)) % u)
-        return out
+                out[j] = grants.position(h, base, stride, j - human, moves)
+        return out, None
+
+    def slots(self, i: int) -> tuple[int, ...] | list[int] | None:
+        """User ``i``'s grants as positions (``-1 - k`` for licence ``k``); None when absent.
+
+        People hold one licence, service accounts none, then the grants of their layout
+        (see ``_Grants``). Access changes rotate over a user's grants: change ``e``
+        (1-based) moves grant ``(e - 1 + rot) % m`` to another entitlement of its block.
+        """
+        return self._grants_of(i)[0]
 
     def memberships(self, i: int) -> list[tuple[str, str, str]]:
         """User ``i``'s grants as (entitlement_id, resource_type, resource_id)."""
-        out = []
-        for t in self.slots(i) or ():
-            if t < 0:
-                out.append((LICENSES[-1 - t][0], "", ""))
-            else:
-                _, ent, rtype, rid = self.entitlement_of(t)
-                out.append((ent, rtype, rid))
-        return out
+        return [self.entitlement_of(t)[1:] for t in self.slots(i) or ()]
 
     def memberships_page_json(self, start: int, slot: int, limit: int,
                               stop: int | None = None) -> tuple[list[str], tuple[int, int] | None]:
-        """Up to ``limit`` grants (JSON objects) from (user ``start``, slot ``slot``), users < ``stop``;
-        returns them and the (user, slot) to continue from (None at the end)."""
+        """Up to ``limit`` grants from (user ``start``, grant ``slot``), users < ``stop``, as JSON
+        chunks to join with commas (a chunk may hold several grants); returns them and the
+        (user, slot) to continue from (None at the end)."""
         bound = self._bound if stop is None else min(stop, self._bound)
         out: list[str] = []
-        grants, licenses, tail = self._grant_json, self._license_json, self._grant_tail
-        i = max(start, 0)
-        slot = max(slot, 0)
+        tails = self.grants.tails
+        if tails is None:  # too many entitlements to pre-render: render each grant
+            tails = _Tails(self.grants)
+        i, slot, count = max(start, 0), max(slot, 0), 0
+        grants_of = self._grants_of
         while i < bound:
-            slots = self.slots(i)
-            if slots:
-                head = f'{{"account_id":"u{i}",'
-                for j in range(slot, len(slots)):
-                    if len(out) >= limit:
-                        return out, (i, j)
-                    t = slots[j]
-                    if t < 0:
-                        out.append(head + licenses[-1 - t])
-                    else:
-                        out.append(head + (grants[t] if grants is not None else tail(t)))
+            positions, blob = grants_of(i)
+            if positions:
+                n, room = len(positions), limit - count
+                if blob is not None and not slot and n <= room:
+                    out.append(blob.replace("\0", str(i)))  # the common case: one C call per user
+                    count += n
+                else:
+                    head = f'{{"account_id":"u{i}",'
+                    if n - slot > room:
+                        out += [head + tails[p] for p in positions[slot:slot + room]]
+                        return out, (i, slot + room)
+                    out += [head + tails[p] for p in (positions[slot:] if slot else positions)]
+                    count += n - slot
             slot = 0
             i += 1
         return out, None
@@ -522,8 +576,14 @@ class Org:
         return [{"id": lid, "name": name, "description": desc} for lid, name, desc in LICENSES]
 
 
-def role_key(r: int) -> str:
-    return ROLES[r][0] if r < len(ROLES) else f"custom-{r}"
+class _Tails:
+    """``tails[p]`` rendered on demand (for universes too large to pre-render)."""
+
+    def __init__(self, grants: _Grants) -> None:
+        self.grants = grants
+
+    def __getitem__(self, t: int) -> str:
+        return self.grants.tail(t)
 
 
 @functools.lru_cache(maxsize=16)
