@@ -155,7 +155,7 @@ class TestMapping:
         assert map_nested_group(org.group(0)) is None
         role = Entitlement.model_validate(map_workspace_role(org.workspace(4), org.role(1)))
         assert (role.resource_type, role.resource_id, role.entitlement_id, role.label) == (
-            "workspace", "w4", "w4:admin", "Admin")
+            "workspace", "w4", "admin", "Admin")
         lic = Entitlement.model_validate(map_license(org.licenses()[1]))
         assert (lic.entitlement_type, lic.entitlement_id) == ("license", "lic-pro")
 

@@ -43,7 +43,7 @@ def entitlement_keys(org: Org) -> set[tuple[str, str, str]]:
     s = org.spec
     keys = {("", "", lid) for lid, _, _ in LICENSES}
     keys |= {("", "", f"g{k}") for k in range(s.groups)}
-    keys |= {("workspace", f"w{w}", f"w{w}:{role_key(r)}") for w in range(s.workspaces) for r in range(s.roles)}
+    keys |= {("workspace", f"w{w}", role_key(r)) for w in range(s.workspaces) for r in range(s.roles)}
     return keys
 
 
@@ -127,7 +127,7 @@ class TestShape:
             assert len(grants) == len(set(grants))
             for ent, rtype, rid in grants:
                 assert (rtype, rid, ent) in keys
-                seen.add(ent)
+                seen.add((rtype, rid, ent))
         assert len(seen) > 0.9 * len(keys)  # grants spread over the entitlements
 
     def test_people_hold_one_licence_and_service_accounts_none(self):

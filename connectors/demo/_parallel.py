@@ -26,7 +26,7 @@ def interleave_pages(sources: list[Callable[[], Iterator[list[Any]]]], depth: in
     if len(sources) == 1:
         yield from sources[0]()
         return
-    q: queue.Queue = queue.Queue(maxsize=depth or len(sources))
+    q: queue.Queue = queue.Queue(maxsize=depth or 1)
     stop = threading.Event()
 
     def put(item: Any) -> bool:

@@ -17,7 +17,6 @@ __all__ = [
     "map_nested_group",
     "map_workspace_role",
     "map_license",
-    "role_entitlement_id",
 ]
 
 # The custom attributes (the API's ``profile`` holds exactly these, leaving out unknown ones).
@@ -81,21 +80,16 @@ def map_nested_group(raw: dict[str, Any]) -> dict[str, Any] | None:
     return {"entitlement_id": parent, "member_entitlement_id": raw["id"]} if parent else None
 
 
-def role_entitlement_id(workspace_id: str, role_id: str) -> str:
-    """The id the API uses for ``role`` in ``workspace`` (as in ``/api/memberships``)."""
-    return f"{workspace_id}:{role_id}"
-
-
 def map_workspace_role(workspace: dict[str, Any], role: dict[str, Any]) -> dict[str, Any]:
-    """A role (``/api/roles``) in a workspace -> Entitlement scoped to that workspace."""
+    """A role (``/api/roles``) in a workspace -> Entitlement scoped to that workspace: the role's id
+    is the entitlement id, the workspace its resource (as in ``/api/memberships``)."""
     return {
         "entitlement_type": "role",
         "resource_type": "workspace",
         "resource_id": workspace["id"],
-        "entitlement_id": role_entitlement_id(workspace["id"], role["id"]),
+        "entitlement_id": role["id"],
         "label": role.get("name"),
         "description": role.get("description"),
-        "extra": {"role": role["id"]},
     }
 
 

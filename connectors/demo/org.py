@@ -29,7 +29,7 @@ reports to one of them, and may get another manager on a job change.
 Groups and workspaces are renamed now and then (``ENTITY_RENAME_SHARE``).
 
 Identifiers are stable: users ``u<i>``, groups ``g<k>``, workspaces ``w<k>``,
-workspace roles ``w<k>:<role>``, licences ``lic-<plan>``.
+workspace roles ``<role>`` (with resource ``w<k>``), licences ``lic-<plan>``.
 
 Randomness: two tables of 65,536 random 64-bit words per seed (built once with
 a strong hash, ~5 MB); the words of user ``i`` are XORs of one entry of each,
@@ -257,7 +257,7 @@ class _Grants:
         if t < self.groups:
             return "group", f"g{t}", "", ""
         w, r = divmod(t - self.groups, self.roles)
-        return "role", f"w{w}:{role_key(r)}", "workspace", f"w{w}"
+        return "role", role_key(r), "workspace", f"w{w}"
 
     def tail(self, t: int) -> str:
         _, ent, rtype, rid = self.entitlement_of(t)
