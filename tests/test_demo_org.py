@@ -167,7 +167,8 @@ class TestShape:
         assert Org.role(0)["id"] == "owner"
         assert Org.role(20)["id"] == role_key(20) == "custom-20"
 
-    @pytest.mark.parametrize("bad", [{"users": -1}, {"churn": 1.5}, {"day": -2}, {"memberships_per_user": -1}])
+    @pytest.mark.parametrize("bad", [{"users": -1}, {"churn": 1.5}, {"day": -2}, {"day": 10**6},
+                                     {"memberships_per_user": -1}])
     def test_invalid_specs_are_refused(self, bad):
         with pytest.raises(ValueError):
             OrgSpec(**bad)
@@ -255,6 +256,22 @@ class TestCost:
         assert whole == [{"account_id": f"u{i}", "entitlement_id": e, "resource_type": t, "resource_id": r}
                          for i in range(org.index_bound()) for e, t, r in org.memberships(i)]
         assert len(ids) == len(set(ids)) == org.count_users()
+
+    def test_long_runs_of_leavers_give_short_pages_not_slow_ones(self):
+        org = Org(OrgSpec(users=1000, day=3000, churn=0.5))  # years of heavy churn: most indices gone
+        assert org.index_bound() > 100 * 1000
+        page, nxt = org.users_page(1000, 10)  # past the managers, who stay
+        assert len(page) < 10 and nxt is not None  # stopped by the scan budget, not at the end
+        ids, start = [], 0
+        while start is not None:
+            page, start = org.users_page(start, 500)
+            ids += [u["id"] for u in page]
+        assert len(ids) == len(set(ids)) == org.count_users()
+        grants, cursor = [], (0, 0)
+        while cursor is not None:
+            page, cursor = org.memberships_page_json(cursor[0], cursor[1], 500)
+            grants += records(page)
+        assert len(grants) == sum(len(org.memberships(i)) for i in range(org.index_bound()))
 
     def test_user_ranges_partition_the_lists(self):
         org = Org(OrgSpec(users=500, day=9, churn=0.05))

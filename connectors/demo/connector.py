@@ -53,7 +53,7 @@ class DemoSettings(HttpSettings):
                                         description="Average grants (licence, groups, workspace roles) per user.")
     churn: float = Field(0.01, ge=0, le=1, description="Fraction of users changed per day.")
     seed: int = Field(42, ge=0, description="Another seed, another organisation.")
-    day: int | None = Field(None, ge=0, description="Pin the organisation to this day; "
+    day: int | None = Field(None, ge=0, le=100_000, description="Pin the organisation to this day; "
                                                      "when absent each run advances one day.")
     state_dir: str | None = Field(None, description="Where the day counter lives "
                                                     "(default: the engine's state directory, else ./.ingest).")

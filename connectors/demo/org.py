@@ -65,6 +65,8 @@ NEVER_LOGIN = 8 / 256  # share that never logged in
 MANAGER_POOL = 8  # one in eight initial users can be a manager
 ENTITY_RENAME_SHARE = 0.2  # daily rename rate of a group / workspace, relative to churn
 _PRERENDER_LIMIT = 200_000  # entitlements whose JSON is rendered once per org
+_SCAN_BUDGET = 50_000  # indices one page may look at beyond its limit (long runs of leavers)
+MAX_DAY = 100_000
 
 _M64 = (1 << 64) - 1
 _C1 = 0xBF58476D1CE4E5B9
@@ -204,6 +206,8 @@ class OrgSpec:
         for name in ("day", "users", "groups", "roles", "workspaces"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.day > MAX_DAY:
+            raise ValueError(f"day must be <= {MAX_DAY}")
         if not 0 <= self.churn <= 1:
             raise ValueError("churn must be between 0 and 1")
         if not 0 <= self.memberships_per_user <= 1000:
@@ -439,8 +443,9 @@ class Org:
         bound = self._bound if stop is None else min(stop, self._bound)
         out: list[str] = []
         i = max(start, 0)
+        bound_here = min(bound, i + limit + _SCAN_BUDGET)  # a page may come back short, never slow
         render = self.user_json
-        while i < bound and len(out) < limit:
+        while i < bound_here and len(out) < limit:
             u = render(i)
             if u is not None:
                 out.append(u)
@@ -513,8 +518,9 @@ class Org:
         if tails is None:  # too many entitlements to pre-render: render each grant
             tails = _Tails(self.grants)
         i, slot, count = max(start, 0), max(slot, 0), 0
+        bound_here = min(bound, i + limit + _SCAN_BUDGET)  # a page may come back short, never slow
         grants_of = self._grants_of
-        while i < bound:
+        while i < bound_here:
             positions, blob = grants_of(i)
             if positions:
                 n, room = len(positions), limit - count
@@ -530,7 +536,7 @@ class Org:
                     count += n - slot
             slot = 0
             i += 1
-        return out, None
+        return out, ((i, 0) if i < bound else None)
 
     # -- groups, workspaces, roles, licences -----------------------------------
     def _entity_name(self, domain: int, k: int, base: str, pool: tuple[str, ...]) -> str:
