@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.demo._parallel import interleave_pages
 from connectors.demo._process import DemoServerProcess
+from connectors.demo.org import day_date
 from connectors.demo.mapping import (
     CUSTOM_ATTRIBUTES,
     map_group,
@@ -121,7 +122,7 @@ class DemoConnector(Connector):
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the fetch threads share the server, the client and the day
         self._server: DemoServerProcess | None = None
         self._base_url: str | None = None
         self._day: int | None = None
@@ -138,7 +139,12 @@ class DemoConnector(Connector):
         """The day this run serves; claimed from the counter on first use."""
         with self._lock:
             if self._day is None:
-                self._day = self.settings.day if self.settings.day is not None else self.counter.advance()
+                if self.settings.day is not None:
+                    self._day = self.settings.day
+                else:
+                    self._day = self.counter.advance()
+                    self.log.info("demo_day_claimed", day=self._day, date=day_date(self._day),
+                                  counter=str(self.counter.path))
             return self._day
 
     def base_url(self) -> str:
@@ -154,11 +160,12 @@ class DemoConnector(Connector):
 
     @property
     def http(self) -> HttpClient:
-        client = self.__dict__.get("http")
-        if client is None:
-            client = self.ctx.http_client(self.base_url(), auth=BearerAuth(self.auth.api_token.get_secret_value()))
-            self.__dict__["http"] = client
-        return client
+        with self._lock:
+            client = self.__dict__.get("http")  # where Connector.close() looks for it
+            if client is None:
+                token = self.auth.api_token.get_secret_value()
+                client = self.__dict__["http"] = self.ctx.http_client(self.base_url(), auth=BearerAuth(token))
+            return client
 
     def org_params(self, day: int | None = None) -> dict[str, Any]:
         s = self.settings

@@ -28,6 +28,11 @@ hierarchy (each reports to a lower index; ``u0`` to no one). Everyone else
 reports to one of them, and may get another manager on a job change.
 Groups and workspaces are renamed now and then (``ENTITY_RENAME_SHARE``).
 
+Access: people hold a licence plus grants to groups and workspace roles; the
+grant lists come from a bounded set of shared *layouts* (people in one team
+share access), pre-rendered as JSON, so a page of grants costs about one
+string operation per user (see ``_Grants``).
+
 Identifiers are stable: users ``u<i>``, groups ``g<k>``, workspaces ``w<k>``,
 workspace roles ``<role>`` (with resource ``w<k>``), licences ``lic-<plan>``.
 
