@@ -315,8 +315,8 @@ def _counts(stats: dict[str, Any]) -> str:
 
 @app.command()
 def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
-    """Per configured connector: schedule, next run, last snapshot, last success."""
-    from ingest.schedule import next_run_times
+    """Per configured connector: schedule, next run, last snapshot, last success, failing."""
+    from ingest.schedule import failure_streaks, next_run_times
 
     st = _state(ctx)
     try:
@@ -333,6 +333,8 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
         SELECT DISTINCT ON (connector) connector, snapshot_id, finished_at, stats
         FROM ingest.snapshots WHERE status = 'succeeded' ORDER BY connector, snapshot_id DESC""")}
     nexts = next_run_times(loaded, engine)
+    streaks = failure_streaks(engine, loaded.config.timezone, loaded.config.daemon.failing_after_days,
+                              list(loaded.connectors))
     items = []
     for name, rc in loaded.connectors.items():
         l, s = last.get(name), success.get(name)
@@ -344,6 +346,7 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
                 "finished_at": l["finished_at"], "duration_s": (l["stats"] or {}).get("duration_s"),
                 "counts": {k: v for k, v in (l["stats"] or {}).items() if k in ENTITY_ORDER}, "error": l["error"]},
             "last_success": None if not s else {"snapshot_id": s["snapshot_id"], "finished_at": s["finished_at"]},
+            **streaks[name],  # failing, consecutive_failures, failed_days
         })
     if json_out:
         out.print_json(json.dumps(items, default=str))
@@ -354,7 +357,8 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
         color = {"succeeded": "green", "failed": "red", "rejected": "red", "interrupted": "yellow"}.get(
             l["status"] if l else "", "white")
         table.add_row(
-            it["connector"], it["type"], it["schedule"] + ("" if it["enabled"] else " (disabled)"),
+            it["connector"] + (f" [red](failing {it['failed_days']} days)[/]" if it["failing"] else ""),
+            it["type"], it["schedule"] + ("" if it["enabled"] else " (disabled)"),
             _fmt_time(it["next_run"]),
             f"[{color}]#{l['snapshot_id']} {l['status']}[/] {_fmt_time(l['started_at'])}" if l else "never",
             f"{l['duration_s']:.1f} s" if l and l["duration_s"] is not None else "",

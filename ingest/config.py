@@ -40,10 +40,10 @@ def validate_cron(expr: str, timezone: str = "UTC") -> str:
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(f"{expr!r} is not a 5-field cron expression (minute hour day month weekday)")
-    from apscheduler.triggers.cron import CronTrigger
+    from ingest.schedule import trigger_for  # crontab weekdays (0/7 = Sunday), not APScheduler 3's
 
     try:
-        CronTrigger.from_crontab(expr, timezone=timezone)
+        trigger_for(expr, timezone)
     except ValueError as e:
         raise ValueError(f"{expr!r} is not a valid cron expression: {e}") from None
     return expr

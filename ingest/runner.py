@@ -102,6 +102,8 @@ def _prefetched(source: Iterable[Any], check: Callable[[], None], depth: int = 8
         try:
             batch: list[Any] = []
             for item in it:
+                if stop.is_set():  # cancelled or timed out: stop fetching now, not at the end of the source
+                    return
                 batch.append(item)
                 if len(batch) >= _BATCH:
                     while not stop.is_set():
