@@ -7,7 +7,9 @@ a slot is the slot plus its stable jitter offset, a fraction of
 connectors on ``0 2 * * *`` start spread over the jitter window, each at the
 same second every day.
 
-Daylight saving time follows cron: a slot in the hour that does not exist
+Expressions mean what they mean to crontab: weekdays count from Sunday = 0
+(7 too), and a day matching either a restricted day of month or a restricted
+weekday fires. Daylight saving time follows cron too: a slot in the hour that does not exist
 (spring forward) fires right after the change, and a slot in the hour that
 happens twice (fall back) fires once, at its first occurrence, unless the
 hour field is ``*`` (then every occurrence fires, as wall-clock minutes do).
@@ -43,7 +45,7 @@ __all__ = [
 ]
 
 _TICK = timedelta(microseconds=1)
-_MAX_LOOKBACK = timedelta(days=366 * 9)  # "0 0 29 2 1": Feb 29th on a Monday, every 28 years at worst... close enough
+_MAX_LOOKBACK = timedelta(days=366 * 9)  # the longest gap a 5-field cron has: Feb 29th across 2100 (8 years)
 
 
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
