@@ -28,7 +28,14 @@ from connectors.demo.org import Org, OrgSpec
 from connectors.demo.server import DemoApi, make_server
 from ingest.connector import ConnectorContext
 from ingest.errors import AuthError, ConfigError, FatalError
-from ingest.records import Account, Assignment, CustomAttribute, Entitlement, NestedEntitlement, Resource
+from ingest.records import (
+    Account,
+    Assignment,
+    CustomAttribute,
+    Entitlement,
+    NestedEntitlement,
+    Resource,
+)
 from ingest.registry import get_connector_class
 
 ROOT = Path(__file__).resolve().parents[1]

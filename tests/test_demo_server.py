@@ -115,7 +115,7 @@ class TestEndpoints:
         assert links["next"]["url"].startswith("http://api.test:81/api/roles?")
         assert "page=2" in links["next"]["url"] and "day=2" in links["next"]["url"]
         assert "page=3" in links["last"]["url"]
-        status, headers, body = api.handle("GET", "/api/roles?per_page=2&page=3", AUTH)
+        _, headers, body = api.handle("GET", "/api/roles?per_page=2&page=3", AUTH)
         assert [r["id"] for r in json.loads(body)] == ["viewer"]
         assert 'rel="next"' not in headers["Link"]
 

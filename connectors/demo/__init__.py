@@ -26,7 +26,7 @@ it, the connector pages that server (``python -m connectors.demo.server``).
 # The connector's names load on first use: the demo server runs as ``python -m
 # connectors.demo.server`` and, importing this package first, must not pay for
 # pydantic, httpx and the engine (it starts in a fraction of the time).
-__all__ = ["DemoConnector", "DemoSettings", "DemoAuth", "DayCounter"]
+__all__ = ["DayCounter", "DemoAuth", "DemoConnector", "DemoSettings"]
 
 
 def __getattr__(name: str):

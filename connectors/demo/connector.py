@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.demo._parallel import interleave_pages
 from connectors.demo._process import DemoServerProcess
-from connectors.demo.org import day_date
 from connectors.demo.mapping import (
     CUSTOM_ATTRIBUTES,
     map_group,
@@ -24,6 +23,7 @@ from connectors.demo.mapping import (
     map_workspace,
     map_workspace_role,
 )
+from connectors.demo.org import day_date
 from ingest.connector import Connector, EntitlementType, ResourceType
 from ingest.errors import ConfigError
 from ingest.http import (
@@ -37,7 +37,7 @@ from ingest.http import (
 )
 from ingest.records import CustomAttribute
 
-__all__ = ["DemoConnector", "DemoSettings", "DemoAuth", "DayCounter"]
+__all__ = ["DayCounter", "DemoAuth", "DemoConnector", "DemoSettings"]
 
 SMALL_PAGE = 25  # page size of the small lists (groups, roles, workspaces): exercises their pagination
 MAX_PARTITIONS = 3  # big lists are paged in up to this many user ranges at once

@@ -11,12 +11,12 @@ from typing import Any
 
 __all__ = [
     "CUSTOM_ATTRIBUTES",
+    "map_group",
+    "map_license",
+    "map_nested_group",
     "map_user",
     "map_workspace",
-    "map_group",
-    "map_nested_group",
     "map_workspace_role",
-    "map_license",
 ]
 
 # The custom attributes (the API's ``profile`` holds exactly these, leaving out unknown ones).

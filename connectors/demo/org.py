@@ -50,7 +50,7 @@ import math
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-__all__ = ["EPOCH", "SHARES", "OrgSpec", "Org", "get_org", "day_date", "role_key"]
+__all__ = ["EPOCH", "SHARES", "Org", "OrgSpec", "day_date", "get_org", "role_key"]
 
 EPOCH = date(2025, 1, 1)  # day 0
 
@@ -414,7 +414,7 @@ class Org:
         status = "suspended" if suspended else "active"
         cost_center = 1000 + dept * 100 + (hj >> 32) % 20
         # managers form a hierarchy: the pool reports within itself, upwards; everyone else to the pool
-        boss = (hj >> 24) % (i if i < pool else pool) if i else -1
+        boss = (hj >> 24) % (min(pool, i)) if i else -1
         if i >= pool and (h1 & 0xFFFF) < _SERVICE_CUT:
             purpose = SERVICE_PURPOSES[(h1 >> 32) % len(SERVICE_PURPOSES)]
             return _SERVICE_T % (i, purpose, i, purpose, status, created_at, last_login,

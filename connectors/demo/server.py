@@ -41,7 +41,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from connectors.demo.org import Org, OrgSpec, day_date, get_org
 
-__all__ = ["DemoApi", "ApiError", "encode_cursor", "decode_cursor", "make_server", "main"]
+__all__ = ["ApiError", "DemoApi", "decode_cursor", "encode_cursor", "main", "make_server"]
 
 DEFAULT_TOKEN = "demo-token"
 MAX_LIMIT = 10_000
