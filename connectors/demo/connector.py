@@ -60,7 +60,8 @@ class DemoSettings(HttpSettings):
                                                     "(default: the engine's state directory, else ./.ingest).")
     base_url: str | None = Field(None, description="A running demo server to page; "
                                                    "when absent the connector starts its own.")
-    page_size: int = Field(5000, ge=1, le=10_000, description="Users and grants per page.")
+    page_size: int = Field(5000, ge=1, le=10_000, description="Grants per page; users come a fifth as many "
+                                                              "per page (a user weighs about five grants).")
 
 
 class DemoAuth(BaseModel):
@@ -193,7 +194,7 @@ class DemoConnector(Connector):
         return {"organisation": org["name"], "users": org["users"], "day": org["day"], "date": org["date"]}
 
     def list_accounts(self) -> Iterator[dict[str, Any]]:
-        for page in self._partitioned("/api/users"):
+        for page in self._partitioned("/api/users", max(1, self.settings.page_size // 5)):
             yield from [map_user(raw) for raw in page]
 
     def list_resources(self) -> Iterator[dict[str, Any]]:
@@ -215,7 +216,7 @@ class DemoConnector(Connector):
     def find_entitlement_associations(self) -> Iterator[dict[str, Any]]:
         for page in self._group_pages():
             yield from [n for n in map(map_nested_group, page) if n is not None]
-        for page in self._partitioned("/api/memberships"):
+        for page in self._partitioned("/api/memberships", self.settings.page_size):
             yield from page  # already Assignment-shaped (see connectors.demo.mapping)
 
     def list_custom_attributes_schema(self) -> Iterator[CustomAttribute]:
@@ -230,9 +231,9 @@ class DemoConnector(Connector):
         cuts = [s.users * k // n for k in range(n)]
         return [(lo, hi) for lo, hi in zip(cuts, [*cuts[1:], None])]
 
-    def _partitioned(self, path: str) -> Iterator[list[dict[str, Any]]]:
+    def _partitioned(self, path: str, limit: int) -> Iterator[list[dict[str, Any]]]:
         """The pages of a big cursor-paged list, its partitions fetched concurrently."""
-        base = {**self.org_params(), "limit": self.settings.page_size}
+        base = {**self.org_params(), "limit": limit}
 
         def source(lo: int, hi: int | None):
             params = {**base, "user_from": lo, **({"user_to": hi} if hi is not None else {})}
