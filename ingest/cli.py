@@ -219,7 +219,8 @@ def check(ctx: typer.Context, name: str = typer.Argument(..., help="Connector in
     except ConfigError as e:
         _fail(str(e), 2)
     try:
-        with rc.cls(ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth)) as connector:
+        ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir))
+        with rc.cls(ctx) as connector:
             info = connector.validate_credentials() or {}
     except IngestError as e:
         _fail(f"{name}: check failed: {e}", 1)

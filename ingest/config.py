@@ -126,6 +126,7 @@ class ResolvedConnector:
     settings: BaseModel
     auth: BaseModel
     config_dir: Path
+    data_dir: Path  # where ingest keeps local state (the embedded database, connector state files)
 
 
 @dataclass
@@ -136,8 +137,7 @@ class LoadedConfig:
 
     @property
     def data_dir(self) -> Path:
-        d = self.config.data_dir
-        return (self.path.parent / d) if d else self.path.parent / ".ingest"
+        return self.path.parent / (self.config.data_dir or ".ingest")
 
     def connector(self, name: str) -> ResolvedConnector:
         if name not in self.connectors:
@@ -234,6 +234,7 @@ def parse_config(data: Any, path: Path) -> LoadedConfig:
             else config.defaults.max_deletion_ratio,
             timeout=c.timeout if c.timeout is not None else config.defaults.timeout,
             settings=settings, auth=auth, config_dir=path.parent,
+            data_dir=path.parent / (config.data_dir or ".ingest"),
         )
     return LoadedConfig(path=path, config=config, connectors=resolved)
 

@@ -83,7 +83,7 @@ class ConnectorContext:
     settings: BaseModel
     auth: BaseModel
     stats: HttpStats = field(default_factory=HttpStats)
-    secrets: tuple[str, ...] = ()
+    state_dir: str | None = None  # a directory for small connector state files (beside the embedded database)
 
     @property
     def log(self):

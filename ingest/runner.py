@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import socket
@@ -71,34 +72,26 @@ class _Timings:
         return {"fetch_s": round(self.fetch, 3), "stage_s": round(self.stage, 3), "merge_s": round(self.merge, 3)}
 
 
-def _timed(source: Iterable[Any], timings: _Timings) -> Iterator[Any]:
-    it = iter(source)
-    clock = time.perf_counter
-    while True:
-        t = clock()
-        try:
-            item = next(it)
-        except StopIteration:
-            timings.fetch += clock() - t
-            return
-        timings.fetch += clock() - t
-        yield item
-
-
 def _peak_rss_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _prefetched(source: Iterable[Any], check: Callable[[], None], depth: int = 8) -> Iterator[list[Any]]:
-    """Run ``source`` in a thread, handing batches over a bounded queue (fetch overlaps writing)."""
+def _prefetched(source: Iterable[Any], check: Callable[[], None], timings: _Timings,
+                depth: int = 8) -> Iterator[list[Any]]:
+    """Run ``source`` in a thread, handing batches over a bounded queue (fetch overlaps writing).
+
+    ``timings.fetch`` gets the time the thread spent inside the connector (not waiting on the queue).
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
 
     def produce() -> None:
         it = iter(source)
+        clock = time.perf_counter
+        started = clock()
         try:
             batch: list[Any] = []
             for item in it:
@@ -106,6 +99,7 @@ def _prefetched(source: Iterable[Any], check: Callable[[], None], depth: int = 8
                     return
                 batch.append(item)
                 if len(batch) >= _BATCH:
+                    timings.fetch += clock() - started
                     while not stop.is_set():
                         try:
                             q.put(batch, timeout=0.2)
@@ -115,6 +109,8 @@ def _prefetched(source: Iterable[Any], check: Callable[[], None], depth: int = 8
                     if stop.is_set():
                         return
                     batch = []
+                    started = clock()
+            timings.fetch += clock() - started
             q.put(batch)
             q.put(done)
         except BaseException as e:  # handed to the consumer
@@ -127,7 +123,7 @@ def _prefetched(source: Iterable[Any], check: Callable[[], None], depth: int = 8
                 except Exception:
                     pass
 
-    t = threading.Thread(target=produce, name="ingest-fetch", daemon=True)
+    t = threading.Thread(target=contextvars.copy_context().run, args=(produce,), name="ingest-fetch", daemon=True)
     t.start()
     try:
         while True:
@@ -219,7 +215,7 @@ def run(
 def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connection, started: float,
           check: Callable[[], None], progress: Progress | None, allow_mass_delete: bool) -> RunResult:
     log.info("snapshot_started", connector_type=rc.type)
-    ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth)
+    ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir))
     writer = SnapshotWriter(engine, rc.name, sid)
     timings = _Timings()
     status, error, stats, keep_stage = "failed", None, {}, False
@@ -230,7 +226,7 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                 check()
                 log.info("stream_started", stream=capability)
                 t = time.perf_counter()
-                _stage_stream(writer, capability, _timed(records, timings), check, progress)
+                _stage_stream(writer, capability, records, check, progress, timings)
                 timings.stage += time.perf_counter() - t
             check()
 
@@ -289,24 +285,23 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
 
 
 def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any], check: Callable[[], None],
-                  progress: Progress | None) -> None:
-    batches = _prefetched(records, check)
+                  progress: Progress | None, timings: _Timings) -> None:
+    batches = _prefetched(records, check, timings)
     if capability != "find_entitlement_associations":
-        writer.stage(CAPABILITIES[capability], (item for batch in batches for item in batch), progress)
+        writer.stage(CAPABILITIES[capability], batches, progress)
         return
     # Associations hold two entities: split them into two staging tables in one pass.
     nested: list[Any] = []
 
-    def assignments() -> Iterator[Any]:
+    def assignments() -> Iterator[list[Any]]:
         for batch in batches:
-            for item in batch:
-                if _entity_of(capability, item) == "nested_entitlement":
-                    nested.append(item)
-                else:
-                    yield item
+            if any(_entity_of(capability, item) == "nested_entitlement" for item in batch):
+                nested.extend(item for item in batch if _entity_of(capability, item) == "nested_entitlement")
+                batch = [item for item in batch if _entity_of(capability, item) != "nested_entitlement"]
+            yield batch
 
     writer.stage("assignment", assignments(), progress)
-    writer.stage("nested_entitlement", nested, progress)
+    writer.stage("nested_entitlement", [nested], progress)
 
 
 def _json(value: Any) -> str:

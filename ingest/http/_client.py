@@ -377,7 +377,11 @@ class HttpClient:
     def _get_parsed(self, method: str, url: str, params: dict | None, **kw: Any) -> tuple[httpx.Response, Any]:
         def attempt() -> tuple[httpx.Response, Any]:
             response = self._send_once(method, url, params, **kw)
-            return response, self._parse(response, f"{method} {redact_url(response.request.url)}")
+            data = self._parse(response, f"{method} {redact_url(response.request.url)}")
+            # httpx keeps a Response <-> stream reference cycle: without this, every page body
+            # stays in memory until the cyclic GC runs (122 MB -> 69 MB peak at 2M records).
+            response.stream = httpx.ByteStream(b"")
+            return response, data
 
         return self._with_retries(attempt)
 
