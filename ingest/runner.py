@@ -227,7 +227,10 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                 log.info("stream_started", stream=capability)
                 t = time.perf_counter()
                 _stage_stream(writer, capability, records, check, progress, timings)
-                timings.stage += time.perf_counter() - t
+                elapsed = time.perf_counter() - t
+                timings.stage += elapsed
+                log.info("stream_staged", stream=capability, seconds=round(elapsed, 3),
+                         records={e: s.fetched for e, s in writer.staged.items()})
             check()
 
             merge_started = time.perf_counter()

@@ -15,7 +15,6 @@ import operator
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -74,19 +73,15 @@ _JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
 def _cell(v: Any) -> Any:
+    """A value as COPY should see it: enums by value, dicts and lists as JSON text."""
+    t = type(v)
+    if t is str or v is None:
+        return v
+    if t is dict or t is list:
+        return orjson.dumps(v, option=_JSON_OPTS, default=str).decode() if v else ("{}" if t is dict else "[]")
     if isinstance(v, enum.Enum):
         return v.value
-    if type(v) is dict or type(v) is list:
-        return orjson.dumps(v, option=_JSON_OPTS, default=str).decode() if v else ("{}" if type(v) is dict else "[]")
     return v
-
-
-def _hash_text(v: Any) -> str:
-    if v is None:
-        return "\x1e"
-    if isinstance(v, datetime):
-        return v.isoformat()
-    return str(v)
 
 
 class _PlainStrings:
@@ -158,21 +153,22 @@ class SnapshotWriter:
     def row(self, ent: Entity, d: dict[str, Any]) -> tuple:
         """The staging row of a validated record's fields: columns, key hash, row hash.
 
+        ``row_hash`` is the md5 of the canonical JSON of the hashed columns (sorted keys).
         Raises ValueError for text PostgreSQL cannot store (NUL).
         """
         key = [d[c] for c in ent.key]
         key_text = "\x1f".join([self.connector, *key])
-        key_hash = hashlib.md5(key_text.encode()).hexdigest()
-        if ent.values:
-            values = [_cell(d[c]) for c in ent.values]
-            value_text = "\x1f".join(map(_hash_text, values))
-            if "\x00" in key_text or "\x00" in value_text or "\\u0000" in value_text:
-                raise ValueError("contains a NUL character, which PostgreSQL cannot store")
-            row_hash = hashlib.md5(value_text.encode()).hexdigest()
-            return (*key, *values, *(d[c] for c in ent.extra_cols), key_hash, row_hash)
         if "\x00" in key_text:
             raise ValueError("contains a NUL character, which PostgreSQL cannot store")
-        return (*key, *(d[c] for c in ent.extra_cols), key_hash, key_hash)
+        key_hash = hashlib.md5(key_text.encode()).hexdigest()
+        extra = [d[c] for c in ent.extra_cols]
+        if not ent.values:
+            return (*key, *extra, key_hash, key_hash)
+        values = [d[c] for c in ent.values]
+        blob = orjson.dumps(values, option=_JSON_OPTS, default=str)
+        if b"\\u0000" in blob:
+            raise ValueError("contains a NUL character, which PostgreSQL cannot store")
+        return (*key, *map(_cell, values), *extra, key_hash, hashlib.md5(blob).hexdigest())
 
     def _invalid(self, ent: Entity, item: Any, stats: _EntityStats, reason: str) -> None:
         stats.invalid += 1
