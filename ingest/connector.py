@@ -125,7 +125,7 @@ class Connector:
         if http is not None:
             http.close()
 
-    def __enter__(self) -> "Connector":
+    def __enter__(self) -> Connector:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import operator
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any

@@ -6,7 +6,6 @@ from typing import Any
 
 import httpx
 import pytest
-from structlog.testing import capture_logs
 
 from ingest.errors import ConfigError, PaginationLoopError, ProtocolError
 from ingest.http import (

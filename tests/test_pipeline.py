@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from ingest.writer import SnapshotWriter
 from tests.engine import Org, people
 
@@ -279,8 +277,9 @@ class TestRecovery:
         org = _org(tmp_path, database_url)
         assert org.run().exit_code == 0
         org.query("SELECT 1")  # engine + schema exist
-        from ingest.db import get_engine
         import sqlalchemy as sa
+
+        from ingest.db import get_engine
 
         with get_engine(database_url).begin() as conn:
             dead = conn.execute(sa.text(

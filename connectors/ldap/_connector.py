@@ -21,7 +21,7 @@ normalized DN string and one id string per entry: about 200 bytes each, so
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -147,7 +147,7 @@ class LdapConnector(Connector):
                 yield dn, attrs, disabled
 
     def list_accounts(self) -> Iterator[dict[str, Any]]:
-        today = datetime.now(timezone.utc).date()
+        today = datetime.now(UTC).date()
         by_dn: dict[str, str] = {}
         by_uid: dict[str, str] = {}
         for dn, attrs, disabled in self._account_entries(self._account_attributes()):

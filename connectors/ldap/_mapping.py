@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from ldap3.utils.dn import parse_dn
@@ -55,7 +55,7 @@ SERVICE_ACCOUNT_CLASSES = frozenset({
 # AD groupType bits.
 _GROUP_SCOPES = {0x2: "global", 0x4: "domain_local", 0x8: "universal"}
 _GROUP_SECURITY = 0x80000000
-_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
+_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
 _FILETIME_NEVER = 0x7FFFFFFFFFFFFFFF
 _GROUP_CLASSES = ("groupofnames", "groupofuniquenames", "posixgroup", "groupofmembers", "group")
 
@@ -160,7 +160,7 @@ def generalized_time(value: str | None) -> datetime | None:
     y, mo, d, h, mi, s, frac, tz = m.groups()
     try:
         dt = datetime(int(y), int(mo), int(d), int(h), int(mi or 0), int(s or 0),
-                      int((frac or "0")[:6].ljust(6, "0")), tzinfo=timezone.utc)
+                      int((frac or "0")[:6].ljust(6, "0")), tzinfo=UTC)
     except ValueError:  # e.g. 000001010000Z, OpenLDAP's "locked forever"
         return None
     if tz and tz != "Z":
@@ -316,7 +316,7 @@ def account_record(dn: str, attrs: Attrs, dialect: Dialect, *, disabled: bool = 
         if uac is not None:
             extra["user_account_control"] = uac
     else:
-        suspended = disabled or _openldap_suspended(attrs, today or datetime.now(timezone.utc).date())
+        suspended = disabled or _openldap_suspended(attrs, today or datetime.now(UTC).date())
         last = generalized_time(first(attrs, "pwdLastSuccess") or first(attrs, "authTimestamp"))
         uid_number = _int(attrs, "uidNumber")
         if uid_number is not None:

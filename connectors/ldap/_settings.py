@@ -81,7 +81,7 @@ class LdapSettings(BaseModel):
         return _check_filter(value)
 
     @model_validator(mode="after")
-    def _normalize(self) -> "LdapSettings":
+    def _normalize(self) -> LdapSettings:
         if "://" in self.host:
             url = urlsplit(self.host)
             if url.scheme not in ("ldap", "ldaps") or not url.hostname:

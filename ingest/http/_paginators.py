@@ -84,7 +84,7 @@ class Paginator:
 
     has_next: bool = True
 
-    def fresh(self) -> "Paginator":
+    def fresh(self) -> Paginator:
         clone = copy.copy(self)
         clone.has_next = True
         clone._seen = set()

@@ -37,7 +37,7 @@ _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    proxy: "FaultyProxy"
+    proxy: FaultyProxy
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -138,7 +138,7 @@ class FaultyProxy:
         with self.lock:
             return self.random.choice(self._retry_after)
 
-    def start(self) -> "FaultyProxy":
+    def start(self) -> FaultyProxy:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -153,7 +153,7 @@ class FaultyProxy:
             self._thread.join(timeout=10)
             self._server = None
 
-    def __enter__(self) -> "FaultyProxy":
+    def __enter__(self) -> FaultyProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -125,7 +125,7 @@ class ScimServer:
         return [body]
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> "ScimServer":
+    def start(self) -> ScimServer:
         self._server = make_server("127.0.0.1", 0, self._wsgi, server_class=ThreadingWSGIServer,
                                    handler_class=_Quiet)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -140,7 +140,7 @@ class ScimServer:
             self._thread.join(timeout=10)
             self._server = None
 
-    def __enter__(self) -> "ScimServer":
+    def __enter__(self) -> ScimServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

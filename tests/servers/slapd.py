@@ -182,7 +182,7 @@ class Slapd:
             ldif.unlink()
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self) -> "Slapd":
+    def start(self) -> Slapd:
         if not os.path.exists(SLAPD):
             raise RuntimeError(f"{SLAPD} is missing: run scripts/install-slapd.sh")
         self._write_config()
@@ -233,7 +233,7 @@ class Slapd:
     def stop(self) -> None:
         self._terminate()
 
-    def __enter__(self) -> "Slapd":
+    def __enter__(self) -> Slapd:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -277,7 +277,7 @@ class CuttingProxy:
         self._stop = False
         self._threads: list = []
 
-    def __enter__(self) -> "CuttingProxy":
+    def __enter__(self) -> CuttingProxy:
         import threading
 
         t = threading.Thread(target=self._accept, daemon=True, name="cutting-proxy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 
 import ldap3
 import pytest
@@ -82,9 +83,9 @@ def collect(connector: LdapConnector) -> dict[str, list[dict]]:
 def source_state(conn: ldap3.Connection, suffix: str, today=None) -> dict:
     """What the directory holds, in the shape of the ingest views, read with ``conn`` (the rootdn)
     in one unpaged search per kind, without the connector's code."""
-    from datetime import date, datetime, timezone
+    from datetime import date, datetime
 
-    today = today or datetime.now(timezone.utc).date()
+    today = today or datetime.now(UTC).date()
 
     def search(filt: str, attrs: list[str]) -> list[tuple[str, dict]]:
         conn.search(suffix, filt, attributes=attrs)

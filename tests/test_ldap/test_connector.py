@@ -9,9 +9,8 @@ import ldap3
 import pytest
 import structlog
 
-from connectors.ldap import LdapConnector
 from ingest.errors import AuthError, NotFoundError, RetryableError, SourceError
-from ingest.records import Account, Entitlement, NestedEntitlement, Resource, Assignment
+from ingest.records import Account, Assignment, Entitlement, NestedEntitlement, Resource
 from tests.servers.ldap_data import AD_SUFFIX, OPENLDAP_SUFFIX, READER_DN, filetime
 from tests.servers.slapd import CuttingProxy, free_port
 from tests.test_ldap.conftest import READER_PASSWORD, Directory, collect

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -100,8 +100,8 @@ class TestSids:
 class TestTimes:
     def test_filetime_converts_to_utc(self):
         # 2024-03-01T11:00:00Z
-        assert filetime_to_datetime(133537644000000000) == datetime(2024, 3, 1, 11, 0, tzinfo=timezone.utc)
-        assert filetime_to_datetime("116444736000000000") == datetime(1970, 1, 1, tzinfo=timezone.utc)
+        assert filetime_to_datetime(133537644000000000) == datetime(2024, 3, 1, 11, 0, tzinfo=UTC)
+        assert filetime_to_datetime("116444736000000000") == datetime(1970, 1, 1, tzinfo=UTC)
 
     def test_filetime_zero_and_never_mean_no_activity(self):
         assert filetime_to_datetime(0) is None
@@ -109,9 +109,9 @@ class TestTimes:
         assert filetime_to_datetime(None) is None
 
     def test_generalized_time_with_fraction_and_offset(self):
-        assert generalized_time("20240301120000Z") == datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
-        assert generalized_time("20240301120000.5Z") == datetime(2024, 3, 1, 12, 0, 0, 500000, tzinfo=timezone.utc)
-        assert generalized_time("20240301140000+0200") == datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
+        assert generalized_time("20240301120000Z") == datetime(2024, 3, 1, 12, tzinfo=UTC)
+        assert generalized_time("20240301120000.5Z") == datetime(2024, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
+        assert generalized_time("20240301140000+0200") == datetime(2024, 3, 1, 12, tzinfo=UTC)
         assert generalized_time("000001010000Z") is None
         assert generalized_time("garbage") is None
 
@@ -174,7 +174,7 @@ class TestOpenLdapAccounts:
 
     def test_last_bind_time_is_the_last_activity(self):
         rec = account_record("uid=a,dc=x", person(pwdlastsuccess=b("20240301120000Z")), OL, today=TODAY)
-        assert rec["last_activity_at"] == datetime(2024, 3, 1, 12, tzinfo=timezone.utc)
+        assert rec["last_activity_at"] == datetime(2024, 3, 1, 12, tzinfo=UTC)
 
     def test_custom_attributes_are_copied(self):
         d = Dialect(custom_attributes=("departmentNumber", "title", "missing"))
@@ -196,7 +196,7 @@ class TestActiveDirectoryAccounts:
         assert rec["username"] == "alovelace"
         assert rec["extra"]["user_principal_name"] == "alovelace@corp.example.com"
         assert rec["extra"]["user_account_control"] == 512
-        assert rec["last_activity_at"] == datetime(2024, 3, 1, 11, tzinfo=timezone.utc)
+        assert rec["last_activity_at"] == datetime(2024, 3, 1, 11, tzinfo=UTC)
         assert rec["status"] == "ACTIVE" and rec["account_type"] == "user"
         Account.model_validate(rec)
 
