@@ -296,18 +296,8 @@ def _fmt_time(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, datetime):
-        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
     return str(v)
-
-
-def _counts(stats: dict[str, Any]) -> str:
-    parts = []
-    for ent in ENTITY_ORDER:
-        s = (stats or {}).get(ent)
-        if isinstance(s, dict):
-            current = s.get("added", 0) + s.get("modified", 0) + s.get("unchanged", 0)
-            parts.append(f"{ent}s {current:,}")
-    return ", ".join(parts)
 
 
 @app.command()
@@ -344,18 +334,22 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
     if json_out:
         out.print_json(json.dumps(items, default=str))
         return
-    table = Table("connector", "type", "schedule", "next run", "last snapshot", "duration", "counts", "last success")
+    table = Table("connector", "type", "schedule", "next run (UTC)", "last snapshot", "took", "accounts",
+                  "grants", "last success")
     for it in items:
         snap = it["last_snapshot"]
         color = {"succeeded": "green", "failed": "red", "rejected": "red", "interrupted": "yellow"}.get(
             snap["status"] if snap else "", "white")
+        counts = {k: v.get("added", 0) + v.get("modified", 0) + v.get("unchanged", 0)
+                  for k, v in (snap["counts"] if snap else {}).items()}
         table.add_row(
             it["connector"] + (f" [red](failing {it['failed_days']} days)[/]" if it["failing"] else ""),
             it["type"], it["schedule"] + ("" if it["enabled"] else " (disabled)"),
             _fmt_time(it["next_run"]),
             f"[{color}]#{snap['snapshot_id']} {snap['status']}[/] {_fmt_time(snap['started_at'])}" if snap else "never",
             f"{snap['duration_s']:.1f} s" if snap and snap["duration_s"] is not None else "",
-            _counts(snap["counts"]) if snap else "",
+            f"{counts['account']:,}" if "account" in counts else "",
+            f"{counts['assignment']:,}" if "assignment" in counts else "",
             _fmt_time(it["last_success"]["finished_at"]) if it["last_success"] else "never",
         )
     out.print(table)
