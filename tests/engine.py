@@ -54,3 +54,31 @@ def people(n: int, start: int = 0) -> list[dict[str, Any]]:
     return [{"account_id": f"u{i}", "email": f"user{i}@example.com", "username": f"user{i}",
              "display_name": f"User {i}", "custom_attributes": {"department": "eng" if i % 2 else "sales"}}
             for i in range(start, start + n)]
+
+
+def cli(cfg: Path, database_url: str, *args: str):
+    """``ingest --config CFG --database-url URL ARGS...`` in-process."""
+    return CliRunner().invoke(app, ["--config", str(cfg), "--database-url", database_url, *args])
+
+
+def output(result) -> str:
+    """Everything a CLI invocation printed (stdout, and stderr where the runner keeps it apart)."""
+    text = result.output or ""
+    try:
+        text += result.stderr or ""
+    except ValueError:
+        pass
+    return text
+
+
+def query(database_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(database_url.replace("+psycopg", ""), row_factory=dict_row) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def last_snapshot(database_url: str, connector: str) -> dict[str, Any]:
+    return query(database_url, "SELECT * FROM ingest.snapshots WHERE connector = %s "
+                               "ORDER BY snapshot_id DESC LIMIT 1", connector)[0]

@@ -9,12 +9,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import structlog
-from psycopg.rows import dict_row
-from typer.testing import CliRunner
 
-from ingest.cli import app
+from tests import engine
+from tests.engine import cli, output, query
 from tests.servers.faulty_proxy import FAULTS, FaultyProxy
 from tests.servers.scim_server import ScimServer, group_id, load_org, make_org, source_state, user_id
 
@@ -33,27 +31,8 @@ def write_config(tmp_path: Path, base_url: str, token_env: str = "SCIM_E2E_TOKEN
     return path
 
 
-def cli(cfg: Path, database_url: str, *args: str):
-    return CliRunner().invoke(app, ["--config", str(cfg), "--database-url", database_url, *args])
-
-
-def output(result) -> str:
-    text = result.output or ""
-    try:
-        text += result.stderr or ""
-    except ValueError:
-        pass
-    return text
-
-
-def query(database_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
-    with psycopg.connect(database_url.replace("+psycopg", ""), row_factory=dict_row) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
 def last_snapshot(database_url: str) -> dict[str, Any]:
-    return query(database_url, "SELECT * FROM ingest.snapshots WHERE connector = %s "
-                               "ORDER BY snapshot_id DESC LIMIT 1", NAME)[0]
+    return engine.last_snapshot(database_url, NAME)
 
 
 def expected_email(raw: dict[str, Any]) -> str | None:

@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import ldap3
-import psycopg
 import pytest
 import structlog
-from psycopg.rows import dict_row
-from typer.testing import CliRunner
 
-from ingest.cli import app
+from tests import engine
+from tests.engine import cli, output, query
 from tests.servers.ldap_data import OPENLDAP_SUFFIX, READER_DN, openldap_org
 from tests.servers.slapd import ROOT_PASSWORD, Database, Slapd
 from tests.test_ldap.conftest import READER_PASSWORD, Directory, source_state
@@ -49,27 +47,8 @@ def write_config(tmp_path: Path, port: int, bind_dn: str = READER_DN, **settings
     return path
 
 
-def cli(cfg: Path, database_url: str, *args: str):
-    return CliRunner().invoke(app, ["--config", str(cfg), "--database-url", database_url, *args])
-
-
-def output(result) -> str:
-    text = result.output or ""
-    try:
-        text += result.stderr or ""
-    except ValueError:
-        pass
-    return text
-
-
-def query(database_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
-    with psycopg.connect(database_url.replace("+psycopg", ""), row_factory=dict_row) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
 def last_snapshot(database_url: str) -> dict[str, Any]:
-    return query(database_url, "SELECT * FROM ingest.snapshots WHERE connector = %s "
-                               "ORDER BY snapshot_id DESC LIMIT 1", NAME)[0]
+    return engine.last_snapshot(database_url, NAME)
 
 
 def root(server: Slapd) -> ldap3.Connection:
