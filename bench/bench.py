@@ -5,7 +5,9 @@ day of churn (1 % of users by default). Each run is a separate `ingest run`
 process against a fresh embedded PostgreSQL on default settings. Prints
 records/s, seconds per phase and the ingest process's peak RSS.
 
-    python bench/bench.py [--users 100000] [--memberships 10] [--scales 1,2] [--repeat 1]
+    python bench/bench.py [--users 100000] [--memberships 10] [--scales 1,2] [--repeat 3]
+
+Each figure is the median over ``--repeat`` fresh databases (these machines are noisy).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,15 +44,21 @@ def records(stats: dict) -> int:
                if isinstance(v, dict) and k in ("account", "resource", "entitlement", "assignment", "nested_entitlement"))
 
 
-def line(label: str, r: dict) -> str:
-    s = r["stats"]
-    n = records(s)
-    t = s["timings"]
-    written = sum(v.get("added", 0) + v.get("modified", 0) + v.get("removed", 0)
-                  for k, v in s.items() if isinstance(v, dict) and "added" in v)
-    return (f"{label:<24} {r['wall_s']:7.1f} s wall  {r['duration_s']:6.1f} s run  {n / r['duration_s']:>9,.0f} rec/s  "
-            f"fetch {t['fetch_s']:5.1f}  stage {t['stage_s']:5.1f}  merge {t['merge_s']:5.1f}  "
-            f"rows written {written:>9,}  peak RSS {s['peak_rss_mb']:6.1f} MB")
+def line(label: str, runs: list[dict]) -> str:
+    """One phase, medians over the repeats."""
+    def med(f) -> float:
+        return statistics.median(f(r) for r in runs)
+
+    def written(r: dict) -> int:
+        return sum(v.get("added", 0) + v.get("modified", 0) + v.get("removed", 0)
+                   for k, v in r["stats"].items() if isinstance(v, dict) and "added" in v)
+
+    t = lambda k: med(lambda r: r["stats"]["timings"][k])  # noqa: E731
+    return (f"{label:<24} {med(lambda r: r['wall_s']):7.1f} s wall  {med(lambda r: r['duration_s']):6.1f} s run  "
+            f"{med(lambda r: records(r['stats']) / r['duration_s']):>9,.0f} rec/s  "
+            f"fetch {t('fetch_s'):5.1f}  stage {t('stage_s'):5.1f}  merge {t('merge_s'):5.1f}  "
+            f"rows written {med(written):>9,.0f}  peak RSS {max(r['stats']['peak_rss_mb'] for r in runs):6.1f} MB"
+            + (f"  (median of {len(runs)})" if len(runs) > 1 else ""))
 
 
 def bench_size(users: int, memberships: float, churn: float) -> dict:
@@ -80,17 +89,18 @@ def main() -> None:
     ap.add_argument("--memberships", type=float, default=10.0, help="assignments per user")
     ap.add_argument("--churn", type=float, default=0.01)
     ap.add_argument("--scales", default=os.environ.get("BENCH_SCALES", "1,2"))
+    ap.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", 3)))
     args = ap.parse_args()
     print(f"ingest bench: demo source, {os.cpu_count()} CPUs, embedded PostgreSQL with default settings")
     rss = []
     for scale in (float(s) for s in args.scales.split(",")):
         users = int(args.users * scale)
         print(f"\n{users:,} accounts, ~{int(users * args.memberships):,} assignments")
-        r = bench_size(users, args.memberships, args.churn)
-        print(line("first load", r["first"]))
-        print(line(f"re-run after {args.churn:.0%} churn", r["rerun"]))
-        print(line("re-run, no change", r["idle"]))
-        rss.append((users, max(r[k]["stats"]["peak_rss_mb"] for k in r)))
+        runs = [bench_size(users, args.memberships, args.churn) for _ in range(args.repeat)]
+        print(line("first load", [r["first"] for r in runs]))
+        print(line(f"re-run after {args.churn:.0%} churn", [r["rerun"] for r in runs]))
+        print(line("re-run, no change", [r["idle"] for r in runs]))
+        rss.append((users, max(r[k]["stats"]["peak_rss_mb"] for r in runs for k in r)))
     if len(rss) > 1:
         print("\npeak RSS by size: " + ", ".join(f"{u:,} accounts: {m:.0f} MB" for u, m in rss)
               + f"  (ratio {rss[-1][1] / rss[0][1]:.2f})")
