@@ -125,7 +125,8 @@ def _progress_display():
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     return Progress(SpinnerColumn(), TextColumn("{task.description:<22}"), TextColumn("{task.fields[n]:>10,} records"),
-                    TextColumn("{task.fields[rate]:>9,.0f}/s"), TimeElapsedColumn(), console=err, transient=True)
+                    TextColumn("{task.fields[rate]:>9,.0f}/s"), TextColumn("{task.fields[requests]:>7,} requests"),
+                    TimeElapsedColumn(), console=err, transient=True)
 
 
 class _RunProgress:
@@ -137,14 +138,15 @@ class _RunProgress:
         self.tasks: dict[str, Any] = {}
         self.started: dict[str, float] = {}
 
-    def update(self, entity: str, n: int) -> None:
+    def update(self, entity: str, n: int, requests: int) -> None:
         import time
 
         if entity not in self.tasks:
-            self.tasks[entity] = self.bars.add_task(f"{self.name} {LABELS.get(entity, entity)}", n=0, rate=0.0)
+            self.tasks[entity] = self.bars.add_task(f"{self.name} {LABELS.get(entity, entity)}", n=0, rate=0.0,
+                                                    requests=0)
             self.started[entity] = time.monotonic()
         rate = n / max(time.monotonic() - self.started[entity], 1e-6)
-        self.bars.update(self.tasks[entity], n=n, rate=rate)
+        self.bars.update(self.tasks[entity], n=n, rate=rate, requests=requests)
 
 
 def _summary_table(name: str, result) -> Table:

@@ -29,7 +29,7 @@ log = structlog.get_logger("ingest.runner")
 _LOCK_NS = 1769  # advisory lock namespace: (1769, hashtext(connector)) = "a run of this connector"
 _BATCH = 2000
 
-Progress = Callable[[str, int], None]
+Progress = Callable[[str, int, int], None]  # (entity, records so far, HTTP requests so far)
 
 
 class Cancelled(IngestError):
@@ -218,6 +218,12 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
     ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir))
     writer = SnapshotWriter(engine, rc.name, sid)
     timings = _Timings()
+    if progress is not None:
+        report = progress
+
+        def progress(entity: str, n: int) -> None:
+            report(entity, n, ctx.stats.requests)
+
     status, error, stats, keep_stage = "failed", None, {}, False
     try:
         check()
