@@ -19,7 +19,12 @@ every member of a group of any size in one request. A member whose ``type`` is
 
 Pages follow ``startIndex`` / ``count`` with :class:`~ingest.http.ScimPaginator`, which refuses
 to end a stream short when the provider's own ``totalResults`` says items are
-missing (a provider that ignores ``startIndex``).
+missing (a provider that ignores ``startIndex``). Once the first page of
+``/Users`` or ``/Groups`` comes back full and ``totalResults`` shows the
+collection is larger, the remaining pages are fetched ``max_concurrency`` at a
+time (each checked against what sequential paging would ask for: a provider
+that caps the page size is paged one page after another from its first short
+page).
 
 Mapping a SCIM resource to a record is done by the pure functions
 :func:`map_user`, :func:`map_group` and :func:`map_members`.
@@ -436,7 +441,8 @@ class ScimConnector(Connector):
 
     # -- streams --------------------------------------------------------------------------------
     def _resources(self, path: str, scim_filter: str | None, **params: Any) -> Iterator[Any]:
-        """Every resource of a collection, page by page."""
+        """Every resource of a collection, in order; pages ``max_concurrency`` at a time when the first
+        page allows it (see :meth:`ingest.http.HttpClient.paginate`)."""
         page_size = self.page_size
         if scim_filter:
             params["filter"] = scim_filter
@@ -446,6 +452,7 @@ class ScimConnector(Connector):
                 paginator=ScimPaginator(count=page_size),
                 selector=functools.partial(list_response_resources, what=f"GET /{path}"),
                 params=params,
+                concurrency=self.settings.max_concurrency,
             )
         except AuthError as e:
             raise self._auth_error(e) from None

@@ -390,7 +390,7 @@ class TestPagination:
     def test_plain_provider_pages_by_start_index(self):
         records, fake = self.run_users(250)
         self.assert_complete(records, 250)
-        assert [int(r.url.params["startIndex"]) for r in fake.paths("Users")] == [1, 101, 201]
+        assert sorted(int(r.url.params["startIndex"]) for r in fake.paths("Users")) == [1, 101, 201]  # 2 at once
 
     def test_count_ignored_smaller_pages(self):
         records, _ = self.run_users(230, ignore_count=True, default_page=50)

@@ -7,7 +7,8 @@
 - ``HttpClient`` (``_client``): timeouts, User-Agent, TLS/CA bundle/proxy,
   request-rate and concurrency limits, retries with backoff and jitter that
   honour ``Retry-After`` and rate-limit headers, one classification of every
-  response into the ``ingest.errors`` tree, the read-only guard, redaction.
+  response into the ``ingest.errors`` tree, the read-only guard, redaction;
+  ``paginate`` fetches pages concurrently when the paginator can plan them.
 - Paginators (``_paginators``): offset, page number, cursor, next URL, RFC 8288
   ``Link``, SCIM; loop detection in the base class; ``make_paginator`` by name.
 - Auth (``_auth``): bearer, basic, API key (any header, prefix, or query

@@ -14,6 +14,13 @@ The engine owns the loop::
 Each ``paginate()`` call uses a fresh copy (``paginator.fresh()``), so one
 configured paginator can serve many streams.
 
+After the first page, ``paginator.plan(request)`` may name every later page
+(offset or page number with a total, SCIM with a trusted ``totalResults``);
+the engine then fetches those concurrently, but still runs the loop above page
+by page and uses a fetched page only when it is the request ``update_request``
+makes. The plan is a guess the sequential state checks: a short page or an
+early end drops the rest of the plan and paging goes on one page at a time.
+
 Page-size paginators (offset, page number) never stop on a page merely
 shorter than asked: many APIs cap the page size silently (ask for 500, get
 100), and stopping there would drop data without a word. They stop on an empty
@@ -23,6 +30,7 @@ page, on ``total``, or on a page shorter than the largest page already seen.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -104,6 +112,15 @@ class Paginator:
     def _next(self, request: PageRequest) -> None:
         raise NotImplementedError
 
+    def plan(self, request: PageRequest) -> Iterable[PageRequest] | None:
+        """Every request after the first page's, when the first page is enough to know them.
+
+        Called once, after ``update_state`` of the first page (``request`` is
+        the first page's request). None (the default) when each page names the
+        next one: cursors, next links, or a total the paginator does not trust.
+        """
+        return None
+
     def update_request(self, request: PageRequest) -> None:
         self._next(request)
         sig = request.signature()
@@ -119,6 +136,11 @@ class SinglePage(Paginator):
 
     def update_state(self, response, data, records):
         self.has_next = False
+
+
+def _planned(request: PageRequest, param: str, values: Iterable[int]) -> Iterator[PageRequest]:
+    """``request`` with ``param`` set to each of ``values`` (lazily: a long plan costs no memory)."""
+    return (PageRequest(request.url, {**request.params, param: v}) for v in values)
 
 
 class _PageSize:
@@ -147,6 +169,7 @@ class OffsetPaginator(_PageSize, Paginator):
     def _reset(self) -> None:
         self.offset = self.start
         self._largest = 0
+        self._total: int | None = None
 
     def init_request(self, request):
         request.params[self.offset_param] = self.offset
@@ -155,7 +178,7 @@ class OffsetPaginator(_PageSize, Paginator):
 
     def update_state(self, response, data, records):
         self.offset += len(records)
-        total = _int_or_none(json_path(data, self.total_path)) if self.total_path else None
+        self._total = total = _int_or_none(json_path(data, self.total_path)) if self.total_path else None
         ends = self._short_page_ends(len(records), self.limit)
         if total is not None:
             self.has_next = bool(records) and self.offset < total
@@ -164,6 +187,12 @@ class OffsetPaginator(_PageSize, Paginator):
 
     def _next(self, request):
         request.params[self.offset_param] = self.offset
+
+    def plan(self, request):
+        """With ``total``, and a first page of ``limit`` records: offsets ``limit`` apart up to ``total``."""
+        if self._total is None or self.offset - self.start != self.limit:
+            return None  # no total, or a short first page (a capped limit): page by what arrives
+        return _planned(request, self.offset_param, range(self.offset, self._total, self.limit))
 
 
 class PageNumberPaginator(_PageSize, Paginator):
@@ -182,6 +211,7 @@ class PageNumberPaginator(_PageSize, Paginator):
     def _reset(self) -> None:
         self.page = self.start
         self._largest = 0
+        self._total_pages: int | None = None
 
     def init_request(self, request):
         request.params[self.page_param] = self.page
@@ -191,6 +221,7 @@ class PageNumberPaginator(_PageSize, Paginator):
 
     def update_state(self, response, data, records):
         total_pages = _int_or_none(json_path(data, self.total_pages_path)) if self.total_pages_path else None
+        self._total_pages = total_pages
         ends = self._short_page_ends(len(records), self.size)
         if total_pages is not None:
             self.has_next = bool(records) and self.page - self.start + 1 < total_pages
@@ -200,6 +231,12 @@ class PageNumberPaginator(_PageSize, Paginator):
 
     def _next(self, request):
         request.params[self.page_param] = self.page
+
+    def plan(self, request):
+        """With ``total_pages``: every page number up to it."""
+        if self._total_pages is None:
+            return None
+        return _planned(request, self.page_param, range(self.page, self.start + self._total_pages))
 
 
 class CursorPaginator(Paginator):
@@ -293,6 +330,12 @@ class ScimPaginator(Paginator):
     - a page with nothing new while ``totalResults`` says items are still missing
       is a :class:`~ingest.errors.ProtocolError` (the provider ignores
       ``startIndex``): a failed run, never a silently truncated snapshot.
+
+    Pages can be fetched concurrently (:meth:`plan`) once the first page came
+    back full (``count`` items) with a trusted ``totalResults``: startIndex
+    ``1 + k * count`` up to it. The engine uses each only if it is the page the
+    rules above ask for next, so a provider that caps the page below ``count``
+    is paged one page after another from the first short page on.
     """
 
     def __init__(self, count: int = 100, id_field: str = "id") -> None:
@@ -303,6 +346,7 @@ class ScimPaginator(Paginator):
         self.start_index, self.received, self.unique = 1, 0, 0
         self._previous: set[Any] = set()
         self._total_trusted = False
+        self._total: int | None = None
 
     def init_request(self, request):
         request.params["startIndex"] = self.start_index
@@ -316,7 +360,7 @@ class ScimPaginator(Paginator):
         self.received += len(records)
         self.unique += len(kept)
         self.start_index += len(records)
-        total = _int_or_none(data.get("totalResults")) if isinstance(data, dict) else None
+        self._total = total = _int_or_none(data.get("totalResults")) if isinstance(data, dict) else None
         if total is not None and total > len(records):
             self._total_trusted = True
         if not records:
@@ -335,6 +379,12 @@ class ScimPaginator(Paginator):
 
     def _next(self, request):
         request.params["startIndex"] = self.start_index
+
+    def plan(self, request):
+        """With a trusted ``totalResults`` and a full first page: startIndex ``count`` apart up to it."""
+        if not self._total_trusted or self._total is None or self.received != self.count:
+            return None
+        return _planned(request, "startIndex", range(self.start_index, self._total + 1, self.count))
 
 
 PAGINATORS: dict[str, type[Paginator]] = {
