@@ -28,6 +28,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from tests.servers._loopback import LoopbackServer
+
 __all__ = ["FaultyProxy", "FAULTS"]
 
 FAULTS = ("500", "429", "drop", "truncate", "cut_json")
@@ -107,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
 
-class FaultyProxy:
+class FaultyProxy(LoopbackServer):
     """A reverse proxy to ``upstream`` (``http://127.0.0.1:PORT``) that injects faults on a share of requests."""
 
     def __init__(self, upstream: str, *, rate: float = 0.2, seed: int = 0, faults: tuple[str, ...] = FAULTS,
@@ -138,32 +140,9 @@ class FaultyProxy:
         with self.lock:
             return self.random.choice(self._retry_after)
 
-    def start(self) -> FaultyProxy:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.proxy = self
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="faulty-proxy", daemon=True)
-        self._thread.start()
-        return self
+    thread_name = "faulty-proxy"
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=10)
-            self._server = None
-
-    def __enter__(self) -> FaultyProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "proxy not started"
-        return self._server.server_port
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def _make_server(self) -> _Server:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.proxy = self
+        return server

@@ -35,6 +35,8 @@ from scim2_server.utils import (
     load_default_service_provider_config,
 )
 
+from tests.servers._loopback import LoopbackServer
+
 __all__ = ["ScimServer", "Org", "make_org", "load_org", "source_state", "user_id", "group_id",
            "CORE_USER", "CORE_GROUP", "ENTERPRISE", "PATCH_OP"]
 
@@ -68,7 +70,7 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-class ScimServer:
+class ScimServer(LoopbackServer):
     """scim2-server on 127.0.0.1 (port chosen by the OS), mounted under ``/scim``.
 
     Beside it, on the same port, ``/app/...`` is a web page (HTML for every
@@ -125,35 +127,10 @@ class ScimServer:
         return [body]
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def start(self) -> ScimServer:
-        self._server = make_server("127.0.0.1", 0, self._wsgi, server_class=ThreadingWSGIServer,
-                                   handler_class=_Quiet)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="scim2-server", daemon=True)
-        self._thread.start()
-        return self
+    thread_name = "scim2-server"
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=10)
-            self._server = None
-
-    def __enter__(self) -> ScimServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "server not started"
-        return self._server.server_port
-
-    @property
-    def root_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def _make_server(self):
+        return make_server("127.0.0.1", 0, self._wsgi, server_class=ThreadingWSGIServer, handler_class=_Quiet)
 
     @property
     def base_url(self) -> str:
