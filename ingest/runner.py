@@ -21,7 +21,7 @@ from ingest.connector import CAPABILITIES, ConnectorContext
 from ingest.db import get_engine, migrate
 from ingest.errors import AlreadyRunningError, IngestError, MassDeletionError
 from ingest.redact import redact
-from ingest.writer import SnapshotWriter
+from ingest.writer import ENTITIES, SnapshotWriter
 
 __all__ = ["RunResult", "Cancelled", "run", "interrupt_stale", "Progress"]
 
@@ -156,7 +156,7 @@ def interrupt_stale(conn: sa.Connection, connector: str, reason: str | None = No
         "error = coalesce(error, :e) WHERE connector = :c AND status = 'running' RETURNING snapshot_id"),
         {"c": connector, "e": reason or "the process running this snapshot stopped before it finished"}).all()
     for (sid,) in rows:
-        for ent in ("account", "resource", "entitlement", "assignment", "nested_entitlement", "last_activity"):
+        for ent in ENTITIES:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS ingest_stage.s{sid}_{ent}"))
         log.warning("snapshot_interrupted", connector=connector, snapshot_id=sid)
     return len(rows)

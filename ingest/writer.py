@@ -293,9 +293,22 @@ class SnapshotWriter:
                     raise err  # leaving the block rolls the merge back
                 for name in self.staged:
                     conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.stage_table(name)}"))
+                self._drop_superseded_rejections(conn)
                 if finish is not None:
                     finish(conn, stats)
         return stats
+
+    def _drop_superseded_rejections(self, conn: sa.Connection) -> None:
+        """A rejected snapshot's data stays in staging for inspection until a later run succeeds."""
+        tables = conn.execute(sa.text(
+            "SELECT t.tablename FROM pg_tables t JOIN ingest.snapshots s "
+            "ON t.tablename LIKE 's' || s.snapshot_id || '\\_%' "
+            "WHERE t.schemaname = 'ingest_stage' AND s.connector = :c AND s.status = 'rejected' "
+            "AND s.snapshot_id < :sid"), {"c": self.connector, "sid": self.snapshot_id}).scalars().all()
+        for table in tables:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}"'))
+        if tables:
+            log.info("rejected_staging_dropped", tables=len(tables))
 
     def _merge(self, conn: sa.Connection, ent: Entity) -> dict[str, int]:
         hist = f"ingest.{ent.table}_history"

@@ -252,13 +252,18 @@ class TestMassDeletionGuard:
         staged = org.query("SELECT tablename FROM pg_tables WHERE schemaname = 'ingest_stage' ORDER BY 1")
         assert f"s{snap['snapshot_id']}_assignment" in [t["tablename"] for t in staged]
 
-    def test_allow_mass_delete_accepts_the_run(self, tmp_path, database_url):
+    def test_allow_mass_delete_accepts_the_run_and_drops_the_rejected_staging(self, tmp_path, database_url):
         org = _org(tmp_path, database_url)
         assert org.run().exit_code == 0
         org.data["account"] = []
         org.save()
+        assert org.run().exit_code == 1
+        rejected = org.last_snapshot()["snapshot_id"]
+        staged = "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'ingest_stage' AND tablename LIKE :p"
+        assert org.query(staged, p=f"s{rejected}_%")[0]["n"] > 0
         assert org.run("--allow-mass-delete").exit_code == 0
         assert org.query("SELECT count(*) AS n FROM ingest.accounts")[0]["n"] == 0
+        assert org.query(staged, p=f"s{rejected}_%")[0]["n"] == 0  # superseded by a successful run
 
     def test_ratio_is_applied_per_entity_from_config(self, tmp_path, database_url):
         org = _org(tmp_path, database_url, max_deletion_ratio=0.2)
