@@ -61,6 +61,23 @@ def line(label: str, runs: list[dict]) -> str:
             + (f"  (median of {len(runs)})" if len(runs) > 1 else ""))
 
 
+def time_changes_query(config: Path, snapshot_id: int) -> float:
+    """Milliseconds to summarise one snapshot's changes from ``ingest.changes`` (median of 5, after ANALYZE)."""
+    import psycopg
+
+    url = subprocess.run([*INGEST, "--config", str(config), "db", "url"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            conn.execute("SELECT entity, change, count(*) FROM ingest.changes WHERE snapshot_id = %s GROUP BY 1, 2",
+                         (snapshot_id,)).fetchall()
+            times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
 def bench_size(users: int, memberships: float, churn: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         config = Path(tmp) / "schedules.yaml"
@@ -78,9 +95,10 @@ def bench_size(users: int, memberships: float, churn: float) -> dict:
             rerun = run(config)
             write(1)
             idle = run(config)
+            changes_ms = time_changes_query(config, rerun["snapshot_id"])
         finally:
             subprocess.run([*INGEST, "--config", str(config), "db", "stop"], capture_output=True)
-        return {"first": first, "rerun": rerun, "idle": idle}
+        return {"first": first, "rerun": rerun, "idle": idle, "changes_ms": changes_ms}
 
 
 def main() -> None:
@@ -100,7 +118,9 @@ def main() -> None:
         print(line("first load", [r["first"] for r in runs]))
         print(line(f"re-run after {args.churn:.0%} churn", [r["rerun"] for r in runs]))
         print(line("re-run, no change", [r["idle"] for r in runs]))
-        rss.append((users, max(r[k]["stats"]["peak_rss_mb"] for r in runs for k in r)))
+        print(f"{'changes of the re-run':<24} {statistics.median(r['changes_ms'] for r in runs):7.1f} ms to summarise "
+              "from ingest.changes")
+        rss.append((users, max(r[k]["stats"]["peak_rss_mb"] for r in runs for k in ("first", "rerun", "idle"))))
     if len(rss) > 1:
         print("\npeak RSS by size: " + ", ".join(f"{u:,} accounts: {m:.0f} MB" for u, m in rss)
               + f"  (ratio {rss[-1][1] / rss[0][1]:.2f})")
