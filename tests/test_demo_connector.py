@@ -37,6 +37,7 @@ from ingest.records import (
     Resource,
 )
 from ingest.registry import get_connector_class
+from tests.servers._loopback import Serving
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"list_accounts": Account, "list_resources": Resource, "list_entitlements": Entitlement}
@@ -78,14 +79,8 @@ def collect(c: DemoConnector) -> dict[str, list]:
 def live_api():
     """A demo API in a thread with its own token (for ``base_url`` mode)."""
     server = make_server("127.0.0.1", 0, DemoApi(OrgSpec(), token="other-token"))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with Serving(server) as running:
+        yield running.root_url
 
 
 class TestDescription:

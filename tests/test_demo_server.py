@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import httpx
 import pytest
 
 from connectors.demo.org import Org, OrgSpec
 from connectors.demo.server import DemoApi, decode_cursor, encode_cursor, make_server
+from tests.servers._loopback import Serving
 
 AUTH = "Bearer demo-token"
 
@@ -28,14 +28,8 @@ def api() -> DemoApi:
 def live_server():
     """The API on a loopback port in a thread (stopped at the end)."""
     server = make_server("127.0.0.1", 0, DemoApi(OrgSpec(users=120), token="s3cret-token"))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with Serving(server) as running:
+        yield running.root_url
 
 
 class TestAuth:

@@ -45,3 +45,13 @@ class LoopbackServer:
     @property
     def root_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+class Serving(LoopbackServer):
+    """A ready-made ``socketserver`` (e.g. ``wsgiref.make_server(...)``) run the same way."""
+
+    def __init__(self, server: socketserver.BaseServer) -> None:
+        self._ready = server
+
+    def _make_server(self) -> socketserver.BaseServer:
+        return self._ready
