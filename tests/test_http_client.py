@@ -107,7 +107,7 @@ class TestRequests:
         """An API key header would follow a cross-host redirect, so the client does not follow it."""
         fake_api.add_json("/old", None, status=302, headers={"Location": f"http://localhost:{fake_api.port}/new"})
         fake_api.add_json("/new", {"ok": True})
-        with client(fake_api) as http, pytest.raises(FatalError, match="redirect to another host"):
+        with client(fake_api) as http, pytest.raises(FatalError, match="redirect to another origin"):
             http.get_json("/old")
         assert [r.path for r in fake_api.requests] == ["/old"]
 

@@ -161,6 +161,19 @@ def _without_query(url: httpx.URL | str) -> str:
     return str(httpx.URL(str(url)).copy_with(query=None, fragment=None))
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port made explicit: what "the same origin" compares."""
+    u = httpx.URL(str(url))
+    return u.scheme, u.host, u.port or _DEFAULT_PORTS.get(u.scheme)
+
+
+def _origin_text(o: tuple[str, str, int | None]) -> str:
+    return f"{o[0]}://{o[1]}:{o[2]}"
+
+
 def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -178,8 +191,13 @@ class HttpClient:
     ``read_only_queries`` names endpoints (paths under ``base_url`` or absolute
     URLs) that answer a POST without changing anything, such as a search API;
     those and the auth's ``token_url`` are the only non-GET/HEAD requests the
-    client lets out. Next-page links and redirects stay on the host they came
-    from: credentials are never sent to a host the connector did not name.
+    client lets out, and only as POST.
+
+    Every request (redirects, next-page links, absolute URLs and the auth
+    flow's own requests included) goes to the origin of ``base_url`` (scheme,
+    host and port) or is one of those declared endpoints: credentials are never
+    sent to an origin the connector did not name, and never over http when
+    ``base_url`` is https.
     """
 
     def __init__(
@@ -202,6 +220,7 @@ class HttpClient:
             register_secret(str(getattr(auth, "_auth_header", "")).partition(" ")[2])
         token_urls = [u for u in (getattr(auth, "token_url", None),) if u]
         self._write_ok = frozenset(_without_query(self.url(q)) for q in (*read_only_queries, *token_urls))
+        self.origin = origin(self.base_url)
         if transport is None:
             transport = self._transport(s)
         self._client = httpx.Client(
@@ -211,7 +230,7 @@ class HttpClient:
             transport=transport,
             follow_redirects=True,
             max_redirects=5,
-            event_hooks={"request": [self._guard], "response": [self._same_host_redirects]},
+            event_hooks={"request": [self._guard], "response": [self._same_origin_redirects]},
         )
         self._slots = threading.BoundedSemaphore(s.max_concurrency)
         self.limiter = RateLimiter(s.requests_per_second)
@@ -240,24 +259,36 @@ class HttpClient:
                               connector=self.connector) from None
 
     # -- guards (run for every request httpx sends: auth flows and redirects too) ---
-    def _allowed(self, request: httpx.Request) -> bool:
-        return request.method in _READ_METHODS or _without_query(request.url) in self._write_ok
-
     def _guard(self, request: httpx.Request) -> None:
-        if not self._allowed(request):
+        declared = _without_query(request.url) in self._write_ok
+        if request.method not in _READ_METHODS and not (request.method == "POST" and declared):
             raise ReadOnlyViolation(
                 f"refused {request.method} {redact_url(request.url)}: ingest never writes to a source "
-                "(declare read-only query endpoints in read_only_queries)",
+                "(declare read-only query endpoints in read_only_queries; they are sent only as POST)",
+                connector=self.connector,
+            )
+        target = origin(request.url)
+        if target != self.origin and not declared:
+            downgrade = self.origin[0] == "https" and target[0] == "http"
+            raise FatalError(
+                f"refused {request.method} {redact_url(request.url)}: "
+                + ("https -> http downgrade; " if downgrade else "")
+                + f"it is not on the origin of base_url ({_origin_text(self.origin)}), so the credentials "
+                "would leave it",
                 connector=self.connector,
             )
 
-    def _same_host_redirects(self, response: httpx.Response) -> None:
+    def _same_origin_redirects(self, response: httpx.Response) -> None:
         if response.has_redirect_location:
-            target = response.request.url.join(response.headers["Location"])
-            if target.host != response.request.url.host:
+            source = response.request.url
+            target = source.join(response.headers["Location"])
+            if origin(target) != origin(source):
+                downgrade = source.scheme == "https" and target.scheme == "http"
                 raise FatalError(
-                    f"refusing to follow a redirect to another host ({redact_url(target)})",
-                    request=f"{response.request.method} {redact_url(response.request.url)} -> {response.status_code}",
+                    f"refusing to follow a redirect to another origin ({redact_url(target)}"
+                    + (", an https -> http downgrade" if downgrade else "")
+                    + "): scheme, host and port must stay the same",
+                    request=f"{response.request.method} {redact_url(source)} -> {response.status_code}",
                     connector=self.connector, status_code=response.status_code,
                 )
 
@@ -479,9 +510,10 @@ class HttpClient:
                     pager.update_request(request)
                 except IngestError as e:
                     raise self._located(e, response) from None
-                if httpx.URL(request.url).host != httpx.URL(previous).host:
+                if origin(request.url) != origin(previous):
                     raise ProtocolError(
-                        f"the next-page link points to another host ({redact_url(request.url)}); not following it",
+                        f"the next-page link points to another origin ({redact_url(request.url)}: scheme, host "
+                        "or port differ); not following it",
                         request=f"GET {redact_url(response.request.url)}", connector=self.connector)
         finally:
             if ahead is not None:
