@@ -302,10 +302,17 @@ def _fmt_time(v: Any) -> str:
     return str(v)
 
 
+def _placement(item: dict[str, Any]) -> str:
+    """Where a connector runs: its labels (or unlabelled daemons) and the live daemons planning it."""
+    labels = ", ".join(item["runs_on"]) or "unlabelled"
+    hosts = ", ".join(":".join(d.split(":")[:2]) for d in item["daemons"])
+    return f"{labels} ({hosts})" if hosts else labels
+
+
 @app.command()
 def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
     """Per configured connector: schedule, next run, last snapshot, last success, failing."""
-    from ingest.schedule import failure_streaks, next_run_times
+    from ingest.schedule import failure_streaks, next_run_times, planned_by
 
     st = _state(ctx)
     loaded = st.loaded()
@@ -317,6 +324,10 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
         SELECT DISTINCT ON (connector) connector, snapshot_id, finished_at, stats
         FROM ingest.snapshots WHERE status = 'succeeded' ORDER BY connector, snapshot_id DESC""")}
     nexts = next_run_times(loaded, engine)
+    try:
+        where = planned_by(engine)
+    except Exception:  # noqa: BLE001 - status works without daemon state
+        where = {}
     streaks = failure_streaks(engine, loaded.config.timezone, loaded.config.daemon.failing_after_days,
                               list(loaded.connectors))
     items = []
@@ -324,7 +335,7 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
         last_, ok_ = last.get(name), success.get(name)
         items.append({
             "connector": name, "type": rc.type, "enabled": rc.enabled, "schedule": rc.schedule,
-            "next_run": nexts.get(name),
+            "next_run": nexts.get(name), "runs_on": list(rc.runs_on), "daemons": where.get(name, []),
             "last_snapshot": None if not last_ else {
                 "snapshot_id": last_["snapshot_id"], "status": last_["status"], "started_at": last_["started_at"],
                 "finished_at": last_["finished_at"], "duration_s": (last_["stats"] or {}).get("duration_s"),
@@ -336,7 +347,7 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
     if json_out:
         out.print_json(json.dumps(items, default=str))
         return
-    table = Table("connector", "type", "schedule", "next run (UTC)", "last snapshot", "took", "accounts",
+    table = Table("connector", "type", "schedule", "runs on", "next run (UTC)", "last snapshot", "took", "accounts",
                   "grants", "last success")
     for it in items:
         snap = it["last_snapshot"]
@@ -346,7 +357,7 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
                   for k, v in (snap["counts"] if snap else {}).items()}
         table.add_row(
             it["connector"] + (f" [red](failing {it['failed_days']} days)[/]" if it["failing"] else ""),
-            it["type"], it["schedule"] + ("" if it["enabled"] else " (disabled)"),
+            it["type"], it["schedule"] + ("" if it["enabled"] else " (disabled)"), _placement(it),
             _fmt_time(it["next_run"]),
             f"[{color}]#{snap['snapshot_id']} {snap['status']}[/] {_fmt_time(snap['started_at'])}" if snap else "never",
             f"{snap['duration_s']:.1f} s" if snap and snap["duration_s"] is not None else "",
@@ -454,14 +465,22 @@ def sql_cmd(ctx: typer.Context, query: str, fmt: str = typer.Option("table", "--
 # -- daemon -------------------------------------------------------------------------
 
 @app.command()
-def daemon(ctx: typer.Context, watch_config: bool = typer.Option(False, "--watch-config", help="Reload schedules.yaml when it changes.")) -> None:
-    """Run forever: fire every enabled connector on its schedule."""
+def daemon(ctx: typer.Context, watch_config: bool = typer.Option(False, "--watch-config", help="Reload schedules.yaml when it changes."),
+           label: list[str] = typer.Option([], "--label", "-l", help="Run only the connectors placed on this label (runs_on); repeatable.")) -> None:
+    """Run forever: fire every enabled connector on its schedule (with --label: those placed on the labels)."""
+    from ingest.config import validate_label
     from ingest.daemon import serve
 
+    for value in label:
+        try:
+            validate_label(value)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--label") from None
     st = _state(ctx)
     loaded = st.loaded()
     url = st.url(loaded)
-    raise typer.Exit(serve(st.config_path, loaded, url, watch_config=watch_config or loaded.config.daemon.watch_config))
+    raise typer.Exit(serve(st.config_path, loaded, url, watch_config=watch_config or loaded.config.daemon.watch_config,
+                           labels=label))
 
 
 # -- db -------------------------------------------------------------------------------

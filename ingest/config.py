@@ -30,10 +30,20 @@ __all__ = [
     "load_config",
     "parse_config",
     "validate_cron",
+    "validate_label",
 ]
 
 _VAR = re.compile(r"\$\{([^}]*)\}")
 _NAME = r"^[a-z][a-z0-9_-]{0,62}$"
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def validate_label(label: str) -> str:
+    """A placement label (``runs_on`` / ``ingest daemon --label``): letters, digits, ``_ . -``."""
+    if not _LABEL.match(label):
+        raise ValueError(f"label {label!r} must be letters, digits, '_', '.' or '-' (at most 63, "
+                         "starting with a letter or digit)")
+    return label
 
 
 def validate_cron(expr: str, timezone: str = "UTC") -> str:
@@ -82,8 +92,19 @@ class ConnectorConfig(_Strict):
     timeout: float | None = Field(None, gt=0)
     settings: dict[str, Any] = Field(default_factory=dict)
     auth: dict[str, Any] = Field(default_factory=dict)
+    runs_on: list[str] = Field(default_factory=list, description=(
+        "Labels of the daemons this connector runs on (`ingest daemon --label L`); empty: daemons without labels."))
 
     _cron = field_validator("schedule")(lambda cls, v: v if v is None else validate_cron(v))
+
+    @field_validator("runs_on")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        for label in v:
+            validate_label(label)
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate label in {v}")
+        return v
 
 
 class Config(_Strict):
@@ -127,6 +148,11 @@ class ResolvedConnector:
     auth: BaseModel
     config_dir: Path
     data_dir: Path  # where ingest keeps local state (the embedded database, connector state files)
+    runs_on: tuple[str, ...] = ()  # placement labels; () = daemons started without --label
+
+    def placed_on(self, labels: frozenset[str] | set[str] | tuple[str, ...] = ()) -> bool:
+        """Whether a daemon started with ``labels`` runs this connector (exactly one kind of daemon does)."""
+        return bool(set(self.runs_on) & set(labels)) if labels else not self.runs_on
 
 
 @dataclass
@@ -234,7 +260,7 @@ def parse_config(data: Any, path: Path) -> LoadedConfig:
             else config.defaults.max_deletion_ratio,
             timeout=c.timeout if c.timeout is not None else config.defaults.timeout,
             settings=settings, auth=auth, config_dir=path.parent,
-            data_dir=path.parent / (config.data_dir or ".ingest"),
+            data_dir=path.parent / (config.data_dir or ".ingest"), runs_on=tuple(c.runs_on),
         )
     return LoadedConfig(path=path, config=config, connectors=resolved)
 

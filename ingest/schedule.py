@@ -262,6 +262,23 @@ def _daemon_next_runs(engine: Any) -> dict[str, datetime]:
     return found
 
 
+def planned_by(engine: Any) -> dict[str, list[str]]:
+    """Per connector, the live daemons (ids, ``host:pid:…``) that have it in their plan: where it runs."""
+    import sqlalchemy as sa
+
+    found: dict[str, list[str]] = {}
+    with engine.connect() as conn:
+        if not conn.execute(sa.text("SELECT to_regclass('ingest.daemons') IS NOT NULL")).scalar():
+            return found
+        rows = conn.execute(sa.text(
+            "SELECT daemon_id, next_runs FROM ingest.daemons WHERE stopped_at IS NULL "
+            "AND heartbeat_at > now() - make_interval(secs => 2 * lease_seconds + 5) ORDER BY daemon_id")).all()
+    for daemon_id, next_runs in rows:
+        for name in next_runs or {}:
+            found.setdefault(name, []).append(daemon_id)
+    return found
+
+
 def next_run_times(loaded: Any, engine: Any = None, now: datetime | None = None) -> dict[str, datetime | None]:
     """Next start of each enabled connector (None when disabled).
 

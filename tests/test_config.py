@@ -71,6 +71,10 @@ class TestValidation:
          "connectors.a.schedule"),
         ("connectors:\n  Bad Name:\n    type: file\n", "must be lowercase"),
         ("connectors: [1, 2\n", "not valid YAML at line"),
+        ("connectors:\n  a:\n    type: file\n    runs_on: ['dmz berlin']\n    settings: {path: x}\n",
+         "connectors.a.runs_on: Value error, label 'dmz berlin' must be"),
+        ("connectors:\n  a:\n    type: file\n    runs_on: dmz\n    settings: {path: x}\n",
+         "connectors.a.runs_on: Input should be a valid list"),
     ])
     def test_bad_config_is_a_clear_error(self, tmp_path, text, expected):
         msg = _error(tmp_path, text)

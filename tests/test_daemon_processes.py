@@ -281,3 +281,60 @@ def test_watch_config_reloads_when_the_file_changes(tmp_path, database_url, spaw
     d.wait_event("run_finished", connector="c", status="succeeded")
     d.signal(signal.SIGINT)
     assert d.wait(timeout=20) == 0
+
+
+def test_placement_labelled_and_unlabelled_daemons_each_run_their_connectors_exactly_once(
+        tmp_path, database_url, spawn):
+    """runs_on places a connector on the daemons with one of its labels; unplaced ones run on unlabelled daemons."""
+    from ingest.cli import app
+
+    schedule = past_daily(2)  # the last slot was missed: every daemon tries to catch it up at once
+    conns = {"hq": {}, "berlin": {"runs_on": ["dmz-berlin"]}, "either": {"runs_on": ["dmz-berlin", "dmz-paris"]},
+             "nowhere": {"runs_on": ["dmz-tokyo"]}}
+    cfg = write_config(tmp_path, {n: {**file_connector(tmp_path, n, org(), sleep=0.2), "schedule": schedule, **extra}
+                                  for n, extra in conns.items()}, lease_seconds=4)
+    plain = [spawn(cfg), spawn(cfg)]
+    berlin, paris = spawn(cfg, "--label", "dmz-berlin"), spawn(cfg, "-l", "dmz-paris")
+    by_pid = {d.pid: d for d in (*plain, berlin, paris)}
+    for d in by_pid.values():
+        d.wait_event("daemon_started")
+    wait_db(lambda: len([s for s in snapshots(database_url) if s["status"] == "succeeded"]) == 3, 30, "three runs")
+    time.sleep(1.0)  # a duplicate run, if placement or claims were wrong, would show up now
+
+    ran = {}
+    for s in snapshots(database_url):
+        ran.setdefault(s["connector"], []).append((s["status"], s["pid"]))
+    assert set(ran) == {"hq", "berlin", "either"}  # nobody carries dmz-tokyo
+    assert all(len(v) == 1 and v[0][0] == "succeeded" for v in ran.values()), ran
+    assert by_pid[ran["hq"][0][1]] in plain
+    assert by_pid[ran["berlin"][0][1]] is berlin
+    assert by_pid[ran["either"][0][1]] in (berlin, paris)
+    assert {c["connector"]: c["status"] for c in claims(database_url)} == {
+        "hq": "succeeded", "berlin": "succeeded", "either": "succeeded"}
+    assert berlin.find("daemon_started")[0]["placed_elsewhere"] == ["hq", "nowhere"]
+    assert paris.find("daemon_started")[0]["placed_elsewhere"] == ["berlin", "hq", "nowhere"]
+
+    res = CliRunner().invoke(app, ["--config", str(cfg), "--database-url", database_url, "status", "--json"])
+    assert res.exit_code == 0, res.output
+    where = {it["connector"]: it for it in json.loads(res.stdout)}
+    assert where["berlin"]["runs_on"] == ["dmz-berlin"] and where["hq"]["runs_on"] == []
+    assert {d.split(":")[1] for d in where["berlin"]["daemons"]} == {str(berlin.pid)}
+    assert {d.split(":")[1] for d in where["hq"]["daemons"]} == {str(d.pid) for d in plain}
+    assert {d.split(":")[1] for d in where["either"]["daemons"]} == {str(berlin.pid), str(paris.pid)}
+    assert where["nowhere"]["daemons"] == []
+    res = CliRunner().invoke(app, ["--config", str(cfg), "--database-url", database_url, "status"],
+                             env={"COLUMNS": "250"})
+    line = next(x for x in res.stdout.splitlines() if "nowhere" in x)
+    assert "dmz-tokyo" in line
+    for d in by_pid.values():
+        d.signal(signal.SIGTERM)
+    assert [d.wait(timeout=20) for d in by_pid.values()] == [0, 0, 0, 0]
+
+
+def test_daemon_label_must_be_a_plain_name(tmp_path):
+    from ingest.cli import app
+
+    cfg = write_config(tmp_path, {})
+    res = CliRunner().invoke(app, ["--config", str(cfg), "daemon", "--label", "dmz berlin"])
+    assert res.exit_code == 2
+    assert "dmz berlin" in res.output and "--label" in res.output

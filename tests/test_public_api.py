@@ -1,5 +1,7 @@
 """The public surface is explicit and pinned (like httpx's test_exported_members)."""
 
+from pathlib import Path
+
 import ingest
 
 
@@ -25,3 +27,10 @@ def test_every_builtin_connector_describes_itself_with_valid_schemas():
             assert info[key]["type"] == "object", (type_name, key)
         assert "validate_credentials" in info["capabilities"]
         assert "list_accounts" in info["capabilities"], type_name
+
+
+def test_the_projects_tests_package_is_not_shadowed_by_an_installed_one():
+    """connector-py installs a top-level ``tests`` package; pytest must import this repository's."""
+    import tests
+
+    assert Path(tests.__file__).resolve().parent == Path(__file__).resolve().parent

@@ -104,13 +104,17 @@ class Daemon:
     """
 
     def __init__(self, loaded: LoadedConfig, database_url: str, *, daemon_id: str | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, labels: tuple[str, ...] | list[str] = ()) -> None:
         self.loaded = loaded
+        # placement: with labels, only the connectors whose runs_on names one of them; without, the unplaced ones
+        self.labels = tuple(sorted(set(labels)))
         self.database_url = database_url
         self.settings = loaded.config.daemon
         self.daemon_id = daemon_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.clock = clock or (lambda: datetime.now(UTC))
         self.log = structlog.get_logger("ingest.daemon").bind(daemon_id=self.daemon_id)
+        if self.labels:
+            self.log = self.log.bind(labels=list(self.labels))
         self.claims = Claims(database_url, self.daemon_id, self.settings.lease_seconds)
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -146,8 +150,9 @@ class Daemon:
         self._apply(self.loaded)
         self._heartbeat()
         self._coord.start()
+        elsewhere = sorted(n for n, rc in self.loaded.connectors.items() if rc.enabled and not self._placed(rc))
         self.log.info("daemon_started", pid=os.getpid(), host=socket.gethostname(),
-                      connectors=len(self._triggers), max_concurrent_runs=self.settings.max_concurrent_runs,
+                      connectors=len(self._triggers), placed_elsewhere=elsewhere, max_concurrent_runs=self.settings.max_concurrent_runs,
                       lease_seconds=self.settings.lease_seconds, config=str(self.loaded.path))
 
     def stop(self, hurry: Callable[[], bool] | None = None) -> bool:
@@ -247,11 +252,14 @@ class Daemon:
                 "daemon_id": self.daemon_id, "active_runs": sorted(self.active_runs()),
                 "last_heartbeat_age_s": age}
 
+    def _placed(self, rc: ResolvedConnector) -> bool:
+        return rc.placed_on(self.labels)
+
     # -- jobs ------------------------------------------------------------------------------
     def _apply(self, new: LoadedConfig) -> dict[str, list[str]]:
         tz, jitter = new.config.timezone, new.config.daemon.jitter
         want = {n: SlotTrigger(rc.schedule, tz, jitter_offset(n, jitter))
-                for n, rc in new.connectors.items() if rc.enabled}
+                for n, rc in new.connectors.items() if rc.enabled and self._placed(rc)}
         with self._lock:
             old, have = self.loaded, dict(self._triggers)
             self.loaded, self._triggers = new, want
@@ -259,8 +267,10 @@ class Daemon:
         for n in removed:
             for kind in JOB_KINDS:
                 self._remove_job(f"{kind}:{n}")
-            self.log.info("job_removed", connector=n,
-                          reason="disabled" if n in new.connectors else "removed from the config")
+            rc = new.connectors.get(n)
+            reason = ("removed from the config" if rc is None else "disabled" if not rc.enabled
+                      else f"placed on other daemons (runs_on: {', '.join(rc.runs_on) or 'none'})")
+            self.log.info("job_removed", connector=n, reason=reason)
         added, rescheduled = [], []
         successes: dict[str, datetime] | None = None
         for n, trig in want.items():
@@ -404,8 +414,13 @@ class Daemon:
             loaded = self.loaded
             rc = loaded.connectors.get(name)
             stopping, busy = self.stopping.is_set(), name in self._active
-            if rc is not None and rc.enabled and not stopping and not busy:
+            if rc is not None and rc.enabled and self._placed(rc) and not stopping and not busy:
                 active = self._active[name] = _Active(slot, attempt)
+        if rc is not None and rc.enabled and not self._placed(rc):
+            self.claims.release(name, slot)  # moved to other daemons by a reload: one of them takes it over
+            self.log.info("slot_released", connector=name, scheduled_for=_iso(slot),
+                          reason="the connector is placed on other daemons now")
+            return
         if rc is None or not rc.enabled:
             self.claims.finish(name, slot, "abandoned", None)
             self.log.info("slot_abandoned", connector=name, scheduled_for=_iso(slot),
@@ -565,9 +580,10 @@ def _file_state(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def serve(config_path: str | None, loaded: LoadedConfig, database_url: str, watch_config: bool = False) -> int:
+def serve(config_path: str | None, loaded: LoadedConfig, database_url: str, watch_config: bool = False,
+          labels: tuple[str, ...] | list[str] = ()) -> int:
     """``ingest daemon``: run until SIGTERM / SIGINT (exit 0); SIGHUP or a changed file reloads the config."""
-    daemon = Daemon(loaded, database_url)
+    daemon = Daemon(loaded, database_url, labels=labels)
     path = loaded.path
     wake = threading.Event()
     received = {"term": 0, "hup": 0}
