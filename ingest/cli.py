@@ -50,7 +50,7 @@ app.add_typer(db_app, name="db")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-ENTITY_ORDER = ("account", "resource", "entitlement", "assignment", "nested_entitlement")
+ENTITY_ORDER = ("account", "resource", "entitlement", "assignment", "nested_entitlement", "expense")
 LABELS = {"nested_entitlement": "nested group"}
 
 

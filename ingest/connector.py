@@ -49,6 +49,7 @@ CAPABILITIES: dict[str, str | None] = {
     "list_resources": "resource",
     "list_entitlements": "entitlement",
     "find_entitlement_associations": "assignment",  # also yields nested_entitlement
+    "list_expenses": "expense",
     "get_last_activity": "last_activity",
     "list_custom_attributes_schema": None,
 }
@@ -142,6 +143,9 @@ class Connector:
         raise NotImplementedError
 
     def find_entitlement_associations(self) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def list_expenses(self) -> Iterable[Any]:
         raise NotImplementedError
 
     def get_last_activity(self) -> Iterable[Any]:

@@ -25,6 +25,7 @@ def _key(entity: str, doc: dict[str, Any]) -> str:
         "entitlement": lambda: ent_key,
         "assignment": lambda: f"{doc['account_id']} -> {ent_key}",
         "nested_entitlement": lambda: f"{doc['member_entitlement_id']} -> {doc['entitlement_id']}",
+        "expense": lambda: doc["expense_id"],
     }[entity]()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +24,7 @@ __all__ = [
     "NestedEntitlement",
     "LastActivity",
     "CustomAttribute",
+    "Expense",
     "ENTITY_MODELS",
 ]
 
@@ -118,6 +120,24 @@ class LastActivity(_Record):
     last_activity_at: datetime
 
 
+class Expense(_Record):
+    """A spend record (Lumos ``list_expenses``): a reimbursement or a card transaction.
+
+    ``amount`` is exact (a decimal, never a float); ``category`` is the kind of
+    expense (``reimbursement``, ``card_transaction``, or the source's own).
+    """
+
+    entity: ClassVar[str] = "expense"
+    expense_id: str = _Id
+    account_id: str | None = None
+    amount: Decimal | None = None
+    currency: str | None = Field(None, max_length=16)
+    merchant: str | None = None
+    occurred_at: datetime | None = None
+    category: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
 class CustomAttribute(_Record):
     """One entry of ``list_custom_attributes_schema``."""
 
@@ -128,5 +148,5 @@ class CustomAttribute(_Record):
 
 
 ENTITY_MODELS: dict[str, type[_Record]] = {
-    m.entity: m for m in (Account, Resource, Entitlement, Assignment, NestedEntitlement, LastActivity)
+    m.entity: m for m in (Account, Resource, Entitlement, Assignment, NestedEntitlement, LastActivity, Expense)
 }

@@ -23,7 +23,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from ingest.errors import MassDeletionError
-from ingest.records import Account, Assignment, Entitlement, LastActivity, NestedEntitlement, Resource
+from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
 
 __all__ = ["ENTITIES", "Entity", "SnapshotWriter", "stage_schema"]
 
@@ -59,6 +59,8 @@ ENTITIES: dict[str, Entity] = {
                ("account_id", "entitlement_id", "resource_type", "resource_id"), ()),
         Entity("nested_entitlement", "nested_entitlements", NestedEntitlement,
                ("entitlement_id", "member_entitlement_id"), ()),
+        Entity("expense", "expenses", Expense, ("expense_id",),
+               ("account_id", "amount", "currency", "merchant", "occurred_at", "category", "extra")),
         Entity("last_activity", None, LastActivity, ("account_id",), (), ("last_activity_at",)),
     )
 }

@@ -64,3 +64,4 @@ def _file_connector(monkeypatch):
     from ingest import registry
 
     monkeypatch.setitem(registry.BUILTIN, "file", "tests.fakes:FileConnector")
+    monkeypatch.setitem(registry.BUILTIN, "file_spend", "tests.fakes:FileSpendConnector")

@@ -75,3 +75,13 @@ class FileConnector(Connector):
 
     def get_last_activity(self):
         return self._stream("last_activity")
+
+
+class FileSpendConnector(FileConnector):
+    """The ``file`` connector with expenses (``"expense": [...]`` in the file), like a spend-management app."""
+
+    type = "file_spend"
+    name = "JSON file with expenses (tests)"
+
+    def list_expenses(self):
+        return self._stream("expense")

@@ -8,7 +8,7 @@ import ingest
 def test_exported_members_are_exactly_the_public_api():
     assert sorted(ingest.__all__) == sorted([
         "Account", "AccountStatus", "AccountType", "Assignment", "AuthError", "ConfigError", "Connector",
-        "ConnectorContext", "CustomAttribute", "Entitlement", "EntitlementType", "FatalError", "HttpClient",
+        "ConnectorContext", "CustomAttribute", "Entitlement", "EntitlementType", "Expense", "FatalError", "HttpClient",
         "HttpSettings", "IngestError", "LastActivity", "NestedEntitlement", "NotFoundError", "ProtocolError",
         "Resource", "ResourceType", "RetryableError", "SourceError", "__version__",
     ])
