@@ -13,7 +13,7 @@ import re
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -26,6 +26,7 @@ __all__ = [
     "ConnectorConfig",
     "DaemonConfig",
     "Defaults",
+    "IdentityConfig",
     "ResolvedConnector",
     "load_config",
     "parse_config",
@@ -107,6 +108,74 @@ class ConnectorConfig(_Strict):
         return v
 
 
+MATCH_KEYS = ("email", "employee_id", "username")
+# Where a match key lives on an account: a column of ingest.accounts, or a dotted path into
+# custom_attributes / extra. Checked here so the people stage can put it into SQL as is.
+_ATTRIBUTE_PATH = re.compile(r"^(email|username|display_name|account_id|given_name|family_name)$"
+                             r"|^(custom_attributes|extra)(\.[A-Za-z0-9_:@-]+)+$")
+DEFAULT_ATTRIBUTES = {"email": "email", "username": "username",
+                      "employee_id": "custom_attributes.employeeNumber"}
+
+
+def _check_path(path: str) -> str:
+    if not _ATTRIBUTE_PATH.match(path):
+        raise ValueError(f"{path!r} is not an account attribute: use a column (email, username, display_name, "
+                         "account_id, given_name, family_name) or custom_attributes.NAME / extra.NAME")
+    return path
+
+
+class IdentityConfig(_Strict):
+    """``identity:``: how accounts across connectors resolve to people (ingest.people)."""
+
+    sources: list[str] = Field(default_factory=list,
+                               description="Authoritative connectors, in priority order: their accounts are people.")
+    match: list[Literal["email", "employee_id", "username"]] = Field(
+        default_factory=lambda: ["email"], min_length=1, description="Keys tried in order to link an account.")
+    attributes: dict[Literal["email", "employee_id", "username"], str | dict[str, str]] = Field(
+        default_factory=dict,
+        description="Where a key lives: one path for every connector, or {connector: path, '*': path}.")
+    privileged: list[str] = Field(
+        default_factory=lambda: ["(?i)admin", "(?i)owner", "(?i)root", "(?i)superuser"],
+        description="Regular expressions (PostgreSQL syntax) matched against entitlement labels and ids.")
+    dormant_after_days: int = Field(90, ge=1)
+
+    @field_validator("sources", "match")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"{', '.join(map(repr, dup))} listed twice")
+        return v
+
+    @field_validator("attributes")
+    @classmethod
+    def _paths(cls, v: dict[str, str | dict[str, str]]) -> dict[str, str | dict[str, str]]:
+        for key, spec in v.items():
+            for where, path in ({"*": spec} if isinstance(spec, str) else spec).items():
+                try:
+                    _check_path(path)
+                except ValueError as e:
+                    raise ValueError(f"{key}" + ("" if isinstance(spec, str) else f".{where}") + f": {e}") from None
+        return v
+
+    @field_validator("privileged")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"{p!r} is not a regular expression: {e}") from None
+        return v
+
+    def path(self, key: str, connector: str) -> str:
+        """The attribute path of ``key`` on ``connector``'s accounts."""
+        spec = self.attributes.get(key)
+        if isinstance(spec, dict):
+            return spec.get(connector) or spec.get("*") or DEFAULT_ATTRIBUTES[key]
+        return spec or DEFAULT_ATTRIBUTES[key]
+
+
 class Config(_Strict):
     database_url: str | None = None
     data_dir: str | None = None
@@ -114,6 +183,7 @@ class Config(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
+    identity: IdentityConfig | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -262,7 +332,24 @@ def parse_config(data: Any, path: Path) -> LoadedConfig:
             settings=settings, auth=auth, config_dir=path.parent,
             data_dir=path.parent / (config.data_dir or ".ingest"), runs_on=tuple(c.runs_on),
         )
+    _check_identity(config, path)
     return LoadedConfig(path=path, config=config, connectors=resolved)
+
+
+def _check_identity(config: Config, path: Path) -> None:
+    """``identity:`` may only name configured connectors."""
+    ident = config.identity
+    if ident is None:
+        return
+    known = ", ".join(sorted(config.connectors)) or "none"
+    for i, name in enumerate(ident.sources):
+        if name not in config.connectors:
+            raise ConfigError(f"{path}: identity.sources[{i}]: no connector named {name!r} (configured: {known})")
+    for key, spec in ident.attributes.items():
+        for name in spec if isinstance(spec, dict) else ():
+            if name != "*" and name not in config.connectors:
+                raise ConfigError(f"{path}: identity.attributes.{key}.{name}: no connector named {name!r} "
+                                  f"(configured: {known})")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:

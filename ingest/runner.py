@@ -207,7 +207,12 @@ def run(
             if on_snapshot:
                 on_snapshot(sid)
             with structlog.contextvars.bound_contextvars(connector=name, snapshot_id=sid):
-                return _take(rc, sid, engine, lock_conn, started, check, progress, allow_mass_delete)
+                result = _take(rc, sid, engine, lock_conn, started, check, progress, allow_mass_delete)
+                if result.ok:  # derived stage: people, effective access, findings
+                    from ingest.people import refresh_after_commit
+
+                    refresh_after_commit(engine, loaded.config.identity, sid, name)
+                return result
         finally:
             lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, hashtext(:c))"), {"ns": _LOCK_NS, "c": name})
 
