@@ -5,6 +5,7 @@
     ├── SourceError                 the source app misbehaved or refused
     │   ├── RetryableError          worth another try: connection errors, timeouts, 5xx, 429, truncated bodies
     │   │   └── RateLimitedError    429 (or a rate-limit header at zero), with ``retry_after``
+    │   ├── ListingChangedError     a listing came back with fewer distinct records than the source announced
     │   └── FatalError              retrying will not help
     │       ├── AuthError           401 / 403, bad credentials, failed bind
     │       ├── NotFoundError       404, wrong base URL
@@ -26,6 +27,7 @@ __all__ = [
     "SourceError",
     "RetryableError",
     "RateLimitedError",
+    "ListingChangedError",
     "FatalError",
     "AuthError",
     "NotFoundError",
@@ -81,6 +83,16 @@ class RetryableError(SourceError):
 
 class RateLimitedError(RetryableError):
     """The source throttled us (429 or an exhausted rate-limit header)."""
+
+
+class ListingChangedError(SourceError):
+    """Offset / startIndex paging received fewer distinct records than the source's total: records
+    deleted while paging shifted later pages. The run lists the stream again (bounded) or fails;
+    a short listing never becomes removals."""
+
+    def __init__(self, message: str, *, received: int = 0, announced: int = 0, **kw) -> None:
+        super().__init__(message, **kw)
+        self.received, self.announced = received, announced
 
 
 class FatalError(SourceError):

@@ -19,7 +19,7 @@ import structlog
 from ingest.config import LoadedConfig, ResolvedConnector
 from ingest.connector import CAPABILITIES, ConnectorContext
 from ingest.db import get_engine, migrate
-from ingest.errors import AlreadyRunningError, IngestError, MassDeletionError
+from ingest.errors import AlreadyRunningError, IngestError, ListingChangedError, MassDeletionError
 from ingest.redact import redact
 from ingest.writer import ENTITIES, SnapshotWriter
 
@@ -28,6 +28,7 @@ __all__ = ["RunResult", "Cancelled", "run", "interrupt_stale", "Progress"]
 log = structlog.get_logger("ingest.runner")
 _LOCK_NS = 1769  # advisory lock namespace: (1769, hashtext(connector)) = "a run of this connector"
 _BATCH = 2000
+RELISTS = 2  # a stream whose listing came back short (records deleted while paging) is listed again this often
 
 Progress = Callable[[str, int, int], None]  # (entity, records so far, HTTP requests so far)
 
@@ -237,7 +238,23 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                 check()
                 log.info("stream_started", stream=capability)
                 t = time.perf_counter()
-                _stage_stream(writer, capability, records, check, progress, timings)
+                for attempt in range(RELISTS + 1):
+                    try:
+                        _stage_stream(writer, capability, records, check, progress, timings)
+                        break
+                    except ListingChangedError as e:
+                        # staged rows of this stream are dropped and the stream listed again from the start:
+                        # a short listing never becomes removals
+                        for entity in _entities_of(capability):
+                            writer.staged.pop(entity, None)
+                        if attempt == RELISTS:
+                            e.message = f"{e.message}; still short after listing the stream {RELISTS + 1} times"
+                            e.stream = e.stream or capability
+                            raise
+                        log.warning("stream_relisted", stream=capability, attempt=attempt + 2,
+                                    received=e.received, announced=e.announced)
+                        check()
+                        records = getattr(connector, capability)()
                 elapsed = time.perf_counter() - t
                 timings.stage += elapsed
                 log.info("stream_staged", stream=capability, seconds=round(elapsed, 3),
@@ -296,6 +313,12 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                  **{k: {x: v.get(x) for x in ("added", "modified", "removed")}
                     for k, v in stats.items() if isinstance(v, dict) and "added" in v})
     return RunResult(rc.name, sid, status, stats, error, duration)
+
+
+def _entities_of(capability: str) -> tuple[str, ...]:
+    if capability == "find_entitlement_associations":
+        return ("assignment", "nested_entitlement")
+    return (CAPABILITIES[capability],)
 
 
 def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any], check: Callable[[], None],

@@ -22,6 +22,7 @@ else an exponential backoff with jitter.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import os
 import random
@@ -44,6 +45,7 @@ from ingest.errors import (
     ConfigError,
     FatalError,
     IngestError,
+    ListingChangedError,
     NotFoundError,
     ProtocolError,
     RateLimitedError,
@@ -483,6 +485,7 @@ class HttpClient:
         width = self.settings.max_concurrency if concurrency is None else max(1, concurrency)
         ahead: Ahead[PageRequest, tuple[httpx.Response, Any]] | None = None
         page = 0
+        distinct: set[int] | None = set() if pager.counted else None
         try:
             while True:
                 if ahead is not None and not ahead.next_is(request.signature()):
@@ -497,6 +500,8 @@ class HttpClient:
                     response, data = self._get_parsed("GET", request.url, request.params)
                 page += 1
                 records = self._page_records(pager, response, data, selector, page)
+                if distinct is not None:
+                    distinct.update(map(functools.partial(_record_hash, pager.id_field), records))
                 if page == 1 and width > 1 and pager.has_next:
                     planned = pager.plan(request)
                     if planned is not None:
@@ -504,6 +509,8 @@ class HttpClient:
                                       name=f"ingest-pages-{self.connector or 'http'}")
                 yield records
                 if not pager.has_next:
+                    if distinct is not None:
+                        self._check_complete(pager, len(distinct), response)
                     return
                 previous = request.url
                 try:
@@ -518,6 +525,19 @@ class HttpClient:
         finally:
             if ahead is not None:
                 ahead.close()
+
+    def _check_complete(self, pager: Paginator, received: int, response: httpx.Response) -> None:
+        """The end-of-listing check (see :mod:`ingest.http._paginators`)."""
+        announced = pager.announced_total()
+        if announced is None or received >= announced:
+            return
+        log.warning("listing_short", connector=self.connector, received=received, announced=announced,
+                    url=redact_url(response.request.url))
+        raise ListingChangedError(
+            f"the listing ended with {received} distinct records but the source announced {announced}: records "
+            "deleted while paging shift later pages, so some that still exist were not fetched",
+            received=received, announced=announced, connector=self.connector,
+            request=f"GET {redact_url(response.request.url)}")
 
     def _fetch_ahead(self, request: PageRequest, stop: threading.Event) -> tuple[httpx.Response, Any]:
         return self._get_parsed("GET", request.url, request.params, cancel=stop)
@@ -564,6 +584,18 @@ class HttpClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _record_hash(id_field: str | None, record: Any) -> int:
+    """What makes two records of a listing the same: their id, else their whole content."""
+    if id_field and isinstance(record, dict):
+        value = record.get(id_field)
+        if value is not None and not isinstance(value, (dict, list)):
+            return hash(("id", str(value)))
+    try:
+        return hash(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+    except TypeError:
+        return hash(repr(record))
 
 
 def _detail(response: httpx.Response) -> str:

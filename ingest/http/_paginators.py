@@ -21,6 +21,14 @@ by page and uses a fetched page only when it is the request ``update_request``
 makes. The plan is a guess the sequential state checks: a short page or an
 early end drops the rest of the plan and paging goes on one page at a time.
 
+End-of-listing check: a paginator that reads a total of records (offset with
+``total_path``, SCIM's ``totalResults``) sets ``counted``; the engine then
+counts the DISTINCT records it received (by ``id_field``, else the whole
+record) and, when the listing ends with fewer than the largest total the
+source announced (:meth:`Paginator.announced_total`), raises
+:class:`~ingest.errors.ListingChangedError`: records deleted while paging
+shift later pages, so a record that still exists was never fetched.
+
 Page-size paginators (offset, page number) never stop on a page merely
 shorter than asked: many APIs cap the page size silently (ask for 500, get
 100), and stopping there would drop data without a word. They stop on an empty
@@ -91,13 +99,25 @@ class Paginator:
     """Base class: subclasses implement ``update_state`` and ``_next``; loop detection lives here."""
 
     has_next: bool = True
+    counted: bool = False  # the source announces a total of records: the engine checks the listing against it
+    id_field: str | None = None  # what makes two records the same, for that check (None: the whole record)
 
     def fresh(self) -> Paginator:
         clone = copy.copy(self)
         clone.has_next = True
         clone._seen = set()
+        clone._announced = None
         clone._reset()
         return clone
+
+    def _announce(self, total: int | None) -> None:
+        if total is not None:
+            previous = getattr(self, "_announced", None)
+            self._announced = total if previous is None else max(previous, total)
+
+    def announced_total(self) -> int | None:
+        """The largest number of records the source announced during this listing (None: it named none)."""
+        return getattr(self, "_announced", None)
 
     def _reset(self) -> None:
         pass
@@ -161,9 +181,10 @@ class OffsetPaginator(_PageSize, Paginator):
     """
 
     def __init__(self, limit: int = 100, offset_param: str = "offset", limit_param: str = "limit",
-                 total_path: str | None = None, start: int = 0) -> None:
+                 total_path: str | None = None, start: int = 0, id_field: str | None = "id") -> None:
         self.limit, self.offset_param, self.limit_param = limit, offset_param, limit_param
-        self.total_path, self.start = total_path, start
+        self.total_path, self.start, self.id_field = total_path, start, id_field
+        self.counted = total_path is not None
         self._reset()
 
     def _reset(self) -> None:
@@ -179,6 +200,7 @@ class OffsetPaginator(_PageSize, Paginator):
     def update_state(self, response, data, records):
         self.offset += len(records)
         self._total = total = _int_or_none(json_path(data, self.total_path)) if self.total_path else None
+        self._announce(total)
         ends = self._short_page_ends(len(records), self.limit)
         if total is not None:
             self.has_next = bool(records) and self.offset < total
@@ -338,6 +360,8 @@ class ScimPaginator(Paginator):
     is paged one page after another from the first short page on.
     """
 
+    counted = True
+
     def __init__(self, count: int = 100, id_field: str = "id") -> None:
         self.count, self.id_field = count, id_field
         self._reset()
@@ -361,6 +385,7 @@ class ScimPaginator(Paginator):
         self.unique += len(kept)
         self.start_index += len(records)
         self._total = total = _int_or_none(data.get("totalResults")) if isinstance(data, dict) else None
+        self._announce(total)
         if total is not None and total > len(records):
             self._total_trusted = True
         if not records:

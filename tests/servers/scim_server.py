@@ -18,9 +18,10 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
@@ -97,6 +98,9 @@ class ScimServer(LoopbackServer):
         )
         self._server: ThreadingWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        # called as after_request(path, query) once a request's answer is ready, before it is sent:
+        # a test changes the source between two pages with it
+        self.after_request: Callable[[str, dict[str, str]], None] | None = None
 
     # -- WSGI ---------------------------------------------------------------------------------------
     def _wsgi(self, environ: dict, start_response) -> Iterable[bytes]:
@@ -111,6 +115,10 @@ class ScimServer(LoopbackServer):
             start_response("404 Not Found", [("Content-Type", "text/html")])
             return [b"<html><body>Not Found</body></html>"]
         environ["SCRIPT_NAME"], environ["PATH_INFO"] = "/scim", path[len("/scim"):]
+        if self.after_request is not None:
+            body = b"".join(self.app(environ, start_response))
+            self.after_request(environ["PATH_INFO"], dict(parse_qsl(environ.get("QUERY_STRING", ""))))
+            return [body]
         if not self.leak_auth_on_401:
             return self.app(environ, start_response)
         captured: dict[str, Any] = {}
@@ -145,6 +153,13 @@ class ScimServer(LoopbackServer):
     def patch(self, client: httpx.Client, path: str, *operations: dict[str, Any]) -> None:
         r = client.patch(path, json={"schemas": [PATCH_OP], "Operations": list(operations)})
         assert r.status_code in (200, 204), r.text
+
+    def delete_users(self, ids: Iterable[str]) -> None:
+        """Delete users straight in the storage (as another admin would, while a run pages)."""
+        gone = set(ids)
+        with self.storage.lock:
+            self.storage.resources = [r for r in self.storage.resources
+                                      if not (r.meta.resource_type == "User" and r.id in gone)]
 
     def clear_users(self) -> None:
         """Forget every user at once, straight in the storage (a source that suddenly has none)."""
