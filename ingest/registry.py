@@ -15,6 +15,7 @@ BUILTIN: dict[str, str] = {
     "scim": "connectors.scim:ScimConnector",
     "lucid_scim": "connectors.scim:LucidScimConnector",
     "ldap": "connectors.ldap:LdapConnector",
+    "okta": "connectors.okta:OktaConnector",
 }
 
 

@@ -138,6 +138,8 @@ class RateLimiter:
         self.interval = 1.0 / per_second if per_second else 0.0
         self._next = 0.0
         self._pause_until = 0.0
+        self._pace_interval = 0.0
+        self._pace_until = 0.0
         self._lock = threading.Lock()
 
     def pause(self, seconds: float) -> None:
@@ -145,12 +147,23 @@ class RateLimiter:
         with self._lock:
             self._pause_until = max(self._pause_until, time.monotonic() + max(0.0, seconds))
 
+    def pace(self, remaining: float, reset_in: float) -> None:
+        """Spread the ``remaining`` requests of a nearly used-up window over the ``reset_in`` seconds
+        left of it, so the window is not exhausted (Okta, GitHub); the spacing lasts until the reset."""
+        if remaining <= 0 or reset_in <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._pace_interval = reset_in / remaining
+            self._pace_until = now + reset_in
+
     def acquire(self, cancel: threading.Event | None = None) -> float:
         """Wait for this request's slot (or until ``cancel`` is set); returns the seconds waited."""
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next, self._pause_until)
-            self._next = slot + self.interval
+            paced = self._pace_interval if slot < self._pace_until else 0.0
+            self._next = slot + max(self.interval, paced)
         if slot > now:
             if cancel is None:
                 time.sleep(slot - now)
@@ -353,6 +366,8 @@ class HttpClient:
             if wait and remaining == 0:
                 log.info("rate_limit_window_exhausted", connector=self.connector, wait=round(wait, 3))
                 self.limiter.pause(min(wait, self.settings.max_retry_after))
+            elif remaining is not None and remaining > 0:
+                self._pace(response, remaining)
             return
         kw: dict[str, Any] = {"request": f"{line} -> {code}", "connector": self.connector, "status_code": code}
         detail = _detail(response)
@@ -368,6 +383,23 @@ class HttpClient:
         if code == 404:
             raise NotFoundError(f"not found (is the base URL right?){detail}", **kw)
         raise FatalError(f"request rejected{detail}", **kw)
+
+    def _pace(self, response: httpx.Response, remaining: float) -> None:
+        """Below a reserve of the window (twice the concurrency, or a tenth of ``X-Rate-Limit-Limit``),
+        space the requests left over the time until the window resets instead of running into a 429."""
+        limit = _number(response.headers.get("X-Rate-Limit-Limit") or response.headers.get("X-RateLimit-Limit"))
+        reserve = max(2 * self.settings.max_concurrency, (limit or 0) / 10)
+        if remaining > reserve:
+            return
+        _, reset = _rate_limit(response)
+        if reset is None:
+            return
+        reset_in = max(0.0, reset - time.time()) if reset > _EPOCH else reset
+        reset_in = min(reset_in, self.settings.max_retry_after)
+        if reset_in > 0:
+            log.debug("rate_limit_pacing", connector=self.connector, remaining=remaining,
+                      interval=round(reset_in / remaining, 3))
+            self.limiter.pace(remaining, reset_in)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         s = self.settings
