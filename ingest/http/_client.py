@@ -147,15 +147,18 @@ class RateLimiter:
         with self._lock:
             self._pause_until = max(self._pause_until, time.monotonic() + max(0.0, seconds))
 
-    def pace(self, remaining: float, reset_in: float) -> None:
+    def pace(self, remaining: float, reset_in: float) -> bool:
         """Spread the ``remaining`` requests of a nearly used-up window over the ``reset_in`` seconds
-        left of it, so the window is not exhausted (Okta, GitHub); the spacing lasts until the reset."""
+        left of it, so the window is not exhausted (Okta, GitHub); the spacing lasts until the reset.
+        Returns True when this starts pacing (it was not pacing before)."""
         if remaining <= 0 or reset_in <= 0:
-            return
+            return False
         with self._lock:
             now = time.monotonic()
+            started = now >= self._pace_until
             self._pace_interval = reset_in / remaining
             self._pace_until = now + reset_in
+        return started
 
     def acquire(self, cancel: threading.Event | None = None) -> float:
         """Wait for this request's slot (or until ``cancel`` is set); returns the seconds waited."""
@@ -396,10 +399,9 @@ class HttpClient:
             return
         reset_in = max(0.0, reset - time.time()) if reset > _EPOCH else reset
         reset_in = min(reset_in, self.settings.max_retry_after)
-        if reset_in > 0:
-            log.debug("rate_limit_pacing", connector=self.connector, remaining=remaining,
-                      interval=round(reset_in / remaining, 3))
-            self.limiter.pace(remaining, reset_in)
+        if reset_in > 0 and self.limiter.pace(remaining, reset_in):
+            log.info("rate_limit_pacing", connector=self.connector, remaining=remaining,
+                     interval=round(reset_in / remaining, 3))
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         s = self.settings

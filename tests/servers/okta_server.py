@@ -173,11 +173,11 @@ def make_tenant(n_users: int = 2000, n_groups: int = 40, n_apps: int = 12, big_g
         app = t.add_app(a, f"App {a}", "INACTIVE" if a == n_apps - 1 else "ACTIVE",
                         ("SAML_2_0", "OPENID_CONNECT", "BOOKMARK")[a % 3])
         t.app_users[app["id"]] = sorted(rnd.sample(live, min(len(live), 5 + a * 3)))
-        t.app_groups[app["id"]] = sorted(rnd.sample(gids[2:], 2))
+        t.app_groups[app["id"]] = sorted(rnd.sample(gids[2:], min(2, len(gids[2:]))))
     t.user_roles[live[0]] = [role("SUPER_ADMIN", n=0)]
     t.user_roles[live[1]] = [role("ORG_ADMIN", n=1), role("REPORT_ADMIN", n=2)]
     t.user_roles[live[2]] = [role("READ_ONLY_ADMIN", n=3)]
-    t.group_roles[gids[3]] = [role("HELP_DESK_ADMIN", "GROUP", n=4)]
+    t.group_roles[gids[min(3, len(gids) - 1)]] = [role("HELP_DESK_ADMIN", "GROUP", n=4)]
     return t
 
 
