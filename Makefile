@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 INGEST := $(BIN)/ingest --config examples/demo.yaml
 
-.PHONY: install demo test bench lint clean system-deps
+.PHONY: install demo test bench lint clean system-deps node-deps
 
 install: $(STAMP)
 
@@ -31,7 +31,16 @@ demo: install
 	@echo "== who has admin access right now (ingest.access)"
 	$(INGEST) sql "SELECT username, display_name, entitlement_label, resource_label FROM ingest.access WHERE connector = 'demo' AND entitlement_label ILIKE '%admin%' ORDER BY username LIMIT 10"
 
-test: install system-deps
+# npm packages the tests use (tests/node/package.json): vendor API descriptions such as @okta/openapi.
+NODE_STAMP := tests/node/node_modules/.installed
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	command -v npm >/dev/null || (apt-get update && apt-get install -y --no-install-recommends nodejs npm)
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+test: install system-deps node-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: install
