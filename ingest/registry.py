@@ -16,6 +16,7 @@ BUILTIN: dict[str, str] = {
     "lucid_scim": "connectors.scim:LucidScimConnector",
     "ldap": "connectors.ldap:LdapConnector",
     "okta": "connectors.okta:OktaConnector",
+    "aws_iam": "connectors.aws_iam:AwsIamConnector",
 }
 
 
