@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the test suite needs (OpenLDAP's slapd for the LDAP connector).
+# Debian packages the test suite needs (OpenLDAP's slapd for the LDAP connector; Chromium renders
+# the access-review report in its browser test).
 system-deps:
 	bash scripts/install-slapd.sh
+	bash scripts/install-chromium.sh
 
 demo: install
 	@echo "== day 1: first snapshot of the demo organisation"

@@ -462,6 +462,29 @@ def sql_cmd(ctx: typer.Context, query: str, fmt: str = typer.Option("table", "--
         out.print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", style="dim")
 
 
+# -- people: who / report -------------------------------------------------------------
+
+@app.command()
+def who(ctx: typer.Context, query: str = typer.Argument(..., metavar="EMAIL_OR_ID"),
+        json_out: bool = typer.Option(False, "--json")) -> None:
+    """One person: their accounts in every connector, effective access (with the path), findings."""
+    from ingest.people._cli import show_person
+
+    st = _state(ctx)
+    loaded = st.loaded_or_none()
+    show_person(st.engine(loaded), loaded.config.identity if loaded else None, query, out, json_out)
+
+
+@app.command()
+def report(ctx: typer.Context, out_dir: Path = typer.Option(Path("access-review"), "--out", help="Directory to write into.")) -> None:
+    """The access review: one self-contained HTML page plus one CSV file per finding kind."""
+    from ingest.people._cli import make_report
+
+    st = _state(ctx)
+    loaded = st.loaded_or_none()
+    make_report(st.engine(loaded), loaded.config.identity if loaded else None, out_dir, out)
+
+
 # -- daemon -------------------------------------------------------------------------
 
 @app.command()
