@@ -245,7 +245,10 @@ def _without_location(raw: dict[str, Any], *drop_meta: str, drop: tuple[str, ...
 
 def map_user(raw: Any) -> dict[str, Any]:
     """A SCIM User resource -> an Account record (dict). ``extra`` keeps the raw resource
-    (without ``meta.location``, which depends on the URL it was fetched from)."""
+    without what changes when the user does not: ``meta.location`` (depends on the URL it
+    was fetched from), ``meta.lastModified`` / ``meta.version`` (provider bookkeeping, moved
+    by logins and membership changes) and the read-only ``groups`` attribute (memberships
+    are assignments, read from the groups)."""
     if not isinstance(raw, dict):
         return {"account_id": None, "extra": {"raw": raw}}
     name = raw.get("name") if isinstance(raw.get("name"), dict) else {}
@@ -271,7 +274,7 @@ def map_user(raw: Any) -> dict[str, Any]:
         "status": AccountStatus.SUSPENDED.value if _false(raw.get("active")) else AccountStatus.ACTIVE.value,
         "account_type": "user",
         "custom_attributes": custom,
-        "extra": _without_location(raw),
+        "extra": _without_location(raw, "lastModified", "version", drop=("groups",)),
     }
 
 

@@ -64,6 +64,7 @@ class Account(_Record):
     account_type: AccountType = AccountType.USER
     custom_attributes: dict[str, Any] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
+    # not versioned: goes to ingest.last_activity, a login is not a change of the account
     last_activity_at: datetime | None = None
 
 
@@ -113,11 +114,15 @@ class NestedEntitlement(_Record):
 
 
 class LastActivity(_Record):
-    """LastActivityData: when an account was last seen active."""
+    """LastActivityData: when an account was last seen active (and how: ``login``, ``api``, ...).
+
+    Stored in ``ingest.last_activity``, updated in place: activity is not a change of the account.
+    """
 
     entity: ClassVar[str] = "last_activity"
     account_id: str = _Id
     last_activity_at: datetime
+    event_type: str | None = None
 
 
 class Expense(_Record):

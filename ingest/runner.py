@@ -215,7 +215,10 @@ def run(
                     refresh_after_commit(engine, loaded.config.identity, sid, name)
                 return result
         finally:
-            lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, hashtext(:c))"), {"ns": _LOCK_NS, "c": name})
+            try:
+                lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, hashtext(:c))"), {"ns": _LOCK_NS, "c": name})
+            except sa.exc.SQLAlchemyError as e:  # the session (and its lock) is gone already
+                log.warning("run_lock_lost", connector=name, error=redact(str(e)))
 
 
 def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connection, started: float,

@@ -5,6 +5,11 @@ stays flat), then one transaction merges every entity into its ``*_history``
 table by hash: unchanged rows are not touched, changed rows are closed and
 re-opened, rows the source no longer returns are closed. Until that
 transaction commits, queries see the previous snapshot.
+
+In that transaction: a key sent twice keeps the copy with the greatest row hash
+(counted in stats as ``duplicates``); last activity goes to ``ingest.last_activity``
+in place, never into a version; and the commit holds a transaction-level lock on
+the connector and requires its snapshot to still be ``running``.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import sqlalchemy as sa
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from ingest.errors import MassDeletionError
+from ingest.errors import MassDeletionError, SnapshotError
 from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
 
 __all__ = ["ENTITIES", "Entity", "SnapshotWriter", "stage_schema"]
 
 log = structlog.get_logger("ingest.writer")
 MAX_INVALID_SAMPLES = 20
+COMMIT_LOCK_NS = 1770  # advisory lock namespace: (1770, hashtext(connector)) = "a commit of this connector"
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,16 @@ class Entity:
     model: type[BaseModel]
     key: tuple[str, ...]
     values: tuple[str, ...]      # hashed into row_hash
-    extra_cols: tuple[str, ...] = ()  # stored and compared, not hashed
+    extra_cols: tuple[str, ...] = ()  # staged, neither hashed nor versioned (last activity)
 
     @property
     def columns(self) -> tuple[str, ...]:
         return self.key + self.values + self.extra_cols
+
+    @property
+    def versioned(self) -> tuple[str, ...]:
+        """The columns a version stores in ``*_history``."""
+        return self.key + self.values
 
 
 ENTITIES: dict[str, Entity] = {
@@ -61,7 +72,7 @@ ENTITIES: dict[str, Entity] = {
                ("entitlement_id", "member_entitlement_id"), ()),
         Entity("expense", "expenses", Expense, ("expense_id",),
                ("account_id", "amount", "currency", "merchant", "occurred_at", "category", "extra")),
-        Entity("last_activity", None, LastActivity, ("account_id",), (), ("last_activity_at",)),
+        Entity("last_activity", None, LastActivity, ("account_id",), (), ("last_activity_at", "event_type")),
     )
 }
 
@@ -146,10 +157,14 @@ class SnapshotWriter:
 
     # -- staging -------------------------------------------------------------
     def _create_stage(self, conn: psycopg.Connection, ent: Entity) -> None:
-        source = f"ingest.{ent.table}_history" if ent.table else "ingest.accounts_history"
-        cols = ", ".join(ent.columns + ("key_hash", "row_hash"))
         conn.execute(f"DROP TABLE IF EXISTS {self.stage_table(ent.name)}")
-        conn.execute(f"CREATE UNLOGGED TABLE {self.stage_table(ent.name)} AS SELECT {cols} FROM {source} WITH NO DATA")
+        if ent.table is None:  # last activity: not versioned, its own shape
+            conn.execute(f"CREATE UNLOGGED TABLE {self.stage_table(ent.name)} (account_id text, "
+                         "last_activity_at timestamptz, event_type text, key_hash uuid, row_hash uuid)")
+            return
+        cols = ", ".join(ent.columns + ("key_hash", "row_hash"))
+        conn.execute(f"CREATE UNLOGGED TABLE {self.stage_table(ent.name)} AS "
+                     f"SELECT {cols} FROM ingest.{ent.table}_history WITH NO DATA")
 
     def row(self, ent: Entity, d: dict[str, Any]) -> tuple:
         """The staging row of a validated record's fields: columns, key hash, row hash.
@@ -255,32 +270,41 @@ class SnapshotWriter:
         ``finish(conn, stats)`` runs inside the transaction (the runner marks the
         snapshot succeeded there), so data and status commit together. Raises
         :class:`MassDeletionError` (nothing committed, staging kept) when an
-        entity would lose more than ``max_deletion_ratio`` of its rows.
+        entity would lose more than ``max_deletion_ratio`` of its rows, and
+        :class:`SnapshotError` (nothing committed) when the snapshot is no longer
+        ``running`` (another run took the connector over).
         """
         stats: dict[str, Any] = {}
         too_many: list[str] = []
+        duplicate_samples: dict[str, list[dict[str, Any]]] = {}
         with self.engine.connect() as conn:
             with conn.begin():
-                if "last_activity" in self.staged and "account" in self.staged:
-                    conn.execute(sa.text(
-                        f"UPDATE {self.stage_table('account')} a SET last_activity_at = l.last_activity_at "
-                        f"FROM {self.stage_table('last_activity')} l WHERE l.key_hash = a.key_hash"))
+                self._hold_snapshot(conn)
                 for name, ent in ENTITIES.items():
                     if ent.table is None or name not in self.staged:
                         continue
+                    duplicates, samples = self._drop_duplicates(conn, ent)
                     s = self._merge(conn, ent)
                     s["fetched"] = self.staged[name].fetched
                     s["invalid"] = self.staged[name].invalid
+                    if duplicates:
+                        s["duplicates"] = duplicates
+                        duplicate_samples[name] = samples
                     stats[name] = s
                     if (not allow_mass_delete and s["before"] > 0
                             and s["removed"] / s["before"] > max_deletion_ratio):
                         too_many.append(f"{s['removed']} of {s['before']} {ent.table}")
+                moved = self._record_last_activity(conn)
                 if "last_activity" in self.staged:
                     la = self.staged["last_activity"]
                     stats["last_activity"] = {"fetched": la.fetched, "invalid": la.invalid}
+                if moved is not None:
+                    stats.setdefault("last_activity", {})["updated"] = moved
                 samples = {k: v.samples for k, v in self.staged.items() if v.samples}
                 if samples:
                     stats["invalid_samples"] = samples
+                if duplicate_samples:
+                    stats["duplicate_samples"] = duplicate_samples
                 for s in stats.values():
                     if isinstance(s, dict):
                         s.pop("before", None)
@@ -300,6 +324,74 @@ class SnapshotWriter:
                     finish(conn, stats)
         return stats
 
+    def _hold_snapshot(self, conn: sa.Connection) -> None:
+        """Serialise commits of this connector and make sure this snapshot still owns it.
+
+        The run's session-level lock can be lost before the commit (idle timeout, a
+        pooler, a killed connection); another run may then have taken the connector
+        over and marked this snapshot ``interrupted``. The transaction-level lock and
+        the row lock on the snapshot hold until this transaction ends.
+        """
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:c))"),
+                     {"ns": COMMIT_LOCK_NS, "c": self.connector})
+        status = conn.execute(sa.text("SELECT status FROM ingest.snapshots WHERE snapshot_id = :sid FOR UPDATE"),
+                              {"sid": self.snapshot_id}).scalar_one_or_none()
+        if status != "running":
+            raise SnapshotError(
+                f"snapshot {self.snapshot_id} is {status or 'missing'}, no longer running: another run took "
+                "the connector over after this one lost its lock; nothing was committed",
+                connector=self.connector)
+
+    def _drop_duplicates(self, conn: sa.Connection, ent: Entity) -> tuple[int, list[dict[str, Any]]]:
+        """Keep one copy per key of what the source sent twice: the one with the greatest row hash.
+
+        Deterministic whatever the order the copies came in. Returns the number of copies
+        dropped and samples of their keys (for ``stats``).
+        """
+        stage = self.stage_table(ent.name)
+        dup = f"_dup_{ent.name}"
+        conn.execute(sa.text(f"CREATE TEMP TABLE {dup} ON COMMIT DROP AS SELECT key_hash, count(*) AS copies "
+                             f"FROM {stage} GROUP BY key_hash HAVING count(*) > 1"))
+        dropped = conn.execute(sa.text(f"SELECT coalesce(sum(copies - 1), 0) FROM {dup}")).scalar_one()
+        if not dropped:
+            conn.execute(sa.text(f"DROP TABLE {dup}"))
+            return 0, []
+        keys = ", ".join(f"s.{c}" for c in ent.key)
+        samples = [
+            {"key": ":".join(r[:-1]), "copies": r[-1]}
+            for r in conn.execute(sa.text(
+                f"SELECT DISTINCT ON (d.key_hash) {keys}, d.copies FROM {dup} d JOIN {stage} s USING (key_hash) "
+                f"ORDER BY d.key_hash LIMIT {MAX_INVALID_SAMPLES}"))
+        ]
+        conn.execute(sa.text(
+            f"DELETE FROM {stage} s USING {dup} d WHERE s.key_hash = d.key_hash AND EXISTS "
+            f"(SELECT 1 FROM {stage} t WHERE t.key_hash = s.key_hash AND (t.row_hash, t.ctid) > (s.row_hash, s.ctid))"))
+        conn.execute(sa.text(f"DROP TABLE {dup}"))
+        log.warning("duplicate_keys_from_source", entity=ent.name, dropped=int(dropped),
+                    samples=[x["key"] for x in samples[:5]])
+        return int(dropped), samples
+
+    def _record_last_activity(self, conn: sa.Connection) -> int | None:
+        """Upsert the staged last activity (account records and the last-activity stream) into
+        ``ingest.last_activity``, in place; the newest value per account wins. Returns the rows moved."""
+        parts = []
+        if "account" in self.staged:
+            parts.append(f"SELECT account_id, last_activity_at, NULL::text AS event_type, 1 AS pri "
+                         f"FROM {self.stage_table('account')} WHERE last_activity_at IS NOT NULL")
+        if "last_activity" in self.staged:
+            parts.append(f"SELECT account_id, last_activity_at, event_type, 0 AS pri "
+                         f"FROM {self.stage_table('last_activity')} WHERE last_activity_at IS NOT NULL")
+        if not parts:
+            return None
+        return conn.execute(sa.text(
+            "INSERT INTO ingest.last_activity AS l (connector, account_id, last_activity_at, event_type, snapshot_id) "
+            "SELECT DISTINCT ON (account_id) :c, account_id, last_activity_at, event_type, :sid "
+            f"FROM ({' UNION ALL '.join(parts)}) x ORDER BY account_id, last_activity_at DESC, pri "
+            "ON CONFLICT (connector, account_id) DO UPDATE SET last_activity_at = excluded.last_activity_at, "
+            "event_type = excluded.event_type, snapshot_id = excluded.snapshot_id "
+            "WHERE (l.last_activity_at, l.event_type) IS DISTINCT FROM (excluded.last_activity_at, excluded.event_type)"),
+            {"c": self.connector, "sid": self.snapshot_id}).rowcount
+
     def _drop_superseded_rejections(self, conn: sa.Connection) -> None:
         """A rejected snapshot's data stays in staging for inspection until a later run succeeds."""
         tables = conn.execute(sa.text(
@@ -318,28 +410,22 @@ class SnapshotWriter:
         p = {"c": self.connector, "sid": self.snapshot_id}
         before = conn.execute(sa.text(f"SELECT count(*) FROM {hist} WHERE connector = :c AND valid_to IS NULL"),
                               p).scalar_one()
-        cols = ", ".join(ent.columns)
-        scols = ", ".join(f"s.{c}" for c in ent.columns)
+        cols = ", ".join(ent.versioned)
+        scols = ", ".join(f"s.{c}" for c in ent.versioned)
         insert = (f"INSERT INTO {hist} (connector, {cols}, key_hash, row_hash, valid_from) "
                   f"SELECT :c, {scols}, s.key_hash, s.row_hash, :sid FROM {stage} s")
         if before == 0:
-            # First load of this entity: nothing to close or compare. A plain INSERT is
-            # ~40 % faster than the anti-join + ON CONFLICT form; duplicate keys from the
-            # source make it fail, and then the general form below takes over.
-            try:
-                with conn.begin_nested():
-                    opened = conn.execute(sa.text(insert), p).rowcount
-                return {"added": opened, "modified": 0, "removed": 0, "unchanged": 0, "before": 0}
-            except sa.exc.IntegrityError:
-                log.info("duplicate_keys_from_source", entity=ent.name)
-        same_la = " AND s.last_activity_at IS NOT DISTINCT FROM h.last_activity_at" if ent.extra_cols else ""
+            # First load of this entity: nothing to close or compare (staging holds one
+            # row per key once duplicates are dropped).
+            opened = conn.execute(sa.text(insert), p).rowcount
+            return {"added": opened, "modified": 0, "removed": 0, "unchanged": 0, "before": 0}
         closed = conn.execute(sa.text(
             f"UPDATE {hist} h SET valid_to = :sid WHERE h.connector = :c AND h.valid_to IS NULL "
             f"AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE s.key_hash = h.key_hash "
-            f"AND s.row_hash = h.row_hash{same_la})"), p).rowcount if before else 0
+            f"AND s.row_hash = h.row_hash)"), p).rowcount if before else 0
         opened = conn.execute(sa.text(
-            f"{insert} WHERE NOT EXISTS (SELECT 1 FROM {hist} h WHERE h.key_hash = s.key_hash AND h.valid_to IS NULL) "
-            f"ON CONFLICT (key_hash) WHERE valid_to IS NULL DO NOTHING"), p).rowcount
+            f"{insert} WHERE NOT EXISTS (SELECT 1 FROM {hist} h WHERE h.key_hash = s.key_hash AND h.valid_to IS NULL)"),
+            p).rowcount
         modified = 0
         if closed and opened:
             modified = conn.execute(sa.text(

@@ -105,7 +105,7 @@ class TestMerge:
         assert org.query("SELECT count(*) AS n FROM ingest.changes WHERE snapshot_id = :s",
                          s=snap["snapshot_id"])[0]["n"] == 0
 
-    def test_last_activity_is_folded_into_accounts_and_versioned(self, tmp_path, database_url):
+    def test_last_activity_shows_in_accounts_and_is_not_a_change(self, tmp_path, database_url):
         org = _org(tmp_path, database_url)
         org.data["last_activity"] = [{"account_id": "u3", "last_activity_at": "2026-11-01T10:00:00Z"}]
         org.save()
@@ -115,7 +115,9 @@ class TestMerge:
         org.data["last_activity"][0]["last_activity_at"] = "2026-11-02T10:00:00Z"
         org.save()
         assert org.run().exit_code == 0
-        assert org.last_snapshot()["stats"]["account"]["modified"] == 1
+        assert org.last_snapshot()["stats"]["account"]["modified"] == 0
+        row = org.query("SELECT last_activity_at FROM ingest.accounts WHERE account_id = 'u3'")[0]
+        assert row["last_activity_at"].isoformat() == "2026-11-02T10:00:00+00:00"
 
     def test_invalid_records_are_counted_with_reason_and_do_not_fail_the_run(self, tmp_path, database_url):
         org = _org(tmp_path, database_url)

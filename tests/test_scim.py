@@ -228,7 +228,7 @@ class TestMapUser:
             "title": "Tour Guide", "userType": "Employee", "externalId": "ext-1",
         }
         assert rec["extra"][ENTERPRISE_USER]["manager"]["displayName"] == "John Smith"
-        assert rec["extra"]["meta"] == {"resourceType": "User", "version": 'W/"3"'}, "location depends on the URL"
+        assert rec["extra"]["meta"] == {"resourceType": "User"}, "location depends on the URL, version moves alone"
 
     def test_inactive_user_is_suspended(self):
         assert map_user(user(1, active=False))["status"] == "SUSPENDED"
