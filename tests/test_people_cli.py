@@ -65,62 +65,75 @@ def _marked(html: str) -> Marked:
     return m
 
 
+def check_report(query, cli, tmp_path) -> dict:
+    """``ingest report`` via ``cli``; every number in the rendered page and every CSV agrees with the
+    tables (read with ``query``); the screenshot is not blank. Returns the findings count per kind."""
+    out = tmp_path / "review"
+    result = cli("report", "--out", str(out))
+    assert result.exit_code == 0, output(result)
+    page = out / "access-review.html"
+    html = page.read_text()
+    assert "http://" not in html and "https://" not in html  # nothing to fetch: works offline
+    counts = {k: 0 for k in KINDS}
+    for r in query("SELECT kind, count(*) AS n FROM ingest.findings GROUP BY kind"):
+        counts[r["kind"]] = r["n"]
+    for kind in KINDS:  # one CSV per kind, one row per open finding
+        with (out / f"findings-{kind}.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == counts[kind], kind
+        assert {(r["connector"], r["account_id"], r["entitlement_id"]) for r in rows} == {
+            (r["connector"], r["account_id"], r["entitlement_id"] or "")
+            for r in query("SELECT * FROM ingest.findings WHERE kind = :k", k=kind)}
+
+    m = _marked(dump_dom(page))
+    assert m.root.get("data-ready") == "1"  # the page's own script ran
+
+    def one(sql: str, **params) -> int:
+        return query(sql, **params)[0]["n"]
+
+    metric = {k: int(v[0].replace(",", "")) for (a, k), v in m.found.items() if a == "data-metric"}
+    assert metric == {
+        "people": one("SELECT count(*) AS n FROM ingest.identities"),
+        "terminated": one("SELECT count(*) AS n FROM ingest.identities WHERE status = 'terminated'"),
+        "accounts": one("SELECT count(*) AS n FROM ingest.accounts"),
+        "grants": one("SELECT count(*) AS n FROM ingest.assignments"),
+        "findings": sum(counts.values()),
+    }
+    by_cell = {f"{r['kind']}|{r['connector']}": r["n"]
+               for r in query("SELECT kind, connector, count(*) AS n FROM ingest.findings GROUP BY 1, 2")}
+    cells = {key: int(texts[0]) for (a, key), texts in m.found.items() if a == "cell"}
+    connectors = [r["connector"] for r in query("SELECT DISTINCT connector FROM ingest.snapshots "
+                                                 "WHERE status = 'succeeded' ORDER BY 1")]
+    assert len(cells) == len(KINDS) * (len(connectors) + 1)
+    for key, n in cells.items():
+        kind, connector = key.split("|")
+        assert n == (counts[kind] if connector == "*" else by_cell.get(key, 0)), key
+    assert {k: int(v[0]) for (a, k), v in m.found.items() if a == "data-bar"} == counts
+    for key in ("accounts", "grants", "findings"):
+        assert int(m.found[("data-trend-latest", key)][0].replace(",", "")) == metric[key], key
+    assert [int(x) for x in m.found[("data-connector-metric", "accounts")]] == \
+        [one("SELECT count(*) AS n FROM ingest.accounts WHERE connector = :c", c=c) for c in connectors]
+    assert [int(x) for x in m.found[("data-connector-metric", "grants")]] == \
+        [one("SELECT count(*) AS n FROM ingest.assignments WHERE connector = :c", c=c) for c in connectors]
+    top = {k: int(v[0]) for (a, k), v in m.found.items() if a == "data-privileged"}
+    assert top == {str(r["identity_id"]): r["n"] for r in query(
+        "SELECT identity_id, count(*) AS n FROM ingest.findings WHERE kind = 'privileged_access' "
+        "AND identity_id IS NOT NULL GROUP BY 1")}
+
+    lines = png_scanlines(screenshot(page, tmp_path / "review.png"))
+    assert len(lines) >= 1000
+    assert len(set(lines)) > 100  # text, tables and charts, not an empty page
+    return counts
+
+
 class TestReport:
     def test_html_and_csv_agree_with_the_tables_in_a_real_browser(self, orgs, tmp_path):
         hr, app = orgs
         run_both(hr, app)
-        out = tmp_path / "review"
-        result = app.cli("report", "--out", str(out))
-        assert result.exit_code == 0, output(result)
-        page = out / "access-review.html"
-        html = page.read_text()
-        assert "http://" not in html and "https://" not in html  # nothing to fetch: works offline
-        counts = {k: 0 for k in KINDS}
-        for r in app.query("SELECT kind, count(*) AS n FROM ingest.findings GROUP BY kind"):
-            counts[r["kind"]] = r["n"]
-        # one CSV per kind, one row per open finding
-        for kind in KINDS:
-            with (out / f"findings-{kind}.csv").open() as f:
-                rows = list(csv.DictReader(f))
-            assert len(rows) == counts[kind], kind
-        with (out / "findings-leaver_with_access.csv").open() as f:
+        counts = check_report(app.query, app.cli, tmp_path)
+        assert counts == {"orphan_account": 2, "leaver_with_access": 1, "dormant_account": 1, "privileged_access": 2,
+                          "new_privileged_grant": 0, "shared_service_account": 1}
+        with (tmp_path / "review" / "findings-leaver_with_access.csv").open() as f:
             leaver = next(csv.DictReader(f))
         assert (leaver["connector"], leaver["account_id"], leaver["person_email"]) == \
             ("app", "a-carol", "carol@example.com")
-
-        dom = dump_dom(page)
-        m = _marked(dom)
-        assert m.root.get("data-ready") == "1"  # the page's own script ran
-        one = app.query
-        metric = {k: int(v[0].replace(",", "")) for (a, k), v in m.found.items() if a == "data-metric"}
-        assert metric == {
-            "people": one("SELECT count(*) AS n FROM ingest.identities")[0]["n"],
-            "terminated": one("SELECT count(*) AS n FROM ingest.identities WHERE status = 'terminated'")[0]["n"],
-            "accounts": one("SELECT count(*) AS n FROM ingest.accounts")[0]["n"],
-            "grants": one("SELECT count(*) AS n FROM ingest.assignments")[0]["n"],
-            "findings": sum(counts.values()),
-        }
-        by_cell = {}
-        for r in app.query("SELECT kind, connector, count(*) AS n FROM ingest.findings GROUP BY 1, 2"):
-            by_cell[f"{r['kind']}|{r['connector']}"] = r["n"]
-        for (a, key), texts in m.found.items():
-            if a == "cell":
-                kind, connector = key.split("|")
-                want = counts[kind] if connector == "*" else by_cell.get(key, 0)
-                assert int(texts[0]) == want, key
-        assert {k: int(v[0]) for (a, k), v in m.found.items() if a == "data-bar"} == counts
-        assert int(m.found[("data-trend-latest", "accounts")][0]) == metric["accounts"]
-        assert int(m.found[("data-trend-latest", "grants")][0]) == metric["grants"]
-        assert int(m.found[("data-trend-latest", "findings")][0]) == metric["findings"]
-        app_accounts = m.found[("data-connector-metric", "accounts")]
-        assert [int(x) for x in app_accounts] == [one("SELECT count(*) AS n FROM ingest.accounts WHERE connector = :c",
-                                                      c=c)[0]["n"] for c in ("app", "hr")]
-        top = {k: int(v[0]) for (a, k), v in m.found.items() if a == "data-privileged"}
-        assert top == {str(r["identity_id"]): r["n"] for r in app.query(
-            "SELECT identity_id, count(*) AS n FROM ingest.findings WHERE kind = 'privileged_access' "
-            "AND identity_id IS NOT NULL GROUP BY 1")}
-
-        png = screenshot(page, tmp_path / "review.png")
-        lines = png_scanlines(png)
-        assert len(lines) >= 1000
-        assert len(set(lines)) > 100  # text, tables and charts, not an empty page
