@@ -85,6 +85,7 @@ class ConnectorContext:
     auth: BaseModel
     stats: HttpStats = field(default_factory=HttpStats)
     state_dir: str | None = None  # a directory for small connector state files (beside the embedded database)
+    credentials: Any = None  # the CredentialStore tokens go to (ingest.credentials); None: in memory only
 
     @property
     def log(self):
@@ -93,6 +94,9 @@ class ConnectorContext:
     def http_client(self, base_url: str, **kw: Any) -> HttpClient:
         """The one way a connector gets an HTTP client (timeouts, retries, limits, read-only guard)."""
         settings = self.settings if isinstance(self.settings, HttpSettings) else HttpSettings()
+        bind = getattr(kw.get("auth"), "bind", None)
+        if bind is not None and self.credentials is not None:
+            bind(self.credentials, self.name)  # tokens it obtains are stored and refreshed single-flight
         return HttpClient(base_url, settings=settings, connector=self.name, stats=self.stats, **kw)
 
 

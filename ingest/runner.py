@@ -224,7 +224,10 @@ def run(
 def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connection, started: float,
           check: Callable[[], None], progress: Progress | None, allow_mass_delete: bool) -> RunResult:
     log.info("snapshot_started", connector_type=rc.type)
-    ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir))
+    from ingest.credentials import CredentialStore
+
+    ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir),
+                           credentials=CredentialStore.for_engine(engine, rc.data_dir))
     writer = SnapshotWriter(engine, rc.name, sid)
     timings = _Timings()
     if progress is not None:
