@@ -1,4 +1,4 @@
-// oidc-provider on 127.0.0.1 for ingest's credential tests (tests/servers/oidc_provider.py starts it).
+// oidc-provider on 127.0.0.1 for ingest's credential tests (tests/servers/oidc_provider.py starts it; `make node-deps` installs it).
 // argv: PORT; env OIDC_TEST_CONFIG: {"clients": [...], "access_token_ttl": seconds}.
 // Refresh tokens rotate on every use and a consumed one revokes the whole grant (the provider's
 // reuse detection); PKCE is required for every client; the dev login/consent pages are on.
