@@ -17,6 +17,7 @@ BUILTIN: dict[str, str] = {
     "ldap": "connectors.ldap:LdapConnector",
     "okta": "connectors.okta:OktaConnector",
     "aws_iam": "connectors.aws_iam:AwsIamConnector",
+    "entra": "connectors.entra:EntraConnector",
 }
 
 

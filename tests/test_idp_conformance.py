@@ -4,6 +4,9 @@ answers validate against its schemas (so the fakes cannot drift into an API of t
 
 - Okta: the management API description in the npm package ``@okta/openapi`` (Swagger 2.0,
   installed by ``make node-deps`` into tests/node/node_modules).
+- Microsoft Graph: no installable description is small enough to ship, so :data:`GRAPH_V1` transcribes
+  the v1.0 reference pages of the operations used (their "HTTP request" and "Optional query
+  parameters" sections, and the resource types' property tables).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import httpx
 import jsonschema
 import pytest
 
+from connectors.entra import EntraAuth, EntraConnector, EntraSettings
 from connectors.okta import OktaAuth, OktaConnector, OktaSettings
 from ingest.connector import ConnectorContext
+from tests.servers import graph_server
 from tests.servers.okta_server import OktaServer, make_tenant
 
 NODE = Path(__file__).parent / "node" / "node_modules"
@@ -138,3 +143,133 @@ class TestOkta:
         assert r.status_code == 401
         assert set(r.json()) == {"errorCode", "errorSummary", "errorLink", "errorId", "errorCauses"}
         assert r.json()["errorCode"] == "E0000011"
+
+
+# -- Microsoft Graph v1.0 ------------------------------------------------------------------------------
+
+_ODATA = {"$count", "$expand", "$filter", "$orderby", "$search", "$select", "$top", "$skiptoken"}
+# operation (path template) -> (query parameters the reference lists, + $skiptoken of nextLink; resource type)
+GRAPH_V1: dict[str, tuple[set[str], str]] = {
+    "/v1.0/organization": ({"$select"}, "organization"),                                   # organization-list
+    "/v1.0/users": (_ODATA, "user"),                                                       # user-list
+    "/v1.0/groups": (_ODATA, "group"),                                                     # group-list
+    "/v1.0/groups/{id}/members": (_ODATA - {"$orderby"}, "directoryObject"),               # group-list-members
+    "/v1.0/roleManagement/directory/roleDefinitions": ({"$filter", "$select"}, "unifiedRoleDefinition"),
+    "/v1.0/roleManagement/directory/roleAssignments": ({"$filter", "$expand", "$select", "$skiptoken"},
+                                                       "unifiedRoleAssignment"),           # rbacapplication-list-...
+    "/v1.0/servicePrincipals": (_ODATA, "servicePrincipal"),                               # serviceprincipal-list
+    "/v1.0/servicePrincipals/{id}/appRoleAssignedTo": (_ODATA - {"$search"}, "appRoleAssignment"),
+}
+# resource type -> properties (v1.0 "Properties" tables, the ones a fake may send)
+GRAPH_TYPES: dict[str, dict[str, Any]] = {
+    "organization": {"id": str, "displayName": str, "tenantType": str, "verifiedDomains": list},
+    "user": {"id": str, "displayName": str, "givenName": str, "surname": str, "userPrincipalName": str, "mail": str,
+             "accountEnabled": bool, "userType": str, "jobTitle": str, "department": str, "employeeId": str,
+             "createdDateTime": str, "signInActivity": dict},
+    "signInActivity": {"lastSignInDateTime": str, "lastSignInRequestId": str, "lastNonInteractiveSignInDateTime": str,
+                       "lastNonInteractiveSignInRequestId": str, "lastSuccessfulSignInDateTime": str,
+                       "lastSuccessfulSignInRequestId": str},
+    "group": {"id": str, "displayName": str, "description": str, "groupTypes": list, "securityEnabled": bool,
+              "mailEnabled": bool, "mail": str, "membershipRule": str, "membershipRuleProcessingState": str,
+              "createdDateTime": str, "visibility": str},
+    "unifiedRoleDefinition": {"id": str, "displayName": str, "description": str, "isBuiltIn": bool,
+                              "isEnabled": bool, "templateId": str},
+    "unifiedRoleAssignment": {"id": str, "principalId": str, "roleDefinitionId": str, "directoryScopeId": str,
+                              "principal": dict},
+    "servicePrincipal": {"id": str, "appId": str, "displayName": str, "accountEnabled": bool,
+                         "servicePrincipalType": str, "appOwnerOrganizationId": str, "tags": list, "appRoles": list},
+    "appRole": {"id": str, "displayName": str, "description": str, "value": str, "isEnabled": bool,
+                "allowedMemberTypes": list, "origin": str},
+    "appRoleAssignment": {"id": str, "appRoleId": str, "createdDateTime": str, "deletedDateTime": str,
+                          "principalDisplayName": str, "principalId": str, "principalType": str,
+                          "resourceDisplayName": str, "resourceId": str},
+}
+
+
+def graph_operation(path: str) -> str | None:
+    for template in GRAPH_V1:
+        if _template_rx(template).match(path):
+            return template
+    return None
+
+
+def check_graph_object(obj: dict[str, Any], rtype: str) -> None:
+    """Every property is one the reference lists for the type (or its subtype for directoryObject),
+    with the documented JSON type (null allowed: Graph sends null for unset properties)."""
+    if rtype == "directoryObject":
+        kind = obj["@odata.type"].rsplit(".", 1)[-1]
+        assert kind in ("user", "group", "servicePrincipal", "device", "orgContact"), kind
+        rtype = kind
+    props = GRAPH_TYPES[rtype]
+    for k, v in obj.items():
+        if k.startswith("@odata."):
+            continue
+        assert k in props, f"{rtype} has no property {k!r} in the v1.0 reference"
+        assert v is None or isinstance(v, props[k]), f"{rtype}.{k} should be {props[k].__name__}, is {v!r}"
+    if rtype == "user" and isinstance(obj.get("signInActivity"), dict):
+        check_graph_object(obj["signInActivity"], "signInActivity")
+    if rtype == "servicePrincipal":
+        for role in obj.get("appRoles") or []:
+            check_graph_object(role, "appRole")
+
+
+class TestGraph:
+    def _run(self, premium: bool = True) -> graph_server.GraphServer:
+        t = graph_server.make_tenant(n_users=1100, n_groups=5, n_apps=3, big_group=1050, premium=premium)
+        server = graph_server.GraphServer(t).start()
+        try:
+            s = EntraSettings(tenant_id=t.tenant_id, graph_url=server.root_url, authority=server.root_url)
+            with EntraConnector(ConnectorContext("entra", s, EntraAuth(client_id="app-1",
+                                                                       client_secret="s3cret-1"))) as c:
+                c.validate_credentials()
+                for cap in ("list_accounts", "list_resources", "list_entitlements", "find_entitlement_associations",
+                            "get_last_activity"):
+                    list(getattr(c, cap)())
+        finally:
+            server.stop()
+        return server
+
+    @pytest.mark.parametrize("premium", [True, False])
+    def test_every_request_the_connector_sends_is_a_documented_operation_and_parameter(self, premium):
+        server = self._run(premium)
+        seen = set()
+        for req in server.requests:
+            if req.method == "POST":
+                assert req.path == f"/{server.tenant.tenant_id}/oauth2/v2.0/token"
+                assert req.form()["scope"] == "https://graph.microsoft.com/.default"
+                assert req.form()["grant_type"] == "client_credentials"
+                continue
+            assert req.method == "GET"
+            template = graph_operation(req.path)
+            assert template, f"GET {req.path} is not a v1.0 operation ingest may use"
+            params, rtype = GRAPH_V1[template]
+            assert set(req.query) <= params, f"{template}: {set(req.query) - params}"
+            if "$top" in req.query:
+                assert 1 <= int(req.query["$top"]) <= 999
+            if "$select" in req.query:  # only what is mapped, and only documented properties
+                fields = set(req.query["$select"].split(","))
+                assert fields <= set(GRAPH_TYPES[rtype if rtype != "directoryObject" else "user"]), fields
+            seen.add(template)
+        assert seen == set(GRAPH_V1)
+
+    def test_the_fake_answers_have_the_documented_shape(self):
+        t = graph_server.make_tenant(n_users=30, n_groups=6, n_apps=2)
+        with graph_server.GraphServer(t) as server:
+            tok = httpx.post(server.url(f"/{t.tenant_id}/oauth2/v2.0/token"), data={
+                "grant_type": "client_credentials", "client_id": "app-1", "client_secret": "s3cret-1",
+                "scope": "https://graph.microsoft.com/.default"}).json()
+            assert set(tok) == {"token_type", "expires_in", "ext_expires_in", "access_token"}
+            h = {"Authorization": f"Bearer {tok['access_token']}"}
+            group = next(g for g, ms in t.members.items() if any(m in t.groups for m in ms))
+            sp = sorted(t.service_principals)[0]
+            for template, (_, rtype) in GRAPH_V1.items():
+                path = template.replace("{id}", sp if "servicePrincipals" in template else group)
+                params = {"$select": ",".join(GRAPH_TYPES["user"])} if template == "/v1.0/users" else {}
+                params.update({"$expand": "principal"} if "roleAssignments" in template else {})
+                body = httpx.get(server.url(path), headers=h, params=params).json()
+                assert set(body) <= {"@odata.context", "value", "@odata.nextLink"}, body
+                assert body["value"], f"{template}: an empty answer proves nothing"
+                for obj in body["value"]:
+                    check_graph_object(obj, rtype)
+            err = httpx.get(server.url("/v1.0/users"), headers={"Authorization": "Bearer nope"})
+            assert err.status_code == 401 and set(err.json()["error"]) == {"code", "message", "innerError"}

@@ -1,0 +1,465 @@
+"""Microsoft Entra ID (Azure AD) through Microsoft Graph v1.0: users, groups with their direct
+members and group-in-group nesting, directory roles and who holds them, enterprise apps (service
+principals) with their app role assignments, and sign-in activity when the tenant is licensed.
+
+Token: OAuth 2.0 client credentials at ``{authority}/{tenant_id}/oauth2/v2.0/token`` with scope
+``https://graph.microsoft.com/.default`` (refreshed before it expires and once on a 401). What it
+reads, all with GET, ``$top=999`` where Graph pages, ``$select`` only what is mapped, following
+``@odata.nextLink`` whole::
+
+    /v1.0/organization                                         check: the tenant
+    /v1.0/users?$select=…,signInActivity&$top=999              accounts (+ last sign-in)
+    /v1.0/servicePrincipals?$select=…&$top=999                 resources (enterprise apps) + app roles
+    /v1.0/groups?$select=…&$top=999                            entitlements: security, Microsoft 365, dynamic
+    /v1.0/roleManagement/directory/roleDefinitions             entitlements: directory roles
+    /v1.0/groups/{id}/members?$select=id&$top=999              direct members: users -> assignments,
+                                                               groups -> nested (devices, contacts, apps skipped)
+    /v1.0/roleManagement/directory/roleAssignments?$expand=principal   role holders (users; groups nested)
+    /v1.0/servicePrincipals/{id}/appRoleAssignedTo?$top=999    app role assignments (users; groups nested)
+
+``signInActivity`` needs AuditLog.Read.All and an Entra ID P1/P2 licence; without them Graph
+answers 403 (``Authentication_RequestFromNonPremiumTenantOrB2CTenant`` or
+``Authorization_RequestDenied``) and the users are read again without it, saying so once
+(``entra_sign_in_activity_unavailable``). 429 and 503 are retried after ``Retry-After``.
+
+Ids: Graph object ids; an app role is ``{servicePrincipalId}:{appRoleId}`` (the "Default Access"
+role id ``00000000-…`` is the same in every app). Mapping: :func:`map_user`, :func:`last_sign_in`,
+:func:`map_group`, :func:`map_member`, :func:`map_role_definition`, :func:`map_role_assignment`,
+:func:`map_service_principal`, :func:`map_app_role_assignment` (pure functions).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from connectors._fanout import fan_out
+from ingest.connector import Connector, EntitlementType, ResourceType
+from ingest.errors import AuthError, NotFoundError
+from ingest.http import HttpClient, HttpSettings, NextUrlPaginator, OAuth2ClientCredentials
+from ingest.records import AccountStatus
+
+__all__ = [
+    "DEFAULT_ACCESS",
+    "EntraAuth",
+    "EntraConnector",
+    "EntraSettings",
+    "PERMISSIONS",
+    "last_sign_in",
+    "map_app_role_assignment",
+    "map_group",
+    "map_member",
+    "map_role_assignment",
+    "map_role_definition",
+    "map_service_principal",
+    "map_user",
+]
+
+DEFAULT_ACCESS = "00000000-0000-0000-0000-000000000000"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+TOP = 999
+USER_FIELDS = ("id", "displayName", "givenName", "surname", "userPrincipalName", "mail", "accountEnabled",
+               "userType", "jobTitle", "department", "employeeId", "createdDateTime")
+GROUP_FIELDS = ("id", "displayName", "description", "groupTypes", "securityEnabled", "mailEnabled",
+                "membershipRule", "createdDateTime")
+SP_FIELDS = ("id", "appId", "displayName", "accountEnabled", "servicePrincipalType", "appOwnerOrganizationId",
+             "appRoles")
+# least-privileged application permissions, by what they let the connector read
+PERMISSIONS = {
+    "users": "User.Read.All",
+    "groups": "GroupMember.Read.All",
+    "roles": "RoleManagement.Read.Directory",
+    "apps": "Application.Read.All",
+    "sign_ins": "AuditLog.Read.All (with an Entra ID P1 or P2 licence)",
+}
+_NEVER = "0001-01-01T00:00:00Z"
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+class EntraSettings(HttpSettings):
+    """Which tenant (plus the shared HTTP settings)."""
+
+    tenant_id: str = Field(description="Directory (tenant) id, a GUID, or the tenant's primary domain.")
+    sign_in_activity: bool = Field(True, description="Read signInActivity (last sign-in; needs AuditLog.Read.All "
+                                   "and Entra ID P1/P2); without the licence the users are read without it.")
+    graph_url: str = Field("https://graph.microsoft.com", description="Microsoft Graph root (national clouds: "
+                           "https://graph.microsoft.us, https://microsoftgraph.chinacloudapi.cn).")
+    authority: str = Field("https://login.microsoftonline.com", description="Token authority (national clouds: "
+                           "https://login.microsoftonline.us, https://login.chinacloudapi.cn).")
+    max_concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once.")
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _tenant(cls, v: str) -> str:
+        v = v.strip()
+        if not v or "/" in v or " " in v:
+            raise ValueError("must be the directory (tenant) id, e.g. 72f988bf-86f1-41af-91ab-2d7cd011db47")
+        return v
+
+    @field_validator("graph_url", "authority")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an https:// URL")
+        return v
+
+
+class EntraAuth(BaseModel):
+    """An app registration's client id and client secret (application permissions, admin-consented)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str = Field(description="Application (client) id of the app registration.")
+    client_secret: SecretStr = Field(description="A client secret of the app registration.",
+                                     json_schema_extra={"writeOnly": True})
+
+    @field_validator("client_secret")
+    @classmethod
+    def _not_blank(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().strip():
+            raise ValueError("client_secret is empty (is its environment variable set?)")
+        return v
+
+    @property
+    def kind(self) -> str:
+        return "client secret"
+
+
+# -- mapping (pure functions) -------------------------------------------------------------------------
+
+def _str(v: Any) -> str | None:
+    if v is None or isinstance(v, (dict, list)):
+        return None
+    s = v if isinstance(v, str) else str(v)
+    return s if s.strip() else None
+
+
+def _kind(obj: dict[str, Any]) -> str:
+    """``#microsoft.graph.user`` -> ``user``."""
+    return str(obj.get("@odata.type") or "").rsplit(".", 1)[-1]
+
+
+def map_user(raw: dict[str, Any]) -> dict[str, Any]:
+    """A Graph user -> an Account. ``accountEnabled: false`` is SUSPENDED; ``userType`` (Member,
+    Guest) is kept in custom_attributes; signInActivity is last activity, not part of the account."""
+    upn = _str(raw.get("userPrincipalName"))
+    email = _str(raw.get("mail")) or (upn if upn and "@" in upn and "#EXT#" not in upn else None)
+    custom = {k: v for k in ("userType", "jobTitle", "department", "employeeId") if (v := _str(raw.get(k)))}
+    return {
+        "account_id": _str(raw.get("id")),
+        "email": email,
+        "username": upn,
+        "display_name": _str(raw.get("displayName")),
+        "given_name": _str(raw.get("givenName")),
+        "family_name": _str(raw.get("surname")),
+        "status": (AccountStatus.SUSPENDED if raw.get("accountEnabled") is False else AccountStatus.ACTIVE).value,
+        "account_type": "user",
+        "custom_attributes": custom,
+        "extra": {k: v for k, v in raw.items() if k != "signInActivity" and not k.startswith("@odata")},
+    }
+
+
+def last_sign_in(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """``signInActivity.lastSignInDateTime`` as a LastActivity; None when absent or never."""
+    activity = raw.get("signInActivity") if isinstance(raw.get("signInActivity"), dict) else {}
+    value = _str(activity.get("lastSignInDateTime"))
+    if not value or value == _NEVER or not _str(raw.get("id")):
+        return None
+    return {"account_id": raw["id"], "last_activity_at": datetime.fromisoformat(value.replace("Z", "+00:00"))}
+
+
+def group_kind(raw: dict[str, Any]) -> str:
+    types = raw.get("groupTypes") or []
+    if "DynamicMembership" in types:
+        return "dynamic"
+    if "Unified" in types:
+        return "microsoft365"
+    return "security" if raw.get("securityEnabled") else "distribution"
+
+
+def map_group(raw: dict[str, Any]) -> dict[str, Any]:
+    """A Graph group -> an Entitlement of type ``group`` (``extra.kind``: security, microsoft365,
+    dynamic, distribution). A dynamic group's members follow its rule: it is not assignable."""
+    kind = group_kind(raw)
+    return {
+        "entitlement_type": "group", "resource_type": "", "resource_id": "",
+        "entitlement_id": _str(raw.get("id")),
+        "label": _str(raw.get("displayName")),
+        "description": _str(raw.get("description")),
+        "is_assignable": kind != "dynamic",
+        "extra": {"kind": kind, **{k: raw.get(k) for k in GROUP_FIELDS[3:] if k in raw}},
+    }
+
+
+def map_member(group_id: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+    """A directory object in a group's members: a user is an Assignment, a group is nested; devices,
+    contacts and service principals are not accounts (None)."""
+    oid, kind = _str(obj.get("id")), _kind(obj)
+    if not oid:
+        return None
+    if kind == "user":
+        return {"account_id": oid, "entitlement_id": group_id, "resource_type": "", "resource_id": ""}
+    if kind == "group":
+        return {"entitlement_id": group_id, "member_entitlement_id": oid}
+    return None
+
+
+def map_role_definition(raw: dict[str, Any]) -> dict[str, Any]:
+    """A unifiedRoleDefinition -> an Entitlement of type ``directory_role``."""
+    return {"entitlement_type": "directory_role", "resource_type": "", "resource_id": "",
+            "entitlement_id": _str(raw.get("id")), "label": _str(raw.get("displayName")),
+            "description": _str(raw.get("description")), "is_assignable": raw.get("isEnabled") is not False,
+            "extra": {"isBuiltIn": raw.get("isBuiltIn"), "templateId": raw.get("templateId")}}
+
+
+def map_role_assignment(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """A unifiedRoleAssignment (with ``principal`` expanded): a user holds the role (Assignment), a
+    role-assignable group is nested in it; a service principal is not an account (None)."""
+    role, principal = _str(raw.get("roleDefinitionId")), raw.get("principal") or {}
+    pid = _str(raw.get("principalId")) or _str(principal.get("id"))
+    if not role or not pid:
+        return None
+    kind = _kind(principal)
+    if kind == "user":
+        return {"account_id": pid, "entitlement_id": role, "resource_type": "", "resource_id": ""}
+    if kind == "group":
+        return {"entitlement_id": role, "member_entitlement_id": pid}
+    return None
+
+
+def app_role_id(sp_id: str, role_id: str) -> str:
+    return f"{sp_id}:{role_id}"
+
+
+def map_service_principal(raw: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A service principal -> (a Resource of type ``service_principal``, its app roles as
+    Entitlements of type ``app_role``, "Default Access" included)."""
+    sp = _str(raw.get("id"))
+    resource = {"resource_type": "service_principal", "resource_id": sp, "label": _str(raw.get("displayName")),
+                "description": None,
+                "extra": {k: raw.get(k) for k in ("appId", "accountEnabled", "servicePrincipalType",
+                                                   "appOwnerOrganizationId") if k in raw}}
+    roles = [{"id": DEFAULT_ACCESS, "displayName": "Default Access", "description": "Assigned without a role",
+              "value": None, "isEnabled": True}]
+    roles += [r for r in raw.get("appRoles") or [] if isinstance(r, dict) and r.get("id")]
+    entitlements = [{"entitlement_type": "app_role", "resource_type": "service_principal", "resource_id": sp,
+                     "entitlement_id": app_role_id(sp, r["id"]), "label": _str(r.get("displayName")),
+                     "description": _str(r.get("description")), "is_assignable": r.get("isEnabled") is not False,
+                     "extra": {"value": r.get("value"), "app_role_id": r["id"]}} for r in roles] if sp else []
+    return resource, entitlements
+
+
+def map_app_role_assignment(sp_id: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """An appRoleAssignment on a service principal: a user gets the role (Assignment), a group is
+    nested in it; a service principal is not an account (None)."""
+    pid, role = _str(raw.get("principalId")), _str(raw.get("appRoleId")) or DEFAULT_ACCESS
+    ent = app_role_id(sp_id, role)
+    ptype = str(raw.get("principalType") or "")
+    if not pid:
+        return None
+    if ptype == "User":
+        return {"account_id": pid, "entitlement_id": ent, "resource_type": "service_principal", "resource_id": sp_id}
+    if ptype == "Group":
+        return {"entitlement_id": ent, "member_entitlement_id": pid}
+    return None
+
+
+# -- the connector ------------------------------------------------------------------------------------
+
+class EntraConnector(Connector):
+    """A Microsoft Entra ID tenant through Microsoft Graph."""
+
+    type: ClassVar[str] = "entra"
+    name: ClassVar[str] = "Microsoft Entra ID"
+    description: ClassVar[str] = (
+        "Entra ID users (members and guests), groups (security, Microsoft 365, dynamic) with direct members "
+        "and nesting, directory roles and holders, enterprise apps with app role assignments, last sign-in "
+        "when licensed; read-only through Microsoft Graph with application permissions."
+    )
+    Settings: ClassVar[type[BaseModel]] = EntraSettings
+    Auth: ClassVar[type[BaseModel]] = EntraAuth
+    resource_types: ClassVar[list[ResourceType]] = [
+        ResourceType(type_id="service_principal", type_label="Enterprise application")]
+    entitlement_types: ClassVar[list[EntitlementType]] = [
+        EntitlementType(type_id="group", type_label="Group"),
+        EntitlementType(type_id="directory_role", type_label="Directory role"),
+        EntitlementType(type_id="app_role", type_label="App role", resource_type_id="service_principal"),
+    ]
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self._sign_ins: list[dict[str, Any]] | None = None
+        self._group_ids: list[str] | None = None
+        self._sp_ids: list[str] | None = None
+        self._sign_in_note: str | None = None
+
+    @functools.cached_property
+    def http(self) -> HttpClient:
+        s, a = self.settings, self.auth
+        token_url = f"{s.authority}/{quote(s.tenant_id, safe='')}/oauth2/v2.0/token"
+        auth = OAuth2ClientCredentials(token_url, a.client_id, a.client_secret.get_secret_value().strip(),
+                                       GRAPH_SCOPE)
+        return self.ctx.http_client(f"{s.graph_url}/v1.0", auth=auth)
+
+    # -- errors ------------------------------------------------------------------------------------
+    def _auth_error(self, e: AuthError, what: str | None = None) -> AuthError:
+        if e.status_code == 403:
+            need = PERMISSIONS.get(what or "", "the application permissions listed in the README")
+            text = (f"Microsoft Graph refused the request: the app lacks the application permission {need} "
+                    f"(granted with admin consent) ({e.message})")
+        elif "token endpoint" in e.message:
+            text = (f"Microsoft Entra refused the client credentials for tenant {self.settings.tenant_id} "
+                    f"({e.message}); check auth.client_id / auth.client_secret (expired secrets are refused) and "
+                    "settings.tenant_id")
+        else:
+            text = f"Microsoft Graph refused the access token (HTTP {e.status_code}) ({e.message})"
+        return AuthError(text, connector=self.ctx.name, request=e.request, status_code=e.status_code)
+
+    def _pages(self, path: str, what: str, **params: Any) -> Iterator[list[Any]]:
+        try:
+            yield from self.http.paginate(path, paginator=NextUrlPaginator("@odata.nextLink"), selector="value",
+                                          params=params)
+        except AuthError as e:
+            raise self._auth_error(e, what) from None
+
+    # -- check -------------------------------------------------------------------------------------
+    def validate_credentials(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"tenant_id": self.settings.tenant_id, "auth": self.auth.kind}
+        try:
+            org = (self.http.get_json("organization", params={"$select": "id,displayName,verifiedDomains"})
+                   .get("value") or [{}])[0]
+            info.update(organization=org.get("displayName"),
+                        default_domain=next((d.get("name") for d in org.get("verifiedDomains") or []
+                                             if d.get("isDefault")), None))
+        except AuthError as e:
+            if e.status_code != 403:
+                raise self._auth_error(e) from None
+            info["organization"] = "(not readable without Organization.Read.All; not needed for runs)"
+        probes = {"users": ("users", {"$select": "id", "$top": 1}), "groups": ("groups", {"$select": "id", "$top": 1}),
+                  "roles": ("roleManagement/directory/roleDefinitions", {"$select": "id"}),
+                  "apps": ("servicePrincipals", {"$select": "id", "$top": 1})}
+        missing = []
+        for what, (path, params) in probes.items():
+            try:
+                self.http.get_json(path, params=params)
+            except AuthError as e:
+                if e.status_code != 403:
+                    raise self._auth_error(e, what) from None
+                missing.append(f"{PERMISSIONS[what]} (GET /v1.0/{path})")
+        if missing:
+            raise AuthError(f"Microsoft Graph accepted the app but it may not read: {', '.join(missing)}; add these "
+                            "application permissions to the app registration and grant admin consent",
+                            connector=self.ctx.name, status_code=403)
+        if self.settings.sign_in_activity:
+            try:
+                self.http.get_json("users", params={"$select": "id,signInActivity", "$top": 1})
+                info["sign_in_activity"] = "readable"
+            except AuthError as e:
+                if e.status_code != 403:
+                    raise self._auth_error(e) from None
+                info["sign_in_activity"] = f"not readable ({e.message}); needs {PERMISSIONS['sign_ins']}"
+        return info
+
+    # -- streams -----------------------------------------------------------------------------------
+    def _users(self) -> Iterator[list[Any]]:
+        fields = ",".join(USER_FIELDS)
+        if self.settings.sign_in_activity and self._sign_in_note is None:
+            sent = False
+            try:
+                for page in self.http.paginate("users", paginator=NextUrlPaginator("@odata.nextLink"),
+                                               selector="value",
+                                               params={"$select": fields + ",signInActivity", "$top": TOP}):
+                    sent = True
+                    yield page
+                return
+            except AuthError as e:
+                if e.status_code != 403 or sent:
+                    raise self._auth_error(e, "sign_ins" if e.status_code == 403 else "users") from None
+                self._sign_in_note = e.message
+                self.log.warning("entra_sign_in_activity_unavailable", reason=e.message,
+                                 hint=f"last sign-in needs {PERMISSIONS['sign_ins']}; users are read without it")
+        yield from self._pages("users", "users", **{"$select": fields, "$top": TOP})
+
+    def list_accounts(self) -> Iterator[dict[str, Any]]:
+        sign_ins: list[dict[str, Any]] = []
+        for page in self._users():
+            for raw in page:
+                if (la := last_sign_in(raw)) is not None:
+                    sign_ins.append(la)
+                yield map_user(raw)
+        self._sign_ins = sign_ins
+
+    def get_last_activity(self) -> Iterator[dict[str, Any]]:
+        if self._sign_ins is None:
+            self._sign_ins = [la for page in self._users() for raw in page if (la := last_sign_in(raw))]
+        yield from self._sign_ins
+
+    def _service_principals(self) -> Iterator[dict[str, Any]]:
+        for page in self._pages("servicePrincipals", "apps", **{"$select": ",".join(SP_FIELDS), "$top": TOP}):
+            yield from page
+
+    def list_resources(self) -> Iterator[dict[str, Any]]:
+        for raw in self._service_principals():
+            yield map_service_principal(raw)[0]
+
+    def list_entitlements(self) -> Iterator[dict[str, Any]]:
+        sp_ids = []
+        for raw in self._service_principals():
+            resource, roles = map_service_principal(raw)
+            if resource["resource_id"]:
+                sp_ids.append(resource["resource_id"])
+            yield from roles
+        self._sp_ids = sp_ids
+        for page in self._pages("roleManagement/directory/roleDefinitions", "roles",
+                                **{"$select": "id,displayName,description,isBuiltIn,isEnabled,templateId"}):
+            for raw in page:
+                yield map_role_definition(raw)
+        group_ids = []
+        for page in self._pages("groups", "groups", **{"$select": ",".join(GROUP_FIELDS), "$top": TOP}):
+            for raw in page:
+                record = map_group(raw)
+                if record["entitlement_id"]:
+                    group_ids.append(record["entitlement_id"])
+                yield record
+        self._group_ids = group_ids
+
+    def _tasks(self) -> Iterator[tuple[str, str | None]]:
+        if self._sp_ids is None:
+            self._sp_ids = [sp["id"] for sp in self._service_principals() if sp.get("id")]
+        if self._group_ids is None:
+            self._group_ids = [g["id"] for p in self._pages("groups", "groups", **{"$select": "id", "$top": TOP})
+                               for g in p if g.get("id")]
+        yield "roles", None
+        for sp in self._sp_ids:
+            yield "app_roles", sp
+        for g in self._group_ids:
+            yield "members", g
+
+    def _task_pages(self, task: tuple[str, str | None]) -> Iterator[list[dict[str, Any]]]:
+        kind, oid = task
+        q = quote(oid or "", safe="")
+        try:
+            if kind == "members":
+                for page in self._pages(f"groups/{q}/members", "groups", **{"$select": "id", "$top": TOP}):
+                    yield [r for obj in page if isinstance(obj, dict) and (r := map_member(oid, obj))]
+            elif kind == "app_roles":
+                for page in self._pages(f"servicePrincipals/{q}/appRoleAssignedTo", "apps", **{"$top": TOP}):
+                    yield [r for a in page if isinstance(a, dict) and (r := map_app_role_assignment(oid, a))]
+            elif kind == "roles":
+                for page in self._pages("roleManagement/directory/roleAssignments", "roles",
+                                        **{"$expand": "principal"}):
+                    yield [r for a in page if isinstance(a, dict) and (r := map_role_assignment(a))]
+        except NotFoundError:
+            self.log.warning("entra_object_vanished", kind=kind, id=oid)
+
+    def find_entitlement_associations(self) -> Iterator[dict[str, Any]]:
+        for page in fan_out(self._tasks(), self._task_pages, workers=self.settings.max_concurrency,
+                            name=f"entra-{self.ctx.name}"):
+            yield from page
