@@ -192,6 +192,9 @@ def run(
                                      progress=display.update)
             else:
                 result = run_one(loaded, name, database_url=url, allow_mass_delete=allow_mass_delete)
+        except KeyboardInterrupt:  # Ctrl-C: the runner marked the snapshot interrupted
+            err.print(f"{name}: interrupted", style="yellow", markup=False, highlight=False)
+            raise typer.Exit(130) from None
         except AlreadyRunningError as e:
             ok = False
             results.append({"connector": name, "status": "skipped", "error": str(e)})

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from ingest.http import HttpClient, HttpSettings, HttpStats
+from ingest.http import CancelToken, HttpClient, HttpSettings, HttpStats
 
 __all__ = [
     "CAPABILITIES",
@@ -86,6 +86,7 @@ class ConnectorContext:
     stats: HttpStats = field(default_factory=HttpStats)
     state_dir: str | None = None  # a directory for small connector state files (beside the embedded database)
     credentials: Any = None  # the CredentialStore tokens go to (ingest.credentials); None: in memory only
+    cancel: CancelToken | None = None  # the run's cancellation: Ctrl-C, shutdown, timeout (see ingest.http)
 
     @property
     def log(self):
@@ -97,6 +98,7 @@ class ConnectorContext:
         bind = getattr(kw.get("auth"), "bind", None)
         if bind is not None and self.credentials is not None:
             bind(self.credentials, self.name)  # tokens it obtains are stored and refreshed single-flight
+        kw.setdefault("cancel", self.cancel)
         return HttpClient(base_url, settings=settings, connector=self.name, stats=self.stats, **kw)
 
 

@@ -14,7 +14,8 @@
     │       └── ReadOnlyViolation   a connector tried to write to the source
     ├── SnapshotError               the snapshot could not be committed
     │   └── MassDeletionError       the run would remove too much; snapshot ``rejected``
-    └── AlreadyRunningError         another run of the same connector holds its lock
+    ├── AlreadyRunningError         another run of the same connector holds its lock
+    └── Cancelled                   the run was stopped from outside (Ctrl-C, shutdown, its timeout)
 
 An error carries the connector, the stream and a redacted request line, never a secret.
 """
@@ -37,6 +38,7 @@ __all__ = [
     "SnapshotError",
     "MassDeletionError",
     "AlreadyRunningError",
+    "Cancelled",
 ]
 
 
@@ -129,3 +131,12 @@ class MassDeletionError(SnapshotError):
 
 class AlreadyRunningError(IngestError):
     """Another run of this connector is in progress."""
+
+
+class Cancelled(IngestError):
+    """The run was stopped from outside; ``status`` is what its snapshot becomes: ``interrupted``
+    (Ctrl-C, a daemon shutting down) or ``failed`` (the run's timeout)."""
+
+    def __init__(self, message: str = "cancelled", status: str = "interrupted", **kw) -> None:
+        super().__init__(message, **kw)
+        self.status = status

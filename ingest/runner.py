@@ -19,7 +19,8 @@ import structlog
 from ingest.config import LoadedConfig, ResolvedConnector
 from ingest.connector import CAPABILITIES, ConnectorContext
 from ingest.db import get_engine, migrate
-from ingest.errors import AlreadyRunningError, IngestError, ListingChangedError, MassDeletionError
+from ingest.errors import AlreadyRunningError, Cancelled, IngestError, ListingChangedError, MassDeletionError
+from ingest.http import CancelToken
 from ingest.redact import redact
 from ingest.writer import ENTITIES, SnapshotWriter
 
@@ -31,14 +32,6 @@ _BATCH = 2000
 RELISTS = 2  # a stream whose listing came back short (records deleted while paging) is listed again this often
 
 Progress = Callable[[str, int, int], None]  # (entity, records so far, HTTP requests so far)
-
-
-class Cancelled(IngestError):
-    """The run was stopped from outside: ``status`` is ``interrupted`` (shutdown) or ``failed`` (timeout)."""
-
-    def __init__(self, message: str, status: str = "interrupted") -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass
@@ -79,12 +72,15 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _prefetched(source: Iterable[Any], check: Callable[[], None], timings: _Timings,
+def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings,
                 depth: int = 8) -> Iterator[list[Any]]:
     """Run ``source`` in a thread, handing batches over a bounded queue (fetch overlaps writing).
 
     ``timings.fetch`` gets the time the thread spent inside the connector (not waiting on the queue).
+    When the consumer leaves early (an error, Ctrl-C, the run's token), the run's token is cancelled so
+    the thread's waits end at once, and the thread is joined.
     """
+    check = token.check
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -126,6 +122,7 @@ def _prefetched(source: Iterable[Any], check: Callable[[], None], timings: _Timi
 
     t = threading.Thread(target=contextvars.copy_context().run, args=(produce,), name="ingest-fetch", daemon=True)
     t.start()
+    producer_ended = False
     try:
         while True:
             try:
@@ -134,13 +131,17 @@ def _prefetched(source: Iterable[Any], check: Callable[[], None], timings: _Timi
                 check()
                 continue
             if got is done:
+                producer_ended = True
                 return
             if isinstance(got, BaseException):
+                producer_ended = True
                 raise got
             check()
             yield got
     finally:
         stop.set()
+        if not producer_ended:  # the consumer left early: whatever the producer waits on must end now
+            token.cancel("the run stopped")
         # drain so a blocked producer can see the stop flag
         while t.is_alive():
             try:
@@ -185,13 +186,13 @@ def run(
     engine = get_engine(database_url)
     migrate(engine)
     started = time.monotonic()
-    deadline = started + timeout if timeout else None
-
-    def check() -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("stopped: the daemon is shutting down", "interrupted")
-        if deadline is not None and time.monotonic() > deadline:
-            raise Cancelled(f"timed out after {timeout:g} s", "failed")
+    timeout = timeout if timeout is not None else rc.timeout
+    # One token for the whole run: the daemon's cancel event, the timeout and Ctrl-C all end up here, and
+    # every wait of the HTTP layer (Retry-After, backoff, rate limit, look-ahead) wakes up on it.
+    token = CancelToken(deadline=started + timeout if timeout else None,
+                        timeout_message=f"timed out after {timeout:g} s" if timeout else "timed out",
+                        parent=cancel, parent_message="stopped: the daemon is shutting down")
+    check = token.check
 
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock_conn:
         got = lock_conn.execute(sa.text("SELECT pg_try_advisory_lock(:ns, hashtext(:c))"),
@@ -208,7 +209,7 @@ def run(
             if on_snapshot:
                 on_snapshot(sid)
             with structlog.contextvars.bound_contextvars(connector=name, snapshot_id=sid):
-                result = _take(rc, sid, engine, lock_conn, started, check, progress, allow_mass_delete)
+                result = _take(rc, sid, engine, lock_conn, started, token, progress, allow_mass_delete)
                 if result.ok:  # derived stage: people, effective access, findings
                     from ingest.people import refresh_after_commit
 
@@ -222,12 +223,15 @@ def run(
 
 
 def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connection, started: float,
-          check: Callable[[], None], progress: Progress | None, allow_mass_delete: bool) -> RunResult:
+          token: CancelToken, progress: Progress | None, allow_mass_delete: bool) -> RunResult:
+    """Fetch, stage and commit; records the outcome. Ctrl-C (KeyboardInterrupt) marks the snapshot
+    ``interrupted`` and is raised again once that is recorded."""
     log.info("snapshot_started", connector_type=rc.type)
     from ingest.credentials import CredentialStore
 
+    check = token.check
     ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir),
-                           credentials=CredentialStore.for_engine(engine, rc.data_dir))
+                           credentials=CredentialStore.for_engine(engine, rc.data_dir), cancel=token)
     writer = SnapshotWriter(engine, rc.name, sid)
     timings = _Timings()
     if progress is not None:
@@ -237,6 +241,7 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
             report(entity, n, ctx.stats.requests)
 
     status, error, stats, keep_stage = "failed", None, {}, False
+    interrupted: KeyboardInterrupt | None = None
     try:
         check()
         with rc.cls(ctx) as connector:
@@ -246,7 +251,7 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                 t = time.perf_counter()
                 for attempt in range(RELISTS + 1):
                     try:
-                        _stage_stream(writer, capability, records, check, progress, timings)
+                        _stage_stream(writer, capability, records, token, progress, timings)
                         break
                     except ListingChangedError as e:
                         # staged rows of this stream are dropped and the stream listed again from the start:
@@ -288,7 +293,13 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
     except Cancelled as e:
         status, error = e.status, str(e)
     except IngestError as e:
-        error = str(e)
+        if token.reason is not None:  # a stream that failed because the run was being stopped
+            error, status = token.reason
+        else:
+            error = str(e)
+    except KeyboardInterrupt as e:  # Ctrl-C: recorded as interrupted, then raised again
+        token.cancel("interrupted (Ctrl-C)")
+        status, error, interrupted = "interrupted", "interrupted (Ctrl-C)", e
     except Exception as e:  # a bug or a database error: still recorded, never partial
         error = f"{type(e).__name__}: {e}"
         log.exception("snapshot_crashed")
@@ -311,6 +322,8 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
         except Exception as e:
             log.error("snapshot_status_not_recorded", error=redact(str(e)))
         log.error("snapshot_" + status, error=error, duration_s=round(duration, 3))
+        if interrupted is not None:
+            raise interrupted
     else:
         conn.execute(sa.text("UPDATE ingest.snapshots SET stats = stats || CAST(:s AS jsonb) "
                              "WHERE snapshot_id = :sid"), {"s": _json({"duration_s": stats["duration_s"]}),
@@ -327,9 +340,9 @@ def _entities_of(capability: str) -> tuple[str, ...]:
     return (CAPABILITIES[capability],)
 
 
-def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any], check: Callable[[], None],
+def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any], token: CancelToken,
                   progress: Progress | None, timings: _Timings) -> None:
-    batches = _prefetched(records, check, timings)
+    batches = _prefetched(records, token, timings)
     if capability != "find_entitlement_associations":
         writer.stage(CAPABILITIES[capability], batches, progress)
         return

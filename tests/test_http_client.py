@@ -42,6 +42,7 @@ def test_exported_members() -> None:
         "BasicAuthConfig",
         "BearerAuth",
         "BearerTokenConfig",
+        "CancelToken",
         "CursorPaginator",
         "HttpClient",
         "HttpSettings",

@@ -183,6 +183,8 @@ class Daemon:
         self._coord_wake.set()
         if self._coord.is_alive():
             self._coord.join(timeout=10)
+        if self.active_runs():
+            self._mark_stuck_interrupted(sorted(self.active_runs()))
         released = 0
         try:
             released = self.claims.release_all()
@@ -195,6 +197,20 @@ class Daemon:
         self.log.info("shutdown_finished", released_claims=released, stuck_runs=stuck)
         self.claims.close()
         return not stuck
+
+    def _mark_stuck_interrupted(self, names: list[str]) -> None:
+        """Runs that ignored their cancel token: their snapshots become ``interrupted``, never left ``running``."""
+        import sqlalchemy as sa
+
+        try:
+            with get_engine(self.database_url).begin() as conn:
+                conn.execute(sa.text(
+                    "UPDATE ingest.snapshots SET status = 'interrupted', finished_at = now(), "
+                    "error = coalesce(error, 'the daemon shut down before the run stopped') "
+                    "WHERE status = 'running' AND host = :h AND pid = :p AND connector = ANY(:names)"),
+                    {"h": socket.gethostname(), "p": os.getpid(), "names": names})
+        except Exception as e:  # noqa: BLE001 - the database may be down: shutdown goes on
+            self.log.error("shutdown_database_error", error=_brief(e))
 
     def reload(self, reason: str = "SIGHUP") -> bool:
         """Re-read the config file; an invalid one is reported and the running config kept."""

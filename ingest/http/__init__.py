@@ -13,6 +13,8 @@
   ``Link``, SCIM; loop detection in the base class; ``make_paginator`` by name.
 - Auth (``_auth``): bearer, basic, API key (any header, prefix, or query
   parameter), OAuth 2.0 client credentials; config models with ``SecretStr``.
+- ``CancelToken`` (``_cancel``): the run's cancellation (Ctrl-C, shutdown,
+  timeout); every wait and request of a client built with it stops with it.
 - ``HttpSettings`` (``_settings``): what every HTTP connector's settings include.
 """
 
@@ -25,6 +27,7 @@ from ingest.http._auth import (
     OAuth2ClientCredentials,
     OAuth2ClientCredentialsConfig,
 )
+from ingest.http._cancel import CancelToken
 from ingest.http._client import HttpClient, RateLimiter, retry_after_seconds
 from ingest.http._paginators import (
     PAGINATORS,
@@ -48,6 +51,7 @@ __all__ = [
     "BasicAuthConfig",
     "BearerAuth",
     "BearerTokenConfig",
+    "CancelToken",
     "CursorPaginator",
     "HttpClient",
     "HttpSettings",

@@ -7,7 +7,8 @@
 
 At most ``width`` fetches run at once and at most ``window`` (2 x width) are
 submitted and not yet taken, so memory holds a handful of pages however long
-the plan. The first failing fetch sets ``stop``: fetches not yet started give
+the plan. ``stop`` is a :class:`CancelToken`, a child of ``cancel`` (the run's token)
+when one is given. The first failing fetch sets ``stop``: fetches not yet started give
 up before sending, retries stop waiting, and the consumer gets that error when
 it reaches a page the failure cancelled (or the failed page itself).
 """
@@ -21,15 +22,14 @@ from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
+from ingest.errors import Cancelled
+from ingest.http._cancel import CancelToken
+
 __all__ = ["Ahead", "Cancelled"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 _END = object()
-
-
-class Cancelled(Exception):
-    """A fetch abandoned because the stream stopped (an error elsewhere, or the consumer left)."""
 
 
 class Ahead(Generic[T, R]):
@@ -39,10 +39,10 @@ class Ahead(Generic[T, R]):
     starting a request or waiting for a retry.
     """
 
-    def __init__(self, fetch: Callable[[T, threading.Event], R], items: Iterable[T], *, width: int,
+    def __init__(self, fetch: Callable[[T, CancelToken], R], items: Iterable[T], *, width: int,
                  window: int | None = None, key: Callable[[T], Hashable] = lambda item: item,
-                 name: str = "ingest-ahead") -> None:
-        self.stop = threading.Event()
+                 name: str = "ingest-ahead", cancel: CancelToken | threading.Event | None = None) -> None:
+        self.stop = CancelToken(parent=cancel)
         self._fetch, self._key = fetch, key
         self._items = iter(items)
         self._window = max(1, window or 2 * width)
@@ -69,7 +69,7 @@ class Ahead(Generic[T, R]):
         if error is not None and not isinstance(error, Cancelled):
             with self._lock:
                 self._error = self._error or error
-            self.stop.set()
+            self.stop.cancel("an earlier fetch failed")
 
     def next_is(self, key: Hashable) -> bool:
         """Whether ``take`` would return the result of the item with this key."""
@@ -85,12 +85,13 @@ class Ahead(Generic[T, R]):
             with self._lock:
                 error = self._error
             if error is None:
+                self.stop.check()  # the run's own reason (a timeout, a shutdown) when it was that
                 raise
             raise error from None
 
     def close(self) -> None:
         """Stop: queued fetches are cancelled, running ones give up at their next step; waits for them."""
-        self.stop.set()
+        self.stop.cancel("the stream stopped")
         for _, future in self._queue:
             future.cancel()
         self._queue.clear()

@@ -52,7 +52,9 @@ from ingest.errors import (
     ReadOnlyViolation,
     RetryableError,
 )
-from ingest.http._ahead import Ahead, Cancelled
+from ingest.errors import Cancelled
+from ingest.http._ahead import Ahead
+from ingest.http._cancel import CancelToken
 from ingest.http._paginators import PageRequest, Paginator, SinglePage, json_path
 from ingest.http._settings import HttpSettings, HttpStats
 from ingest.redact import redact, redact_url, register_secret
@@ -160,7 +162,7 @@ class RateLimiter:
             self._pace_until = now + reset_in
         return started
 
-    def acquire(self, cancel: threading.Event | None = None) -> float:
+    def acquire(self, cancel: CancelToken | threading.Event | None = None) -> float:
         """Wait for this request's slot (or until ``cancel`` is set); returns the seconds waited."""
         with self._lock:
             now = time.monotonic()
@@ -229,8 +231,10 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         read_only_queries: tuple[str, ...] = (),
         transport: httpx.BaseTransport | None = None,
+        cancel: CancelToken | None = None,
     ) -> None:
         self.settings = s = settings or HttpSettings()
+        self.cancel = cancel  # the run's token: every wait and every request of this client obeys it
         self.connector = connector
         self.stats = stats or HttpStats()
         self.base_url = base_url.rstrip("/") + "/"
@@ -315,8 +319,9 @@ class HttpClient:
         return path if path.startswith(("http://", "https://")) else urljoin(self.base_url, path.lstrip("/"))
 
     # -- one request -------------------------------------------------------
-    def _send_once(self, method: str, url: str, params: dict | None, cancel: threading.Event | None = None,
-                   **kw: Any) -> httpx.Response:
+    def _send_once(self, method: str, url: str, params: dict | None,
+                   cancel: CancelToken | threading.Event | None = None, **kw: Any) -> httpx.Response:
+        cancel = cancel if cancel is not None else self.cancel
         try:
             target = httpx.URL(url)
             if params:  # merge: httpx would replace a query string already in the URL (a next-page link)
@@ -328,13 +333,24 @@ class HttpClient:
         line = f"{method} {redact_url(request.url)}"
         self._guard(request)  # before counting or waiting: a refused request never leaves
         self.limiter.acquire(cancel)
-        with self._slots:
-            if cancel is not None and cancel.is_set():  # the stream stopped while this page waited its turn
-                raise Cancelled()
+        _stop_if_cancelled(cancel)
+        while not self._slots.acquire(timeout=0.1):  # a turn for a connection, or the run stops
+            _stop_if_cancelled(cancel)
+        try:
+            _stop_if_cancelled(cancel)  # the stream stopped while this page waited its turn
             self.stats.add("requests")
             started = time.monotonic()
+            deadline = started + self.settings.request_deadline
             try:
-                response = self._client.send(request)
+                response = self._client.send(request, stream=True)
+                try:
+                    # the whole answer within request_deadline; the run's token looked at between chunks
+                    # (the run's token, not a look-ahead's: a page already in flight is still read)
+                    response.stream = _BoundedStream(response.stream, deadline, self.cancel,
+                                                     self.settings.request_deadline)
+                    response.read()
+                finally:
+                    response.close()
             except httpx.TimeoutException as e:
                 raise RetryableError(f"timed out ({type(e).__name__})", request=line,
                                      connector=self.connector) from None
@@ -356,6 +372,12 @@ class HttpClient:
             except httpx.DecodingError as e:  # a corrupt compressed body: a cut connection, most likely
                 raise RetryableError(f"could not decode the body: {redact(str(e))}", request=line,
                                      connector=self.connector) from None
+            except _TooSlow:
+                raise RetryableError(f"the answer took longer than request_deadline "
+                                     f"({self.settings.request_deadline:g} s)", request=line,
+                                     connector=self.connector) from None
+        finally:
+            self._slots.release()
         log.debug("http_request", connector=self.connector, request=line, status=response.status_code,
                   ms=round((time.monotonic() - started) * 1000, 1))
         self._classify(response, line)
@@ -421,13 +443,13 @@ class HttpClient:
         log.warning("request_retry", connector=self.connector, attempt=state.attempt_number,
                     error=str(exc), sleep=round(state.upcoming_sleep, 3))
 
-    def _with_retries(self, fn: Callable[[], Any], cancel: threading.Event | None = None) -> Any:
+    def _with_retries(self, fn: Callable[[], Any], cancel: CancelToken | threading.Event | None = None) -> Any:
         attempts = 0
+        cancel = cancel if cancel is not None else self.cancel
 
         def attempt() -> Any:
             nonlocal attempts
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
+            _stop_if_cancelled(cancel)
             attempts += 1
             return fn()
 
@@ -451,7 +473,8 @@ class HttpClient:
         url, method = self.url(path), method.upper()
         return self._with_retries(lambda: self._send_once(method, url, params, **kw))
 
-    def _get_parsed(self, method: str, url: str, params: dict | None, cancel: threading.Event | None = None,
+    def _get_parsed(self, method: str, url: str, params: dict | None,
+                    cancel: CancelToken | threading.Event | None = None,
                     **kw: Any) -> tuple[httpx.Response, Any]:
         def attempt() -> tuple[httpx.Response, Any]:
             response = self._send_once(method, url, params, cancel, **kw)
@@ -540,7 +563,7 @@ class HttpClient:
                     planned = pager.plan(request)
                     if planned is not None:
                         ahead = Ahead(self._fetch_ahead, planned, width=width, key=PageRequest.signature,
-                                      name=f"ingest-pages-{self.connector or 'http'}")
+                                      name=f"ingest-pages-{self.connector or 'http'}", cancel=self.cancel)
                 yield records
                 if not pager.has_next:
                     if distinct is not None:
@@ -573,7 +596,7 @@ class HttpClient:
             received=received, announced=announced, connector=self.connector,
             request=f"GET {redact_url(response.request.url)}")
 
-    def _fetch_ahead(self, request: PageRequest, stop: threading.Event) -> tuple[httpx.Response, Any]:
+    def _fetch_ahead(self, request: PageRequest, stop: CancelToken) -> tuple[httpx.Response, Any]:
         return self._get_parsed("GET", request.url, request.params, cancel=stop)
 
     def _page_records(self, pager: Paginator, response: httpx.Response, data: Any,
@@ -618,6 +641,37 @@ class HttpClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stop_if_cancelled(cancel: CancelToken | threading.Event | None) -> None:
+    if cancel is None:
+        return
+    if isinstance(cancel, CancelToken):
+        cancel.check()
+    elif cancel.is_set():
+        raise Cancelled()
+
+
+class _TooSlow(Exception):
+    pass
+
+
+class _BoundedStream(httpx.SyncByteStream):
+    """A response body read against an overall deadline, stopping when the run's token is cancelled."""
+
+    def __init__(self, inner: Any, deadline: float, cancel: CancelToken | threading.Event | None,
+                 limit: float) -> None:
+        self._inner, self._deadline, self._cancel, self._limit = inner, deadline, cancel, limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            _stop_if_cancelled(self._cancel)
+            if time.monotonic() > self._deadline:
+                raise _TooSlow()
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _record_hash(id_field: str | None, record: Any) -> int:

@@ -13,6 +13,8 @@ class HttpSettings(BaseModel):
 
     timeout: float = Field(30.0, gt=0, description="Seconds to wait for a response.")
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for a connection.")
+    request_deadline: float = Field(300.0, gt=0, description="Longest time one request may take in all "
+                                    "(connection, sending, every byte of the answer); a slower one is retried.")
     verify_ssl: bool = Field(True, description="Verify the server's TLS certificate.")
     ca_bundle: str | None = Field(None, description="Path to a PEM CA bundle to trust.")
     proxy: str | None = Field(None, description="HTTP(S) proxy URL.")

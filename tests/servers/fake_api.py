@@ -116,6 +116,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     raw: bytes | None = None
     content_type: str = "application/json"
+    chunk_delay: float = 0.0  # > 0: the body trickles out 64 bytes at a time, this many seconds apart
 
     def payload(self) -> bytes:
         if self.raw is not None:
@@ -549,7 +550,13 @@ class FakeApi:
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(payload) if content_length is None else content_length))
         h.end_headers()
-        if h.command != "HEAD":
+        if h.command != "HEAD" and reply.chunk_delay:
+            for i in range(0, len(payload), 64):
+                h.wfile.write(payload[i:i + 64])
+                h.wfile.flush()
+                if self._stopping.wait(reply.chunk_delay):
+                    break
+        elif h.command != "HEAD":
             h.wfile.write(payload)
 
     def _fault(self, h: _RequestHandler, req: SeenRequest, fault: Fault) -> None:
