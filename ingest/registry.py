@@ -18,6 +18,7 @@ BUILTIN: dict[str, str] = {
     "okta": "connectors.okta:OktaConnector",
     "aws_iam": "connectors.aws_iam:AwsIamConnector",
     "entra": "connectors.entra:EntraConnector",
+    "github": "connectors.github:GithubConnector",
 }
 
 

@@ -51,6 +51,7 @@ from ingest.errors import (
     RateLimitedError,
     ReadOnlyViolation,
     RetryableError,
+    SourceError,
 )
 from ingest.errors import Cancelled
 from ingest.http._ahead import Ahead
@@ -218,6 +219,10 @@ class HttpClient:
     host and port) or is one of those declared endpoints: credentials are never
     sent to an origin the connector did not name, and never over http when
     ``base_url`` is https.
+
+    ``classify`` reads a source's own error answers before the generic rules:
+    it returns the error to raise (e.g. a ``RateLimitedError`` with the wait
+    the source's documentation prescribes) or None to leave the answer to them.
     """
 
     def __init__(
@@ -232,12 +237,14 @@ class HttpClient:
         read_only_queries: tuple[str, ...] = (),
         transport: httpx.BaseTransport | None = None,
         cancel: CancelToken | None = None,
+        classify: Callable[[httpx.Response], IngestError | None] | None = None,
     ) -> None:
         self.settings = s = settings or HttpSettings()
         self.cancel = cancel  # the run's token: every wait and every request of this client obeys it
         self.connector = connector
         self.stats = stats or HttpStats()
         self.base_url = base_url.rstrip("/") + "/"
+        self._source_classify = classify  # a source's own reading of its answers (GitHub's secondary limits)
         if isinstance(auth, httpx.BasicAuth):
             register_secret(str(getattr(auth, "_auth_header", "")).partition(" ")[2])
         token_urls = [u for u in (getattr(auth, "token_url", None),) if u]
@@ -385,6 +392,16 @@ class HttpClient:
 
     def _classify(self, response: httpx.Response, line: str) -> None:
         code = response.status_code
+        if self._source_classify is not None:
+            error = self._source_classify(response)
+            if error is not None:
+                error.connector = error.connector or self.connector
+                error.request = error.request or f"{line} -> {code}"
+                if isinstance(error, SourceError):
+                    error.status_code = error.status_code or code
+                if isinstance(error, RateLimitedError):
+                    self.stats.add("throttled")
+                raise error
         wait = retry_after_seconds(response)
         remaining, _ = _rate_limit(response)
         if 200 <= code < 300:
