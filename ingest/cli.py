@@ -566,11 +566,17 @@ def db_start(ctx: typer.Context) -> None:
 
 
 @db_app.command("stop")
-def db_stop(ctx: typer.Context) -> None:
-    """Stop the embedded server."""
+def db_stop(ctx: typer.Context, force: bool = typer.Option(False, "--force", help="Stop even while processes use it.")) -> None:
+    """Stop the embedded server (with processes attached: when the last one exits, unless --force)."""
     st = _state(ctx)
     embedded, _ = _embedded(st)
-    out.print("stopped" if embedded.stop() else "the embedded server was not running")
+    stopped, attached = embedded.stop(force=force)
+    if attached and not stopped:
+        pids = ", ".join(str(p) for p in attached)
+        err.print(f"{len(attached)} process(es) still use the embedded server (pid {pids}); it stops when the "
+                  "last one exits (--force stops it now)", markup=False, highlight=False)
+        raise typer.Exit(1)
+    out.print("stopped" if stopped else "the embedded server was not running")
 
 
 def main() -> None:

