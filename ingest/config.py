@@ -352,6 +352,28 @@ def _check_identity(config: Config, path: Path) -> None:
                                   f"(configured: {known})")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a duplicated key (two connectors with one name) instead of keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicated key {key!r} (first at line {first.line + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
     """Read and validate ``path`` (default: ``$INGEST_CONFIG`` or ``./schedules.yaml``)."""
     path = Path(path or os.environ.get("INGEST_CONFIG") or "schedules.yaml").resolve()
@@ -362,7 +384,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> LoadedConfig:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
