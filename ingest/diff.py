@@ -64,4 +64,50 @@ def diff_snapshots(engine: sa.Engine, connector: str, from_id: int | None, to_id
                 ORDER BY 1"""), {"c": connector, "a": from_id, "b": to_id})
             changes[name] = [{"change": ch, "key": _key(name, after or before), "before": before, "after": after}
                              for ch, before, after in rows]
+        _label(conn, connector, to_id, changes)
     return {"from": from_id, "to": to_id, "changes": changes}
+
+
+def _latest(conn, table: str, connector: str, upto: int, key: str, ids: set[str], cols: str) -> dict[str, dict]:
+    """The newest version (up to snapshot ``upto``) of each ``ids`` row: removed ones keep their last version."""
+    if not ids:
+        return {}
+    rows = conn.execute(sa.text(f"""
+        SELECT DISTINCT ON ({key}) {key} AS id, {cols} FROM ingest.{table}_history
+        WHERE connector = :c AND {key} = ANY(:ids) AND valid_from <= :b ORDER BY {key}, valid_from DESC"""),
+        {"c": connector, "ids": sorted(ids), "b": upto})
+    return {r.id: dict(r._mapping) for r in rows}
+
+
+def _label(conn, connector: str, upto: int, changes: dict[str, list[dict[str, Any]]]) -> None:
+    """Give each change a ``label`` a reviewer reads: who (email, username) and what (entitlement label)."""
+    def doc(c):
+        return c["after"] or c["before"]
+
+    account_ids = {doc(c)["account_id"] for e in ("account", "assignment") for c in changes.get(e, [])}
+    ent_ids = {doc(c)[k] for c in changes.get("nested_entitlement", []) for k in ("entitlement_id", "member_entitlement_id")}
+    ent_ids |= {doc(c)["entitlement_id"] for e in ("entitlement", "assignment") for c in changes.get(e, [])}
+    accounts = _latest(conn, "accounts", connector, upto, "account_id", account_ids, "email, username")
+    ents = _latest(conn, "entitlements", connector, upto, "entitlement_id", ent_ids, "label")
+
+    def who(account_id: str, parens: bool) -> str:
+        a = accounts.get(account_id) or {}
+        name = a.get("email") or a.get("username") or ""
+        if parens:
+            name = a.get("username") or a.get("email") or ""
+            return f"{account_id} ({name})" if name else account_id
+        return name
+
+    def what(entitlement_id: str) -> str:
+        return (ents.get(entitlement_id) or {}).get("label") or entitlement_id
+
+    for c in changes.get("account", []):
+        c["label"] = who(doc(c)["account_id"], parens=False)
+    for c in changes.get("resource", []) + changes.get("entitlement", []):
+        c["label"] = doc(c).get("label") or ""
+    for c in changes.get("assignment", []):
+        d = doc(c)
+        c["label"] = f"{who(d['account_id'], parens=True)} -> {what(d['entitlement_id'])}"
+    for c in changes.get("nested_entitlement", []):
+        d = doc(c)
+        c["label"] = f"{what(d['member_entitlement_id'])} -> {what(d['entitlement_id'])}"

@@ -138,3 +138,148 @@ class TestDatabaseUrl:
                                           "postgresql://nobody:pw-secret-1@127.0.0.1:1/x", "status"])
         assert result.exit_code == 1 and "cannot use the database" in result.output
         assert "pw-secret-1" not in result.output
+
+
+class TestReadOnlySql:
+    """`ingest sql` runs in a READ ONLY transaction unless --write."""
+
+    def test_delete_and_drop_fail_and_change_nothing(self, org):
+        assert org.run().exit_code == 0
+        for q in ("DELETE FROM ingest.snapshots", "DROP TABLE ingest.snapshots CASCADE",
+                  "UPDATE ingest.snapshots SET status = 'failed'",
+                  "SELECT 1; DELETE FROM ingest.snapshots",
+                  "COMMIT; DELETE FROM ingest.snapshots"):
+            result = org.cli("sql", q)
+            assert result.exit_code == 1, (q, result.output)
+            assert org.query("SELECT status FROM ingest.snapshots") == [{"status": "succeeded"}], q
+        assert "read-only" in org.cli("sql", "DELETE FROM ingest.snapshots").output
+        assert "--write" in org.cli("sql", "DELETE FROM ingest.snapshots").output
+
+    def test_write_changes_data_and_percent_signs_are_literal(self, org):
+        assert org.run().exit_code == 0
+        like = org.cli("sql", "SELECT count(*) AS n FROM ingest.accounts WHERE email LIKE '%@example.com'",
+                       "--format", "json")
+        assert like.exit_code == 0 and json.loads(like.output) == [{"n": 5}]
+        result = org.cli("sql", "--write", "UPDATE ingest.snapshots SET error = 'noted'")
+        assert result.exit_code == 0, result.output
+        assert org.query("SELECT error FROM ingest.snapshots") == [{"error": "noted"}]
+
+
+class TestErrorsAreText:
+    def test_markup_in_values_and_errors_prints_as_text(self, org):
+        result = org.cli("sql", "SELECT '[/x]' AS v, '[bold]b[/bold]' AS w")
+        assert result.exit_code == 0, result.output
+        assert "[/x]" in result.output and "[bold]b[/bold]" in result.output
+        bad = org.cli("sql", 'SELECT * FROM "[/x]"')
+        assert bad.exit_code == 1 and '"[/x]" does not exist' in bad.output
+
+    def test_connector_context_stays_in_messages(self, org):
+        org.connector["auth"] = {"token": "wrong-token-123"}
+        org.save()
+        bad = org.cli("check", "acme")
+        assert bad.exit_code == 1 and "[connector=acme]" in bad.output
+        org.connector["auth"] = {"token": "tok-9f8e7d6c5b4a"}
+        org.connector["settings"]["fail_in"] = "assignment"
+        org.save()
+        run = org.run()
+        assert run.exit_code == 1 and "injected failure in assignment" in run.output
+        assert "[connector=acme]" in run.output
+
+
+class TestDatabasePassword:
+    URL = "postgresql://bob:pw-secret-7@127.0.0.1:1/x"
+
+    def test_db_url_masks_a_configured_password_unless_asked(self, tmp_path):
+        from typer.testing import CliRunner
+
+        from ingest.cli import app
+
+        cfg = tmp_path / "schedules.yaml"
+        cfg.write_text("connectors: {}\n")
+        masked = CliRunner().invoke(app, ["--config", str(cfg), "--database-url", self.URL, "db", "url"])
+        assert masked.exit_code == 0 and masked.output.strip() == "postgresql://bob:***@127.0.0.1:1/x"
+        shown = CliRunner().invoke(app, ["--config", str(cfg), "--database-url", self.URL, "db", "url",
+                                         "--show-password"])
+        assert shown.output.strip() == self.URL
+
+    def test_db_shell_passes_the_password_in_the_environment_not_argv(self, tmp_path):
+        import os
+        import subprocess
+        import sys
+
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        seen = tmp_path / "seen.json"
+        psql = bin_dir / "psql"
+        psql.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                        f"json.dump({{'argv': sys.argv, 'pw': os.environ.get('PGPASSWORD')}}, open({str(seen)!r}, 'w'))\n")
+        psql.chmod(0o755)
+        cfg = tmp_path / "schedules.yaml"
+        cfg.write_text("connectors: {}\n")
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        proc = subprocess.run([sys.executable, "-c", "from ingest.cli import main; main()", "--config", str(cfg),
+                               "--database-url", self.URL, "db", "shell"], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(seen.read_text())
+        assert got["pw"] == "pw-secret-7"
+        assert got["argv"][1:] == ["postgresql://bob@127.0.0.1:1/x"]
+        assert "pw-secret-7" not in proc.stdout + proc.stderr
+
+
+class TestUsage:
+    """Mistakes in names, options and the config exit 2 and say what was wrong."""
+
+    def test_a_duplicated_connector_name_is_a_config_error_naming_the_line(self, tmp_path, database_url):
+        from tests.engine import cli
+
+        cfg = tmp_path / "schedules.yaml"
+        cfg.write_text("connectors:\n  acme:\n    type: file\n    settings: {path: a.json}\n"
+                       "  acme:\n    type: file\n    settings: {path: b.json}\n")
+        result = cli(cfg, database_url, "status")
+        assert result.exit_code == 2
+        assert "line 5" in result.output and "duplicated key 'acme'" in result.output
+
+    @pytest.mark.parametrize("command", ["snapshots", "diff", "check"])
+    def test_an_unknown_connector_name_exits_2_naming_it(self, org, command):
+        result = org.cli(command, "acmee")
+        assert result.exit_code == 2, result.output
+        assert "'acmee'" in result.output and "acme" in result.output.replace("'acmee'", "")
+
+    def test_a_connector_only_in_history_is_still_known(self, org):
+        assert org.run().exit_code == 0
+        org.config.write_text("connectors: {}\n")
+        result = org.cli("snapshots", "acme", "--json")
+        assert result.exit_code == 0 and len(json.loads(result.output)) == 1
+
+    def test_bad_option_values_are_quoted_back(self, org):
+        fmt = org.cli("sql", "SELECT 1", "--format", "xml")
+        assert fmt.exit_code == 2 and "--format 'xml': must be one of table, csv, json" in fmt.output
+        from typer.testing import CliRunner
+
+        from ingest.cli import app
+
+        log = CliRunner().invoke(app, ["--log-format", "xml", "--config", str(org.config), "status"])
+        assert log.exit_code == 2 and "--log-format 'xml': must be one of console, json" in log.output
+        frm = org.cli("diff", "acme", "--from", "abc")
+        assert frm.exit_code == 2 and "'abc'" in frm.output and "--from" in frm.output
+
+
+class TestDiffNamesPeople:
+    def test_diff_shows_who_and_what_beside_the_ids(self, org):
+        assert org.run().exit_code == 0
+        org.data["account"].append({"account_id": "u2002", "email": "ada.lovelace@example.com", "username": "ada"})
+        org.data["entitlement"].append({"entitlement_type": "license", "entitlement_id": "lic-standard",
+                                        "label": "Standard licence"})
+        org.data["assignment"] = [{"account_id": "u2", "entitlement_id": "lic-standard"}]
+        org.save()
+        second = org.run("--allow-mass-delete")  # the one grant there was is removed
+        assert second.exit_code == 0, second.output
+        text = org.cli("diff", "acme").output
+        assert "+ u2002 ada.lovelace@example.com" in text
+        assert "+ lic-standard Standard licence" in text
+        assert "+ u2 (user2) -> Standard licence" in text
+        assert "- u1 (user1) -> Admins" in text
+        changes = json.loads(org.cli("diff", "acme", "--json").output)["changes"]
+        assert {c["label"] for c in changes["assignment"]} == {"u2 (user2) -> Standard licence",
+                                                                "u1 (user1) -> Admins"}
