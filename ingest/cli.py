@@ -248,8 +248,11 @@ def check(ctx: typer.Context, name: str = typer.Argument(..., help="Connector in
     loaded = st.loaded()
     _known(st, name)
     rc = loaded.connector(name)
+    from ingest.credentials._cli import store_for
+
     try:
-        ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir))
+        ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir),
+                               credentials=store_for(st, loaded))
         with rc.cls(ctx) as connector:
             info = connector.validate_credentials() or {}
     except IngestError as e:
@@ -496,6 +499,25 @@ def sql_cmd(ctx: typer.Context, query: str, fmt: str = typer.Option("table", "--
             table.add_row(*("" if v is None else (json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)) for v in r))
         out.print(table)
         out.print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})", style="dim")
+
+
+# -- auth -------------------------------------------------------------------------------
+
+@app.command()
+def auth(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Connector instance name."),
+    paste: bool = typer.Option(False, "--paste", help="Read the redirected URL from stdin instead of listening."),
+    status_: bool = typer.Option(False, "--status", help="Show what is stored (never the token)."),
+    forget: bool = typer.Option(False, "--forget", help="Delete the stored tokens."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the browser's redirect."),
+) -> None:
+    """OAuth 2.0 consent for a connector: prints the URL, receives the callback, stores the tokens."""
+    from ingest.credentials._cli import auth_command
+
+    st = _state(ctx)
+    raise typer.Exit(auth_command(st, st.loaded(), name, paste=paste, status=status_, forget=forget,
+                                  timeout=timeout, out=out, err=err))
 
 
 # -- people: who / report -------------------------------------------------------------

@@ -136,6 +136,8 @@ class TokenAuth(httpx.Auth):
     def bind(self, store: Any, connector: str) -> TokenAuth:
         if self.store is None:
             self.store, self.connector = store, connector
+            if getattr(self.grant, "connector", "") is None:
+                self.grant.connector = connector  # named in "run `ingest auth NAME`"
         return self
 
     @property

@@ -260,8 +260,7 @@ class OAuth2AuthorizationCode(Credential):
                            self.method, self.token_url)
 
     def grant(self, connector: str | None) -> RefreshGrant:
-        return RefreshGrant(self.token_url, self.client_auth(), " ".join(self.scopes) or None,
-                            connector or "this connector")
+        return RefreshGrant(self.token_url, self.client_auth(), " ".join(self.scopes) or None, connector)
 
     def httpx_auth(self, store: Any = None, connector: str | None = None) -> httpx.Auth:
         return TokenAuth(self.grant(connector), store=store, connector=connector)

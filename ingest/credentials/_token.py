@@ -29,6 +29,7 @@ __all__ = [
     "Grant",
     "ClientCredentialsGrant",
     "RefreshGrant",
+    "AuthorizationCodeGrant",
     "JwtBearerGrant",
     "GitHubInstallationGrant",
     "AssumeRoleGrant",
@@ -224,15 +225,19 @@ class RefreshGrant(Grant):
     kind = "oauth2_authorization_code"
     what = "refresh token"
 
-    def __init__(self, token_url: str, client: _ClientAuth, scope: str | None, connector: str) -> None:
+    def __init__(self, token_url: str, client: _ClientAuth, scope: str | None, connector: str | None) -> None:
         self.token_url, self.client, self.scope, self.connector = token_url, client, scope, connector
 
     def _identity(self) -> str:
         return self.client.client_id
 
+    @property
+    def name(self) -> str:
+        return self.connector or "NAME"
+
     def request(self, current: Token | None) -> httpx.Request:
         if current is None or not current.refresh_token:
-            raise ConsentRequired(f"{self.connector} has no stored consent: run `ingest auth {self.connector}`",
+            raise ConsentRequired(f"{self.name} has no stored consent: run `ingest auth {self.name}`",
                                   connector=self.connector)
         form = {"grant_type": "refresh_token", "refresh_token": current.refresh_token}
         headers: dict[str, str] = {}
@@ -244,11 +249,39 @@ class RefreshGrant(Grant):
             err = token_error(response, self.what, self.token_url)
             if getattr(err, "oauth_error", None) == "invalid_grant":
                 raise ConsentRequired(
-                    f"the consent for {self.connector} has expired or was revoked (invalid_grant): "
-                    f"run `ingest auth {self.connector}` again", connector=self.connector,
+                    f"the consent for {self.name} has expired or was revoked (invalid_grant): "
+                    f"run `ingest auth {self.name}` again", connector=self.connector,
                     request=getattr(err, "request", None))
             raise err
         return super().parse(response, current)
+
+
+class AuthorizationCodeGrant(RefreshGrant):
+    """RFC 6749 §4.1.3 with PKCE (RFC 7636): the code from the redirect plus the verifier buy the first tokens.
+
+    Stored under the same binding as :class:`RefreshGrant`, so later runs refresh what this obtained.
+    """
+
+    what = "authorization code"
+
+    def __init__(self, token_url: str, client: _ClientAuth, scope: str | None, connector: str | None, *, code: str,
+                 redirect_uri: str, code_verifier: str) -> None:
+        super().__init__(token_url, client, scope, connector)
+        self.code, self.redirect_uri, self.code_verifier = code, redirect_uri, code_verifier
+        register_secret(code)
+        register_secret(code_verifier)
+
+    def request(self, current: Token | None) -> httpx.Request:
+        form = {"grant_type": "authorization_code", "code": self.code, "redirect_uri": self.redirect_uri,
+                "code_verifier": self.code_verifier}
+        headers: dict[str, str] = {}
+        self.client.apply(form, headers)
+        return _post(self.token_url, form, headers)
+
+    def parse(self, response: httpx.Response, current: Token | None) -> Token:
+        if response.status_code != 200:
+            raise token_error(response, self.what, self.token_url)
+        return _parse_oauth(response, self.token_url, self.what, None)
 
 
 class JwtBearerGrant(Grant):
