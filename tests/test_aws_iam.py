@@ -101,7 +101,7 @@ def _user(n: int, groups=()):
 class TestPaging:
     def test_every_page_of_the_authorization_details_is_read_while_is_truncated(self):
         settings = AwsIamSettings(page_size=2, credential_report=False, endpoint_url="https://iam.invalid")
-        auth = AwsAuth(access_key_id="AKIAX", secret_access_key="s")
+        auth = AwsAuth.model_validate({"access_key_id": "AKIAX", "secret_access_key": "s"})
         conn = AwsIamConnector(ConnectorContext(name="aws", settings=settings, auth=auth))
         client = read_only_client(boto3.Session(aws_access_key_id="AKIAX", aws_secret_access_key="s"),
                                   region="us-east-1", endpoint_url="https://iam.invalid")

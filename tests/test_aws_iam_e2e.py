@@ -30,6 +30,13 @@ def moto():
         yield server
 
 
+@pytest.fixture
+def moto_managed():
+    """With AWS-managed policies, to attach them."""
+    with MotoIam(managed_policies=True) as server:
+        yield server
+
+
 def write_config(tmp_path: Path, moto: MotoIam, **auth: Any) -> Path:
     auth = {"access_key_id": "AKIAINGESTTEST000001", "secret_access_key": "${AWS_E2E_SECRET}", **auth}
     cfg = {"connectors": {NAME: {"type": "aws_iam", "settings": {
@@ -85,8 +92,9 @@ def frozen(rows_: list[dict[str, Any]]) -> set[str]:
 
 
 class TestTwoDays:
-    def test_day_one_maps_the_account_and_day_two_shows_exactly_the_changes(self, tmp_path, database_url, moto,
-                                                                           monkeypatch):
+    def test_day_one_maps_the_account_and_day_two_shows_exactly_the_changes(self, tmp_path, database_url,
+                                                                           moto_managed, monkeypatch):
+        moto = moto_managed
         secret = "aws-e2e-" + uuid.uuid4().hex
         monkeypatch.setenv("AWS_E2E_SECRET", secret)
         iam = moto.client()

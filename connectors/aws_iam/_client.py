@@ -60,23 +60,25 @@ def _action_of(body: Any) -> str | None:
 
 
 def session_for(auth: Any, region: str, sts_endpoint_url: str | None = None) -> boto3.Session:
-    """A boto3 session with the configured keys; assuming ``auth.role_arn`` when set.
+    """A boto3 session with the ``aws`` credential's keys, assuming ``role_arn`` when it names one.
 
     The assumed role's credentials refresh themselves before they expire
     (botocore's ``RefreshableCredentials``), so a long run never fails on an
-    expired session.
+    expired session. boto3 does the signing (SigV4), so the credential layer's
+    httpx signer is not used here.
     """
     key = auth.access_key_id
     secret = auth.secret_access_key.get_secret_value() if auth.secret_access_key else None
     token = auth.session_token.get_secret_value() if auth.session_token else None
     for value in (secret, token):
         register_secret(value)
+    sts_region = getattr(auth, "region", None) or region
     base = boto3.Session(aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token,
-                         region_name=auth.region or region)
+                         region_name=sts_region)
     if not auth.role_arn:
         return base
-    sts = base.client("sts", endpoint_url=sts_endpoint_url, region_name=auth.region or region)
-    params = {"RoleArn": auth.role_arn, "RoleSessionName": auth.role_session_name}
+    sts = base.client("sts", endpoint_url=getattr(auth, "sts_url", None) or sts_endpoint_url, region_name=sts_region)
+    params = {"RoleArn": auth.role_arn, "RoleSessionName": getattr(auth, "session_name", None) or "ingest"}
     if auth.external_id:
         params["ExternalId"] = auth.external_id
 
@@ -92,7 +94,7 @@ def session_for(auth: Any, region: str, sts_endpoint_url: str | None = None) -> 
         metadata=assume(), refresh_using=assume, method="sts-assume-role")
     core = botocore.session.get_session()
     core._credentials = refreshable  # botocore's documented way to hand a session ready-made credentials
-    return boto3.Session(botocore_session=core, region_name=auth.region or region)
+    return boto3.Session(botocore_session=core, region_name=sts_region)
 
 
 def read_only_client(session: boto3.Session, *, region: str, endpoint_url: str | None = None,

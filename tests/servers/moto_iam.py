@@ -4,7 +4,7 @@ by the test, plus a boto3 client tests populate it with.
 moto keeps its state per process, not per server: ``start`` resets it so each
 test sees an empty account. AWS-managed policies are loaded
 (``MOTO_IAM_LOAD_MANAGED_POLICIES``) so tests can attach them, as in a real
-account. Where moto differs from IAM: it never records ``PasswordLastUsed`` or
+account (only when asked: loading them costs seconds). Where moto differs from IAM: it never records ``PasswordLastUsed`` or
 access-key use (the credential report says ``N/A``), and it ignores ``MaxItems``
 on several listings (paging is tested with botocore's Stubber instead).
 """
@@ -23,18 +23,22 @@ ACCOUNT = "123456789012"
 
 
 class MotoIam:
-    def __init__(self) -> None:
+    """``managed_policies``: load the ~1,300 AWS-managed policies (seconds of CPU on every reset: only
+    for tests that attach them)."""
+
+    def __init__(self, managed_policies: bool = False) -> None:
         self._server = None
+        self.managed_policies = managed_policies
 
     def start(self) -> Self:
-        os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
+        os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true" if self.managed_policies else "false"
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
 
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
-        httpx.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
+        httpx.post(f"{self.url}/moto-api/reset", timeout=120).raise_for_status()
         return self
 
     def stop(self) -> None:
