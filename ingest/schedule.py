@@ -36,6 +36,7 @@ __all__ = [
     "fire_time",
     "is_misfire",
     "jitter_offset",
+    "schedule_period",
     "next_run_times",
     "next_slot",
     "previous_slot",
@@ -122,8 +123,38 @@ def _is_repeated_wall_time(t: datetime) -> bool:
     return exists and first.utcoffset() != t.utcoffset()
 
 
-def jitter_offset(name: str, jitter: float) -> float:
-    """Seconds connector ``name`` starts after its slot: stable, uniform in ``[0, jitter)``."""
+JITTER_PERIOD_FRACTION = 0.25  # a start is never spread by more than a quarter of the schedule's period
+
+
+@lru_cache(maxsize=4096)
+def schedule_period(schedule: str, tz: str = "UTC") -> float | None:
+    """The shortest gap in seconds between two consecutive slots of ``schedule`` (None: fewer than two slots).
+
+    Measured over the slots following a fixed instant, so it is the same on every call.
+    """
+    trig = trigger_for(schedule, tz)
+    at, prev, gap = datetime(2026, 1, 4, tzinfo=UTC), None, None
+    for _ in range(64):
+        t = trig.get_next_fire_time(prev, at)
+        if t is None:
+            break
+        if prev is not None:
+            d = (t - prev).total_seconds()
+            gap = d if gap is None else min(gap, d)
+        prev, at = t, t + timedelta(seconds=1)
+    return gap
+
+
+def jitter_offset(name: str, jitter: float, schedule: str | None = None, tz: str = "UTC") -> float:
+    """Seconds connector ``name`` starts after its slot: stable, uniform in ``[0, window)``.
+
+    ``window`` is ``jitter``, capped at a quarter of the schedule's period when the schedule
+    is given: ``* * * * *`` spreads over 15 s, never into the next minute's slot.
+    """
+    if schedule is not None:
+        period = schedule_period(schedule, tz)
+        if period is not None:
+            jitter = min(jitter, period * JITTER_PERIOD_FRACTION)
     if jitter <= 0:
         return 0.0
     h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
@@ -301,7 +332,8 @@ def next_run_times(loaded: Any, engine: Any = None, now: datetime | None = None)
         elif name in planned:
             result[name] = planned[name]
         else:
-            trig = SlotTrigger(rc.schedule, loaded.config.timezone, jitter_offset(name, jitter))
+            trig = SlotTrigger(rc.schedule, loaded.config.timezone,
+                               jitter_offset(name, jitter, rc.schedule, loaded.config.timezone))
             result[name] = trig.get_next_fire_time(None, now)
     return result
 

@@ -18,6 +18,7 @@ from ingest.schedule import (
     next_slot,
     previous_slot,
     retry_delay,
+    schedule_period,
     slot_period,
 )
 
@@ -126,6 +127,23 @@ class TestJitter:
 
     def test_no_jitter_means_no_offset(self):
         assert jitter_offset("github", 0) == 0.0
+
+    def test_the_offset_never_exceeds_a_quarter_of_the_schedule_period(self):
+        """The default 300 s on `* * * * *` would start each minute's run after the next minute began."""
+        assert schedule_period("* * * * *", "UTC") == 60
+        assert schedule_period("*/5 * * * *", "UTC") == 300
+        assert schedule_period("0 2 * * *", "UTC") == 86400
+        for schedule, cap in (("* * * * *", 15), ("*/5 * * * *", 75), ("0 * * * *", 300), ("0 2 * * *", 300)):
+            offsets = [jitter_offset(f"conn-{i}", 300, schedule, "UTC") for i in range(500)]
+            assert all(0 <= o < cap for o in offsets), schedule
+            assert max(offsets) > cap * 0.9, "the whole capped window is used"
+        assert jitter_offset("github", 300, "0 2 * * *", BERLIN) == jitter_offset("github", 300)
+
+    def test_each_minute_run_fires_within_its_own_minute(self):
+        trig = SlotTrigger("* * * * *", "UTC", jitter_offset("acme", 300, "* * * * *", "UTC"))
+        now = utc(2026, 5, 1, 12, 0, 30)
+        fire = trig.get_next_fire_time(None, now)
+        assert utc(2026, 5, 1, 12, 1) <= fire < utc(2026, 5, 1, 12, 1, 15)
 
     def test_offsets_stay_within_the_window(self):
         offsets = [jitter_offset(f"conn-{i}", 300) for i in range(1000)]

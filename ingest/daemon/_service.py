@@ -274,7 +274,7 @@ class Daemon:
     # -- jobs ------------------------------------------------------------------------------
     def _apply(self, new: LoadedConfig) -> dict[str, list[str]]:
         tz, jitter = new.config.timezone, new.config.daemon.jitter
-        want = {n: SlotTrigger(rc.schedule, tz, jitter_offset(n, jitter))
+        want = {n: SlotTrigger(rc.schedule, tz, jitter_offset(n, jitter, rc.schedule, tz))
                 for n, rc in new.connectors.items() if rc.enabled and self._placed(rc)}
         with self._lock:
             old, have = self.loaded, dict(self._triggers)
@@ -489,7 +489,7 @@ class Daemon:
                 delay = retry_delay(attempt, policy.retry_backoff)
                 at = self.clock() + timedelta(seconds=delay)
                 nxt = next_slot(rc.schedule, self.loaded.config.timezone, slot + timedelta(microseconds=1))
-                offset = jitter_offset(name, policy.jitter)
+                offset = jitter_offset(name, policy.jitter, rc.schedule, self.loaded.config.timezone)
                 if nxt is None or at < fire_time(nxt, offset):
                     self.claims.wait_retry(name, slot, at, result.snapshot_id)
                     self._add_once("retry", name, at, self._on_retry, slot, attempt + 1)
