@@ -547,7 +547,9 @@ def report(ctx: typer.Context, out_dir: Path = typer.Option(Path("access-review"
 
 @app.command()
 def daemon(ctx: typer.Context, watch_config: bool = typer.Option(False, "--watch-config", help="Reload schedules.yaml when it changes."),
-           label: list[str] = typer.Option([], "--label", "-l", help="Run only the connectors placed on this label (runs_on); repeatable.")) -> None:
+           label: list[str] = typer.Option([], "--label", "-l", help="Run only the connectors placed on this label (runs_on); repeatable."),
+           listen: Optional[str] = typer.Option(None, "--listen", help="host:port of /healthz and /metrics for this daemon "
+                                                "(overrides daemon.listen; 'off' turns it off).")) -> None:
     """Run forever: fire every enabled connector on its schedule (with --label: those placed on the labels)."""
     from ingest.config import validate_label
     from ingest.daemon import serve
@@ -561,7 +563,7 @@ def daemon(ctx: typer.Context, watch_config: bool = typer.Option(False, "--watch
     loaded = st.loaded()
     url = st.url(loaded)
     raise typer.Exit(serve(st.config_path, loaded, url, watch_config=watch_config or loaded.config.daemon.watch_config,
-                           labels=label))
+                           labels=label, listen=None if listen is None else ("" if listen == "off" else listen)))
 
 
 # -- db -------------------------------------------------------------------------------

@@ -338,3 +338,47 @@ def test_daemon_label_must_be_a_plain_name(tmp_path):
     res = CliRunner().invoke(app, ["--config", str(cfg), "daemon", "--label", "dmz berlin"])
     assert res.exit_code == 2
     assert "dmz berlin" in res.output and "--label" in res.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_daemons_with_one_config_both_keep_running_when_the_metrics_port_is_taken(tmp_path, database_url, spawn):
+    """High availability from one config: the second daemon cannot bind daemon.listen, says so and schedules."""
+    port = _free_port()
+    schedule = past_daily(2)  # never run: each daemon catches its connector up at once
+    cfg = write_config(tmp_path, {"hq": {**file_connector(tmp_path, "hq", org()), "schedule": schedule},
+                                  "edge": {**file_connector(tmp_path, "edge", org()), "schedule": schedule,
+                                           "runs_on": ["edge"]}},
+                       listen=f"127.0.0.1:{port}")
+    first = spawn(cfg)
+    assert first.wait_event("http_listening")["port"] == port
+    first.wait_event("daemon_started")
+    second = spawn(cfg, "--label", "edge")  # one config; placement only tells which daemon ran what
+    failed = second.wait_event("metrics_listen_failed")
+    assert failed["level"] == "error" and failed["listen"] == f"127.0.0.1:{port}" and "--listen" in failed["hint"]
+    second.wait_event("daemon_started")
+    wait_db(lambda: {s["connector"] for s in snapshots(database_url) if s["status"] == "succeeded"} == {"hq", "edge"},
+            timeout=60, what="both connectors' runs")
+    assert first.proc.poll() is None and second.proc.poll() is None, "both daemons keep running"
+    assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    for d in (first, second):
+        d.signal(signal.SIGTERM)
+    assert [first.wait(timeout=20), second.wait(timeout=20)] == [0, 0]
+
+
+def test_listen_on_the_command_line_overrides_the_config(tmp_path, database_url, spawn):
+    port = _free_port()
+    cfg = write_config(tmp_path, {"hq": {**file_connector(tmp_path, "hq", org()), "schedule": "0 3 * * *"}},
+                       listen=None)
+    d = spawn(cfg, "--listen", f"127.0.0.1:{port}")
+    assert d.wait_event("http_listening")["port"] == port
+    status, body = get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200 and b"ingest_" in body
+    d.signal(signal.SIGTERM)
+    assert d.wait(timeout=20) == 0

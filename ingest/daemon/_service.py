@@ -41,7 +41,7 @@ from ingest.config import LoadedConfig, ResolvedConnector, load_config
 from ingest.daemon._claims import Claims
 from ingest.daemon._http import DaemonMetrics, ObservabilityServer
 from ingest.db import get_engine, migrate
-from ingest.errors import AlreadyRunningError
+from ingest.errors import AlreadyRunningError, ConfigError, IngestError
 from ingest.redact import redact
 from ingest.runner import RunResult, run
 from ingest.schedule import (
@@ -104,8 +104,10 @@ class Daemon:
     """
 
     def __init__(self, loaded: LoadedConfig, database_url: str, *, daemon_id: str | None = None,
-                 clock: Callable[[], datetime] | None = None, labels: tuple[str, ...] | list[str] = ()) -> None:
+                 clock: Callable[[], datetime] | None = None, labels: tuple[str, ...] | list[str] = (),
+                 listen: str | None = None) -> None:
         self.loaded = loaded
+        self.listen = listen if listen is not None else loaded.config.daemon.listen  # --listen wins; "" is off
         # placement: with labels, only the connectors whose runs_on names one of them; without, the unplaced ones
         self.labels = tuple(sorted(set(labels)))
         self.database_url = database_url
@@ -139,8 +141,15 @@ class Daemon:
     def start(self) -> None:
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         migrate(get_engine(self.database_url))
-        if self.settings.listen:
-            self.http = ObservabilityServer(self.settings.listen, self)
+        if self.listen:
+            try:
+                self.http = ObservabilityServer(self.listen, self)
+            except ConfigError:
+                raise
+            except IngestError as e:  # the port is taken (a second daemon on this host): schedule anyway
+                self.log.error("metrics_listen_failed", listen=self.listen, error=str(e),
+                               hint="this daemon keeps scheduling without /healthz and /metrics; "
+                                    "give each daemon on a host its own `ingest daemon --listen HOST:PORT`")
         self.claims.register(listen=self.http.address if self.http else None, config_path=str(self.loaded.path),
                              version=__version__)
         if self.http:
@@ -597,9 +606,9 @@ def _file_state(path: Path) -> tuple[int, int, int] | None:
 
 
 def serve(config_path: str | None, loaded: LoadedConfig, database_url: str, watch_config: bool = False,
-          labels: tuple[str, ...] | list[str] = ()) -> int:
+          labels: tuple[str, ...] | list[str] = (), listen: str | None = None) -> int:
     """``ingest daemon``: run until SIGTERM / SIGINT (exit 0); SIGHUP or a changed file reloads the config."""
-    daemon = Daemon(loaded, database_url, labels=labels)
+    daemon = Daemon(loaded, database_url, labels=labels, listen=listen)
     path = loaded.path
     wake = threading.Event()
     received = {"term": 0, "hup": 0}
