@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ingest.credentials import credentials
+from ingest.credentials import Aws
 
 __all__ = ["AwsAuth", "AwsIamSettings"]
 
@@ -43,6 +43,6 @@ class AwsIamSettings(BaseModel):
         return v.rstrip("/")
 
 
-AwsAuth = credentials("aws", name="AwsAuth")
+AwsAuth = Aws
 """The shared ``aws`` credential kind: ``access_key_id``, ``secret_access_key``, ``session_token``,
 ``role_arn`` (+ ``external_id``, ``session_name``, ``sts_url``) and ``region`` (of STS)."""
