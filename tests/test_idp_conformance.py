@@ -4,6 +4,8 @@ answers validate against its schemas (so the fakes cannot drift into an API of t
 
 - Okta: the management API description in the npm package ``@okta/openapi`` (Swagger 2.0,
   installed by ``make node-deps`` into tests/node/node_modules).
+- Google: the Directory API discovery document shipped in google-api-python-client
+  (``googleapiclient/discovery_cache/documents/admin.directory_v1.json``).
 - Microsoft Graph: no installable description is small enough to ship, so :data:`GRAPH_V1` transcribes
   the v1.0 reference pages of the operations used (their "HTTP request" and "Optional query
   parameters" sections, and the resource types' property tables).
@@ -22,8 +24,11 @@ import jsonschema
 import pytest
 
 from connectors.entra import EntraAuth, EntraConnector, EntraSettings
+from connectors.google_workspace import SCOPES as GOOGLE_SCOPES
+from connectors.google_workspace import GoogleWorkspaceConnector
 from connectors.okta import OktaAuth, OktaConnector, OktaSettings
 from ingest.connector import ConnectorContext
+from tests.servers import google_directory_server as gds
 from tests.servers import graph_server
 from tests.servers.okta_server import OktaServer, make_tenant
 
@@ -273,3 +278,119 @@ class TestGraph:
                     check_graph_object(obj, rtype)
             err = httpx.get(server.url("/v1.0/users"), headers={"Authorization": "Bearer nope"})
             assert err.status_code == 401 and set(err.json()["error"]) == {"code", "message", "innerError"}
+
+
+# -- Google Directory API (discovery document) ------------------------------------------------------------
+
+def _discovery() -> dict[str, Any]:
+    import googleapiclient
+
+    path = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents" / "admin.directory_v1.json"
+    return _load(path, "install the test extra (google-api-python-client)")
+
+
+@pytest.fixture(scope="module")
+def directory() -> dict[str, Any]:
+    return _discovery()
+
+
+def discovery_methods(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+
+    def walk(resources: dict[str, Any]) -> None:
+        for res in resources.values():
+            out.extend(res.get("methods", {}).values())
+            walk(res.get("resources", {}))
+
+    walk(doc["resources"])
+    return out
+
+
+def discovery_schema(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """A discovery schema as JSON Schema: ``$ref: Name`` -> ``#/definitions/Name``; objects are strict
+    (a fake may not invent properties); ``format: int64`` values are strings, as the API sends them."""
+
+    def conv(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return {"$ref": f"#/definitions/{node['$ref']}"}
+            out = {k: conv(v) for k, v in node.items() if k in ("type", "items", "additionalProperties", "enum")}
+            if "properties" in node:
+                out["properties"] = {name: conv(prop) for name, prop in node["properties"].items()}
+            if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
+                out["additionalProperties"] = False
+            if node.get("type") == "any":
+                out.pop("type", None)
+            return out
+        return node
+
+    return {"definitions": {k: conv(v) for k, v in doc["schemas"].items()}, "$ref": f"#/definitions/{name}"}
+
+
+class TestGoogle:
+    def test_every_request_the_connector_sends_is_a_method_with_its_parameters(self, directory):
+        t = gds.make_tenant(n_users=700, n_groups=5, big_group=450)
+        key = gds.service_account_key("http://placeholder/token")
+        server = gds.GoogleDirectoryServer(t).start()
+        key["token_uri"] = server.token_uri
+        server.trust(key)
+        try:
+            c = GoogleWorkspaceConnector
+            ctx = ConnectorContext("gws", c.Settings(api_url=server.root_url), c.Auth.model_validate(
+                {"service_account_json": json.dumps(key), "subject": "user0@acme.test"}))
+            with c(ctx) as conn:
+                conn.validate_credentials()
+                for cap in ("list_accounts", "list_entitlements", "find_entitlement_associations",
+                            "get_last_activity"):
+                    list(getattr(conn, cap)())
+        finally:
+            server.stop()
+        methods = [(m, _template_rx("/" + m["path"].replace("{+", "{"))) for m in discovery_methods(directory)]
+        seen = set()
+        for req in server.requests:
+            if req.path == "/token":
+                continue
+            assert req.method == "GET"
+            found = [m for m, rx in methods if m["httpMethod"] == "GET" and rx.match(req.path)]
+            assert found, f"GET {req.path} is not a Directory API method"
+            method = min(found, key=lambda m: m["path"].count("{"))
+            params = method.get("parameters", {})
+            assert set(req.query) <= set(params) | set(directory["parameters"]), (method["id"], req.query)
+            for name, value in req.query.items():
+                spec = params.get(name, {})
+                if "maximum" in spec:
+                    assert int(value) <= int(spec["maximum"]), (method["id"], name, value)
+                if "enum" in spec:
+                    assert value in spec["enum"]
+            assert set(method["scopes"]) & set(GOOGLE_SCOPES.values()), f"{method['id']}: no read-only scope"
+            seen.add(method["id"])
+        assert seen == {"directory.customers.get", "directory.users.list", "directory.groups.list",
+                        "directory.members.list", "directory.roles.list", "directory.roleAssignments.list"}
+
+    @pytest.mark.parametrize("path, schema", [
+        ("/admin/directory/v1/customers/my_customer", "Customer"),
+        ("/admin/directory/v1/users?customer=my_customer&maxResults=500", "Users"),
+        ("/admin/directory/v1/groups?customer=my_customer", "Groups"),
+        ("/admin/directory/v1/groups/{group}/members", "Members"),
+        ("/admin/directory/v1/customer/my_customer/roles", "Roles"),
+        ("/admin/directory/v1/customer/my_customer/roleassignments", "RoleAssignments"),
+    ])
+    def test_the_fake_answers_validate_against_the_discovery_schemas(self, directory, path, schema):
+        t = gds.make_tenant(n_users=40, n_groups=4)
+        key = gds.service_account_key("http://placeholder/token")
+        with gds.GoogleDirectoryServer(t) as server:
+            key["token_uri"] = server.token_uri
+            server.trust(key)
+            import jwt as pyjwt
+            now = int(__import__("time").time())
+            assertion = pyjwt.encode({"iss": key["client_email"], "sub": "user0@acme.test", "aud": server.token_uri,
+                                      "iat": now, "exp": now + 600, "scope": " ".join(gds.SCOPES.values())},
+                                     key["private_key"], algorithm="RS256")
+            token = httpx.post(server.token_uri, data={"grant_type": gds.JWT_BEARER, "assertion": assertion}).json()
+            group = sorted(g for g, ms in t.members.items() if ms)[0]
+            r = httpx.get(server.url(path.format(group=group)),
+                          headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        jsonschema.Draft4Validator(discovery_schema(directory, schema)).validate(body)
+        assert len(body) > 2, "an empty answer proves nothing"
