@@ -15,8 +15,9 @@ scopes (:data:`SCOPES`). What it reads, all with GET, paging ``nextPageToken`` -
 
 With ``domain`` set, users and groups are listed for that domain instead of the whole customer.
 Members are read per group, ``max_concurrency`` groups at a time, page by page. 403
-``userRateLimitExceeded`` / ``rateLimitExceeded`` and 429 are retried with backoff (the HTTP layer
-classifies Google's rate-limit reasons); any other 403 is fatal and names what was refused.
+``userRateLimitExceeded`` / ``rateLimitExceeded`` (read by :func:`google_rate_limit`, the HTTP
+client's ``classify`` hook) and 429 are retried with backoff; any other 403 is fatal and names what
+was refused.
 
 Mapping (pure functions): :func:`map_user` (``suspended`` or ``archived`` -> SUSPENDED; ``isAdmin``,
 ``archived``, ``orgUnitPath`` in custom_attributes), :func:`last_login` ("1970-01-01" = never),
@@ -31,13 +32,13 @@ from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+import httpx
 from pydantic import BaseModel, Field, field_validator
 
 from connectors._fanout import fan_out
 from ingest.connector import Connector, EntitlementType
-from ingest.credentials import ServiceAccount, credentials
-from ingest.credentials._kinds import Setting
-from ingest.errors import AuthError, NotFoundError
+from ingest.credentials import ServiceAccount
+from ingest.errors import AuthError, NotFoundError, RateLimitedError
 from ingest.http import CursorPaginator, HttpClient, HttpSettings
 from ingest.records import AccountStatus
 
@@ -64,6 +65,7 @@ SCOPES = {
 }
 PAGE = {"users": 500, "groups": 200, "members": 200, "roles": 100, "roleassignments": 200}
 _NEVER = "1970-01-01"
+_RATE_LIMIT_REASONS = frozenset({"userRateLimitExceeded", "rateLimitExceeded"})
 _VOLATILE_USER = ("lastLoginTime", "etag", "kind", "thumbnailPhotoEtag")
 
 
@@ -96,10 +98,25 @@ class GoogleWorkspaceSettings(HttpSettings):
 class GoogleServiceAccount(ServiceAccount):
     """A service account key with domain-wide delegation, acting as ``subject`` (an administrator)."""
 
-    subject: str = Setting(description="Administrator to act as (domain-wide delegation), e.g. admin@acme.com.")
-    scopes: list[str] = Setting([SCOPES["users"], SCOPES["groups"], SCOPES["roles"], SCOPES["customer"]],
-                                "Read-only Directory API scopes (granted to the client id for domain-wide "
-                                "delegation).", "additional")
+    subject: str = Field(description="Administrator to act as (domain-wide delegation), e.g. admin@acme.com.",
+                         json_schema_extra={"x-section": "general"})
+    scopes: list[str] = Field([SCOPES["users"], SCOPES["groups"], SCOPES["roles"], SCOPES["customer"]],
+                              description="Read-only Directory API scopes (granted to the client id for "
+                              "domain-wide delegation).", json_schema_extra={"x-section": "additional"})
+
+
+def google_rate_limit(response: httpx.Response) -> RateLimitedError | None:
+    """The HTTP client's ``classify`` hook: Google answers a rate limit with a 403 (or 429) whose error
+    names it, ``{"error": {"errors": [{"reason": "userRateLimitExceeded"}]}}``; every other 403 is a
+    refusal left to the generic rules (AuthError)."""
+    if response.status_code != 403 or b"ateLimitExceeded" not in response.content:
+        return None
+    try:
+        reasons = [e.get("reason") for e in response.json()["error"]["errors"] if isinstance(e, dict)]
+    except (ValueError, KeyError, TypeError):
+        return None
+    hit = [r for r in reasons if r in _RATE_LIMIT_REASONS]
+    return RateLimitedError(f"rate limited by Google ({hit[0]})") if hit else None
 
 
 # -- mapping (pure functions) -------------------------------------------------------------------------
@@ -194,7 +211,7 @@ class GoogleWorkspaceConnector(Connector):
         "account (domain-wide delegation)."
     )
     Settings: ClassVar[type[BaseModel]] = GoogleWorkspaceSettings
-    Auth: ClassVar[type[BaseModel]] = credentials(GoogleServiceAccount, name="GoogleWorkspaceAuth")
+    Auth: ClassVar[type[BaseModel]] = GoogleServiceAccount
     entitlement_types: ClassVar[list[EntitlementType]] = [
         EntitlementType(type_id="group", type_label="Group"),
         EntitlementType(type_id="admin_role", type_label="Admin role"),
@@ -207,7 +224,8 @@ class GoogleWorkspaceConnector(Connector):
 
     @functools.cached_property
     def http(self) -> HttpClient:
-        return self.ctx.http_client(f"{self.settings.api_url}/admin/directory/v1", auth=self.auth.httpx_auth())
+        return self.ctx.http_client(f"{self.settings.api_url}/admin/directory/v1", auth=self.auth.httpx_auth(),
+                                    classify=google_rate_limit)
 
     @property
     def _scope(self) -> dict[str, Any]:
@@ -244,7 +262,7 @@ class GoogleWorkspaceConnector(Connector):
         except AuthError as e:
             if e.status_code != 403:
                 missing = self._missing_scopes()
-                if missing and len(missing) < len(self.auth.credential.scopes):  # the key works, some scopes not
+                if missing and len(missing) < len(self.auth.scopes):  # the key works, some scopes not
                     raise AuthError(
                         "Google will not issue a token for these scopes: " + ", ".join(missing) + "; grant them "
                         "to the service account's client id for domain-wide delegation (Admin console > Security > "
@@ -270,7 +288,7 @@ class GoogleWorkspaceConnector(Connector):
 
     def _missing_scopes(self) -> list[str]:
         """Which of the configured scopes Google refuses to issue a token for (one token request each)."""
-        cred = self.auth.credential
+        cred = self.auth
         missing = []
         for scope in cred.scopes:
             single = cred.model_copy(update={"scopes": [scope]})

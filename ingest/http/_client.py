@@ -4,7 +4,6 @@ Every response is classified once (:meth:`HttpClient._classify`)::
 
     2xx                                   ok (an exhausted rate-limit window pauses the client)
     429, 403 with a rate limit at zero    RateLimitedError  (retried after Retry-After / reset)
-    403 with a Google rate-limit reason   RateLimitedError  (userRateLimitExceeded, rateLimitExceeded)
     403 with Retry-After (GitHub)         RateLimitedError
     408, 5xx except 501                   RetryableError    (retried with backoff, or Retry-After)
     401, 403                              AuthError
@@ -414,8 +413,7 @@ class HttpClient:
             return
         kw: dict[str, Any] = {"request": f"{line} -> {code}", "connector": self.connector, "status_code": code}
         detail = _detail(response)
-        if code == 429 or (code == 403 and (remaining == 0 or "Retry-After" in response.headers
-                                            or _rate_limit_reason(response))):
+        if code == 429 or (code == 403 and (remaining == 0 or "Retry-After" in response.headers)):
             self.stats.add("throttled")
             raise RateLimitedError(f"rate limited by the source{detail}", retry_after=wait, **kw)
         if code == 408 or (code >= 500 and code != 501):
@@ -703,21 +701,6 @@ def _record_hash(id_field: str | None, record: Any) -> int:
         return hash(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
     except TypeError:
         return hash(repr(record))
-
-
-# Google APIs answer a rate limit with a 403 whose error names it (every other 403 is a refusal)
-_RATE_LIMIT_REASONS = frozenset({"userRateLimitExceeded", "rateLimitExceeded"})
-
-
-def _rate_limit_reason(response: httpx.Response) -> bool:
-    """``{"error": {"errors": [{"reason": "userRateLimitExceeded"}]}}`` (Google's error body)."""
-    if b"RateLimitExceeded" not in response.content and b"rateLimitExceeded" not in response.content:
-        return False
-    try:
-        errors = response.json()["error"]["errors"]
-        return any(isinstance(e, dict) and e.get("reason") in _RATE_LIMIT_REASONS for e in errors)
-    except (ValueError, KeyError, TypeError):
-        return False
 
 
 def _detail(response: httpx.Response) -> str:
