@@ -255,12 +255,15 @@ def check(ctx: typer.Context, name: str = typer.Argument(..., help="Connector in
                                credentials=store_for(st, loaded))
         with rc.cls(ctx) as connector:
             info = connector.validate_credentials() or {}
-    except IngestError as e:
-        _fail(f"{name}: check failed: {e}", 1)
-    except Exception as e:  # noqa: BLE001 - report, never a traceback
-        from ingest.redact import redact
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one line and what to do, never a traceback
+        from ingest.credentials._diagnose import explain
 
-        _fail(f"{name}: check failed: {type(e).__name__}: {redact(str(e))}", 1)
+        reason, todo = explain(e, name, getattr(rc.auth, "credential", rc.auth))
+        err.print(Text.assemble(("error: ", "bold red"), f"{name}: check failed: {reason}"))
+        err.print(Text(f"  what to do: {todo}"))
+        raise typer.Exit(1) from None
     out.print(Text.assemble((f"{name}: OK", "green"), f" ({rc.type})"))
     for k, v in info.items():
         out.print(f"  {k}: {v}", highlight=False)

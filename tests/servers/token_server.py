@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc.errors import ExpiredTokenError, InvalidClaimError, JoseError
 from joserfc.jwk import RSAKey
 
 from tests.servers._loopback import LoopbackServer
@@ -57,6 +57,7 @@ class TokenServer(LoopbackServer):
         self.refusals: list[str] = []
         self.requests: list[tuple[str, str]] = []
         self.token_ttl = token_ttl
+        self.required_scope: str | None = None  # /api/me answers 403 insufficient_scope without it
         self._lock = threading.Lock()
 
     # -- registration -----------------------------------------------------------
@@ -114,6 +115,10 @@ class TokenServer(LoopbackServer):
                 try:
                     claims = self._verify(assertion, candidate["public_key"], iss=email, aud=self.token_url)
                     account = candidate
+                    break
+                except (ExpiredTokenError, InvalidClaimError) as e:
+                    last = ("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable "
+                            f"timeframe. Check your iat and exp values in the JWT claim. ({type(e).__name__})")
                     break
                 except (JoseError, ValueError) as e:
                     last = f"assertion rejected: {type(e).__name__} {e}"
@@ -186,7 +191,18 @@ class TokenServer(LoopbackServer):
                 server.requests.append(("GET", self.path))
                 auth = self.headers.get("Authorization") or ""
                 grant = server.issued.get(auth[7:]) if auth.startswith("Bearer ") else None
-                if self.path == "/api/me" and grant is not None:
+                scopes = ((grant or {}).get("scope") or "").split()
+                if self.path == "/api/me" and grant is not None and server.required_scope not in (None, *scopes):
+                    data = json.dumps({"error": "insufficient_scope",
+                                       "error_description": f"the {server.required_scope} scope is required"})
+                    self.send_response(403)
+                    self.send_header("WWW-Authenticate", f'Bearer error="insufficient_scope", '
+                                                         f'scope="{server.required_scope}"')
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data.encode())
+                elif self.path == "/api/me" and grant is not None:
                     self._send(200, grant)
                 elif self.path == "/api/me":
                     self._send(401, {"error": "invalid_token"})
