@@ -35,9 +35,23 @@ def settings(server: GithubServer, **kw: Any) -> dict[str, Any]:
     return {"org": server.org.login, "base_url": server.root_url, "max_retries": 3, "per_page": 100, **FAST, **kw}
 
 
-def connector(server: GithubServer, token: str, **kw: Any) -> GithubConnector:
+def connector(server: GithubServer, token: str | dict[str, Any], **kw: Any) -> GithubConnector:
+    auth = token if isinstance(token, dict) else {"bearer_token": token}
     return GithubConnector(ConnectorContext(name=NAME, settings=GithubSettings(**settings(server, **kw)),
-                                            auth=GithubAuth(bearer_token=token)))
+                                            auth=GithubAuth.model_validate(auth)))
+
+
+def app_key() -> tuple[str, bytes]:
+    """A fresh RSA key for a GitHub App: (private PEM, public PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
 
 
 def write_config(tmp_path: Path, server: GithubServer, **kw: Any) -> Path:
@@ -142,6 +156,43 @@ class TestReading:
         with GithubServer(org, token) as server:
             assert read_state(connector(server, token, per_page=7)) == expected_state(org)
             assert max(int(r.query.get("page", 1)) for r in server.requests) == 9  # 60 members / 7
+
+
+class TestGithubApp:
+    def test_a_github_app_buys_an_installation_token_and_reads_with_it(self, tmp_path, database_url, token,
+                                                                     monkeypatch):
+        private, public = app_key()
+        org = make_org(n_members=40, n_repos=10, n_teams=4)
+        with GithubServer(org, token, app=("4242", "77", public)) as server:
+            conn = connector(server, {"app_id": 4242, "installation_id": 77, "private_key": private})
+            assert read_state(conn) == expected_state(org)
+            minted = [r for r in server.requests if r.method == "POST"]
+            assert [r.path for r in minted] == ["/app/installations/77/access_tokens"]
+            reads = [r for r in server.requests if r.method == "GET"]
+            assert reads and all(r.header("authorization").startswith("Bearer ghs_") for r in reads)
+
+            monkeypatch.setenv("GH_APP_KEY", private)
+            cfg = {"connectors": {NAME: {"type": "github", "settings": settings(server), "auth": {
+                "app_id": "4242", "installation_id": "77", "private_key": "${GH_APP_KEY}"}}}}
+            (tmp_path / "schedules.yaml").write_text(json.dumps(cfg))
+            result = cli(tmp_path / "schedules.yaml", database_url, "-v", "run", NAME)
+            assert result.exit_code == 0, output(result)
+            key_body = "".join(private.splitlines()[1:-1])[:64]
+            assert key_body not in output(result)
+            assert key_body not in json.dumps(query(database_url, "SELECT * FROM ingest.snapshots"), default=str)
+
+    def test_a_key_the_app_does_not_have_fails_check_naming_the_fields(self, tmp_path, database_url, token):
+        private, _ = app_key()
+        _, other_public = app_key()
+        org = make_org(n_members=5, n_repos=1, n_teams=1)
+        with GithubServer(org, token, app=("4242", "77", other_public)) as server:
+            cfg = {"connectors": {NAME: {"type": "github", "settings": settings(server), "auth": {
+                "app_id": "4242", "installation_id": "77", "private_key": private}}}}
+            (tmp_path / "schedules.yaml").write_text(json.dumps(cfg))
+            result = cli(tmp_path / "schedules.yaml", database_url, "check", NAME)
+            assert result.exit_code == 1
+            assert "auth.private_key" in output(result) and "InvalidSignature" in output(result)
+            assert "".join(private.splitlines()[1:-1])[:64] not in output(result)
 
 
 class TestTwoDays:

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 
 from tests.servers.github_server import GithubServer, make_org
-from tests.test_github import connector, expected_state, read_state
+from tests.test_github import app_key, connector, expected_state, read_state
 
 SPEC = Path(__file__).parent / "node" / "node_modules" / "@octokit" / "openapi" / "generated" / "api.github.com.json"
 
@@ -87,9 +87,11 @@ def recorded() -> Recording:
     token = "ghp_" + uuid.uuid4().hex
     org = make_org(n_members=40, n_repos=12, n_teams=5)
     answers = []
-    for marks in (True, False):
-        with Recording(org, token, member_marks=marks) as server:
-            conn = connector(server, token, per_page=15)
+    private, public = app_key()
+    app = {"app_id": "4242", "installation_id": "77", "private_key": private}
+    for marks, auth in ((True, token), (False, token), (True, app)):
+        with Recording(org, token, member_marks=marks, app=("4242", "77", public)) as server:
+            conn = connector(server, auth, per_page=15)
             assert conn.validate_credentials()["login"] == "octo-org"
             assert read_state(conn) == expected_state(org, marks)
             answers += server.answers
@@ -113,7 +115,8 @@ def test_every_request_is_a_documented_operation_with_documented_parameters(spec
         "/orgs/{org}", "/orgs/{org}/members", "/orgs/{org}/outside_collaborators", "/orgs/{org}/teams",
         "/orgs/{org}/teams/{team_slug}/members", "/orgs/{org}/teams/{team_slug}/repos", "/orgs/{org}/repos",
         "/repos/{owner}/{repo}/collaborators", "/orgs/{org}/organization-roles",
-        "/orgs/{org}/organization-roles/{role_id}/users", "/orgs/{org}/organization-roles/{role_id}/teams"}
+        "/orgs/{org}/organization-roles/{role_id}/users", "/orgs/{org}/organization-roles/{role_id}/teams",
+        "/app/installations/{installation_id}/access_tokens"}
 
 
 def test_every_answer_of_the_fake_validates_against_the_description(spec, routes, components, recorded):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors._fanout import fan_out
 from connectors.github._limits import SecondaryRateLimits
@@ -26,7 +26,8 @@ from connectors.github._mapping import (
 )
 from ingest.connector import Connector, EntitlementType, ResourceType
 from ingest.errors import AuthError, NotFoundError
-from ingest.http import BearerAuth, HttpClient, HttpSettings, LinkHeaderPaginator
+from ingest.credentials import GitHubApp, credentials
+from ingest.http import HttpClient, HttpSettings, LinkHeaderPaginator
 
 __all__ = ["GithubAuth", "GithubConnector", "GithubSettings"]
 
@@ -57,20 +58,11 @@ class GithubSettings(HttpSettings):
         return v.rstrip("/")
 
 
-class GithubAuth(BaseModel):
-    """A personal access token (fine-grained or classic) or an installation token, as a bearer token."""
+class GithubAuth(credentials("bearer", "github_app", name="GithubAuth")):
+    """A token as ``bearer`` (fine-grained or classic PAT), or a GitHub App (``github_app``: app id,
+    private key, installation id; installation tokens are bought and renewed by the credential layer)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str | None = Field(None, pattern="^bearer$", description="Credential kind (bearer).")
-    bearer_token: SecretStr = Field(json_schema_extra={"writeOnly": True}, description="GitHub token.")
-
-    @field_validator("bearer_token")
-    @classmethod
-    def _not_blank(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().strip():
-            raise ValueError("bearer_token is empty (is its environment variable set?)")
-        return v
+    model_config = ConfigDict(json_schema_extra={"type": "object"})
 
 
 @dataclass
@@ -105,11 +97,19 @@ class GithubConnector(Connector):
     @functools.cached_property
     def http(self) -> HttpClient:
         s: GithubSettings = self.settings
+        credential = getattr(self.auth, "credential", self.auth)
+        if isinstance(credential, GitHubApp) and "api_url" not in credential.model_fields_set:
+            credential = credential.model_copy(update={"api_url": s.base_url})  # Enterprise Server: one URL
         return self.ctx.http_client(
-            s.base_url, auth=BearerAuth(self.auth.bearer_token.get_secret_value().strip()),
+            s.base_url, auth=credential.httpx_auth(),
             headers={"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": API_VERSION},
             classify=SecondaryRateLimits(s.secondary_rate_limit_wait),
         )
+
+    @property
+    def _auth_field(self) -> str:
+        return "auth.private_key / auth.installation_id" if getattr(self.auth, "kind", "") == "github_app" \
+            else "auth.bearer_token"
 
     @property
     def _org(self) -> str:
@@ -137,7 +137,7 @@ class GithubConnector(Connector):
                                 "the token cannot see it; check settings.org and the token's resource owner",
                                 connector=self.ctx.name, request=e.request, status_code=e.status_code) from None
         except AuthError as e:
-            raise AuthError(f"GitHub refused the token (HTTP {e.status_code}); check auth.bearer_token "
+            raise AuthError(f"GitHub refused the credentials (HTTP {e.status_code}); check {self._auth_field} "
                             f"[{e.message}]", connector=self.ctx.name, request=e.request,
                             status_code=e.status_code) from None
         return {k: org.get(k) for k in ("login", "id", "name", "two_factor_requirement_enabled",

@@ -34,6 +34,7 @@ import math
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -116,8 +117,12 @@ class GithubServer(VendorServer):
     thread_name = "github-fake"
 
     def __init__(self, org: GithubOrg, token: str, *, rate_limit: int = 5000, rate_window: float = 3600.0,
-                 member_marks: bool = True, latency: float = 0.0) -> None:
+                 member_marks: bool = True, latency: float = 0.0, app: tuple[str, str, bytes] | None = None,
+                 token_lifetime: float = 3600.0) -> None:
         self.org, self.token = org, token
+        self.tokens = {token}  # the PAT and every installation token issued
+        self.app = app  # (app id, installation id, the App's public key PEM)
+        self.token_lifetime = token_lifetime
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self.member_marks = member_marks
         self._window_start = time.time()
@@ -156,7 +161,11 @@ class GithubServer(VendorServer):
     # -- framing: auth, rate limit, paging ------------------------------------------------------------------
     def dispatch(self, req: SeenRequest) -> Reply:
         auth = req.header("authorization") or ""
-        if auth not in (f"Bearer {self.token}", f"token {self.token}"):
+        m = re.fullmatch(r"/app/installations/(\d+)/access_tokens", req.path)
+        if m and req.method == "POST":
+            return self.installation_token(req, m.group(1))
+        scheme, _, value = auth.partition(" ")
+        if scheme not in ("Bearer", "token") or value not in self.tokens:
             return self._limited(Reply(401, error_body("Bad credentials", 401)), count=False)
         if req.header("accept") != "application/vnd.github+json":
             return Reply(415, error_body("Unsupported 'Accept' header", 415))
@@ -170,6 +179,29 @@ class GithubServer(VendorServer):
                 "API rate limit exceeded for user ID 1. If you reach out to GitHub Support for help, please "
                 "include the request ID ABCD:5678.", 403)), count=False)
         return self._limited(super().dispatch(req), count=True)
+
+    def installation_token(self, req: SeenRequest, installation: str) -> Reply:
+        """``POST /app/installations/{id}/access_tokens`` with the App's RS256 JWT (``iss`` = app id,
+        ``exp`` at most 10 minutes after ``iat``) -> 201 installation-token."""
+        import jwt
+
+        if self.app is None or installation != self.app[1]:
+            return not_found()
+        scheme, _, assertion = (req.header("authorization") or "").partition(" ")
+        try:
+            claims = jwt.decode(assertion, self.app[2], algorithms=["RS256"], options={"require": ["iat", "exp",
+                                                                                                    "iss"]})
+        except jwt.PyJWTError as e:
+            return Reply(401, error_body(f"A JSON web token could not be decoded ({type(e).__name__})", 401))
+        if scheme != "Bearer" or str(claims["iss"]) != self.app[0] or claims["exp"] - claims["iat"] > 600:
+            return Reply(401, error_body("'Expiration time' claim ('exp') is too far in the future", 401))
+        token = f"ghs_{uuid.uuid4().hex}"
+        with self._lock:
+            self.tokens.add(token)
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + self.token_lifetime))
+        return Reply(201, {"token": token, "expires_at": expires, "repository_selection": "all",
+                           "permissions": {"members": "read", "administration": "read", "metadata": "read",
+                                           "organization_custom_org_roles": "read"}})
 
     def _limited(self, reply: Reply, count: bool) -> Reply:
         if "x-ratelimit-remaining" in reply.headers:  # an injected answer brings its own
