@@ -270,3 +270,43 @@ class TestHistory:
                         t=later) == hr.query("SELECT * FROM ingest.effective_access "
                                              "ORDER BY connector, account_id, entitlement_id")
         assert isinstance(ada["identity_id"], uuid.UUID)
+
+
+class TestScope:
+    def test_an_app_snapshot_refreshes_only_that_app_and_agrees_with_a_full_refresh(self, orgs):
+        from ingest.config import load_config
+        from ingest.db import get_engine
+        from ingest.people import refresh
+
+        hr, app = orgs
+        run_both(hr, app)
+        app.data["nested_entitlement"].append(nest("adm", "rd"))
+        app.data["account"][3]["email"] = "bob@example.com"
+        app.data["account"].append(person("a-new", "DAN@example.com ", None))
+        app.save()
+        from structlog.testing import capture_logs
+
+        from ingest.runner import run
+
+        with capture_logs() as logs:
+            assert run(load_config(app.config), "app", database_url=app.url).ok
+        done = [e for e in logs if e["event"] == "people_refreshed"]
+        assert [e["scope"] for e in done] == ["app"]
+        assert set(done[0]["paths"]) == {"app"}
+
+        def state() -> dict:
+            return {
+                "links": hr.query("SELECT * FROM ingest.identity_accounts ORDER BY connector, account_id"),
+                "people": hr.query("SELECT * FROM ingest.identities ORDER BY identity_id"),
+                "paths": hr.query("SELECT * FROM ingest.entitlement_paths ORDER BY 1, 2, 3"),
+                "findings": hr.query("SELECT * FROM ingest.findings ORDER BY kind, connector, account_id, "
+                                     "entitlement_id"),
+            }
+
+        scoped = state()
+        assert ("app", "a-new") in links(hr)
+        cfg = load_config(app.config).config.identity
+        full = refresh(get_engine(app.url), cfg, app.last_snapshot()["snapshot_id"])
+        assert full["scope"] == "all"
+        assert full["findings"] == {"opened": 0, "resolved": 0}
+        assert state() == scoped

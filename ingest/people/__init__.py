@@ -13,7 +13,7 @@ import structlog
 
 from ingest.config import IdentityConfig
 from ingest.people._findings import FINDING_KINDS
-from ingest.people._refresh import ensure_functions, refresh
+from ingest.people._refresh import ensure_functions, mark_stale, refresh
 
 __all__ = ["FINDING_KINDS", "ensure_functions", "refresh", "refresh_after_commit"]
 
@@ -33,4 +33,8 @@ def refresh_after_commit(engine: sa.Engine, cfg: IdentityConfig | None, snapshot
         from ingest.redact import redact
 
         log.error("people_refresh_failed", snapshot_id=snapshot_id, error=redact(f"{type(e).__name__}: {e}"))
+        try:
+            mark_stale(engine)
+        except Exception:  # noqa: BLE001 - the database may be what failed
+            pass
         return False

@@ -35,7 +35,7 @@ SELECT 'orphan_account' AS kind, a.connector, a.account_id, NULL::uuid AS identi
        '' AS key_extra
 FROM ingest.accounts a
 JOIN _people_links l USING (connector, account_id)
-WHERE l.identity_id IS NULL AND a.account_type <> 'service' AND a.status <> 'DEPROVISIONED'
+WHERE l.identity_id IS NULL AND a.account_type <> 'service' AND a.status <> 'DEPROVISIONED' __SCOPE__
 """
 
 _LEAVERS = """
@@ -46,7 +46,7 @@ SELECT 'leaver_with_access', a.connector, a.account_id, i.identity_id, NULL,
 FROM ingest.identities i
 JOIN ingest.identity_accounts ia ON ia.identity_id = i.identity_id
 JOIN ingest.accounts a ON a.connector = ia.connector AND a.account_id = ia.account_id
-WHERE i.status = 'terminated' AND a.status = 'ACTIVE'
+WHERE i.status = 'terminated' AND a.status = 'ACTIVE' __SCOPE__
 """
 
 _DORMANT = """
@@ -57,6 +57,7 @@ SELECT 'dormant_account', a.connector, a.account_id, ia.identity_id, NULL,
 FROM ingest.accounts a
 LEFT JOIN ingest.identity_accounts ia ON ia.connector = a.connector AND ia.account_id = a.account_id
 WHERE a.status = 'ACTIVE' AND a.last_activity_at < now() - make_interval(days => CAST(:dormant_days AS int))
+      __SCOPE__
 """
 
 _PRIVILEGED = """
@@ -83,7 +84,7 @@ FROM (
     ) x
     ORDER BY connector, account_id, entitlement_id, resource_type, resource_id, depth, via
 ) r
-JOIN ingest.accounts a ON a.connector = r.connector AND a.account_id = r.account_id
+JOIN ingest.accounts a ON a.connector = r.connector AND a.account_id = r.account_id __SCOPE__
 LEFT JOIN ingest.identity_accounts ia ON ia.connector = r.connector AND ia.account_id = r.account_id
 """
 
@@ -91,22 +92,22 @@ _SHARED = """
 SELECT 'shared_service_account', a.connector, a.account_id, ia.identity_id, NULL,
        jsonb_strip_nulls(jsonb_build_object(
            'linked_to_person', ia.identity_id IS NOT NULL, 'matched_by', ia.matched_by,
-           'other_connectors', to_jsonb(x.others), 'username', a.username, 'email', a.email)),
+           'other_connectors', to_jsonb(array_remove(x.connectors, a.connector)), 'username', a.username,
+           'email', a.email)),
        ''
 FROM ingest.accounts a
 LEFT JOIN ingest.identity_accounts ia ON ia.connector = a.connector AND ia.account_id = a.account_id
-LEFT JOIN LATERAL (
-    SELECT array_agg(DISTINCT o.connector ORDER BY o.connector) AS others
-    FROM _people_service o
-    WHERE o.name = lower(btrim(a.username)) AND o.connector <> a.connector
-) x ON true
-WHERE a.account_type = 'service' AND (ia.identity_id IS NOT NULL OR x.others IS NOT NULL)
+LEFT JOIN (SELECT name, array_agg(connector ORDER BY connector) AS connectors FROM _people_service
+           GROUP BY name HAVING count(*) > 1) x ON x.name = lower(btrim(a.username))
+WHERE a.account_type = 'service' AND (ia.identity_id IS NOT NULL OR x.name IS NOT NULL) __SCOPE__
 """
 
 
-def findings_sql() -> str:
-    """Every finding but ``new_privileged_grant`` (which needs the others' ``since``)."""
-    return "\nUNION ALL\n".join((_ORPHANS, _LEAVERS, _DORMANT, _PRIVILEGED, _SHARED))
+def findings_sql(connector: str | None = None) -> str:
+    """Every finding but ``new_privileged_grant`` (which needs the others' ``since``); of one connector's
+    accounts only when ``connector`` is given (a name checked by the config, safe as a literal)."""
+    scope = "" if connector is None else "AND a.connector = '" + connector.replace("'", "''") + "'"
+    return "\nUNION ALL\n".join((_ORPHANS, _LEAVERS, _DORMANT, _PRIVILEGED, _SHARED)).replace("__SCOPE__", scope)
 
 
 # Open privileged_access findings that appeared with their connector's latest snapshot, when that

@@ -20,7 +20,7 @@ from ingest.config import IdentityConfig
 from ingest.people._findings import NEW_PRIVILEGED_SQL, findings_sql
 from ingest.people._resolve import compile_resolution, history_functions
 
-__all__ = ["refresh", "ensure_functions"]
+__all__ = ["refresh", "ensure_functions", "mark_stale"]
 
 log = structlog.get_logger("ingest.people")
 _LOCK = "ingest:people"
@@ -56,7 +56,12 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
             connector: str | None = None) -> dict[str, Any]:
     """Bring the people tables up to date after ``snapshot_id`` (of ``connector``) committed.
 
-    Returns counts and seconds per step (also logged as ``people_refreshed``).
+    A snapshot of an app (a connector that is not an identity source) changes neither the people nor
+    any other connector's links: only that connector's entitlement paths, links and findings are
+    recomputed (``scope`` = the connector). A source's snapshot, the first refresh, a changed identity
+    configuration, e-mail-only resolution (no sources) or a refresh after a failed one recompute
+    everything (``scope`` = all). Returns counts and seconds per step (also logged as
+    ``people_refreshed``).
     """
     cfg_or_default = cfg or IdentityConfig()
     t0 = time.perf_counter()
@@ -71,15 +76,18 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": _LOCK})
         conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
-        ensure_functions(conn, cfg)
+        previous = conn.execute(sa.text("SELECT snapshot_id FROM ingest.people_state WHERE id = 1")).scalar()
+        changed_config = ensure_functions(conn, cfg)
+        scoped = (connector is not None and previous is not None and not changed_config
+                  and bool(cfg_or_default.sources) and connector not in cfg_or_default.sources)
+        scope = connector if scoped else None
+        counts["scope"] = scope or "all"
 
-        # 1. entitlement paths (nesting) of the connector that changed, or of all on the first run
-        if connector is not None and conn.execute(sa.text(
-                "SELECT EXISTS (SELECT 1 FROM ingest.people_state WHERE id = 1 AND snapshot_id IS NOT NULL)")).scalar():
-            names = [connector]
-        else:
-            names = [r[0] for r in conn.execute(sa.text("SELECT DISTINCT connector FROM ingest.snapshots "
-                                                        "WHERE status = 'succeeded'"))]
+        # 1. entitlement paths (nesting)
+        names = [connector] if scoped else [r[0] for r in conn.execute(sa.text(
+            "SELECT DISTINCT connector FROM ingest.snapshots WHERE status = 'succeeded'"))]
+        if not scoped:  # connectors that no longer have data keep no paths
+            _exec(conn, "DELETE FROM ingest.entitlement_paths WHERE connector <> ALL (CAST(:n AS text[]))", n=names)
         for name in names:
             _exec(conn, "CREATE TEMP TABLE _people_paths ON COMMIT DROP AS "
                         "SELECT * FROM ingest.current_entitlement_paths(:c)", c=name)
@@ -87,61 +95,65 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
                 SELECT 1 FROM _people_paths n WHERE (n.entitlement_id, n.reached_entitlement_id, n.resource_type,
                     n.resource_id, n.via) = (p.entitlement_id, p.reached_entitlement_id, p.resource_type,
                     p.resource_id, p.via))""", c=name)
-            added = _exec(conn, """INSERT INTO ingest.entitlement_paths SELECT * FROM _people_paths n WHERE NOT EXISTS (
-                SELECT 1 FROM ingest.entitlement_paths p WHERE p.connector = n.connector
-                  AND (n.entitlement_id, n.reached_entitlement_id, n.resource_type, n.resource_id)
-                    = (p.entitlement_id, p.reached_entitlement_id, p.resource_type, p.resource_id))""")
+            # what is left equals the new rows where keys meet: the primary key skips those (an anti-join
+            # against the table being filled would be planned as if it were empty)
+            added = _exec(conn, "INSERT INTO ingest.entitlement_paths SELECT * FROM _people_paths "
+                                "ON CONFLICT DO NOTHING")
             conn.execute(sa.text("DROP TABLE _people_paths"))
             counts.setdefault("paths", {})[name] = {"added": added, "removed": removed}
         lap("paths_s")
 
-        # 2. identity resolution
-        res = compile_resolution(cfg)
-        # compiled SQL holds literals (paths, names) that must not be read as bind parameters
+        # 2. identity resolution (compiled SQL holds literals that must not be read as bind parameters)
+        res = compile_resolution(cfg, connector=scope)
+        links_of = "" if scope is None else " WHERE connector = " + _literal(scope)
         conn.exec_driver_sql("CREATE TEMP TABLE _people_links ON COMMIT DROP AS " + res.query(
-            "SELECT connector, account_id, identity_id, matched_by, candidates FROM links"))
-        conn.exec_driver_sql("CREATE TEMP TABLE _people_new ON COMMIT DROP AS " + res.query(
-            "SELECT identity_id, display_name, email, employee_id, status, source_connector FROM people"))
+            "SELECT connector, account_id, identity_id, matched_by, candidates FROM links" + links_of))
+        if scope is None:
+            conn.exec_driver_sql("CREATE TEMP TABLE _people_new ON COMMIT DROP AS " + res.query(
+                "SELECT identity_id, display_name, email, employee_id, status, source_connector FROM people"))
         conn.execute(sa.text("ANALYZE _people_links"))
         lap("resolve_s")
-        counts["identities"] = {
-            "removed": _exec(conn, """DELETE FROM ingest.identities i WHERE NOT EXISTS (
-                SELECT 1 FROM _people_new n WHERE n.identity_id = i.identity_id)"""),
-            "modified": _exec(conn, """UPDATE ingest.identities i SET display_name = n.display_name, email = n.email,
-                    employee_id = n.employee_id, status = n.status, source_connector = n.source_connector
-                FROM _people_new n WHERE n.identity_id = i.identity_id
-                  AND (i.display_name, i.email, i.employee_id, i.status, i.source_connector) IS DISTINCT FROM
-                      (n.display_name, n.email, n.employee_id, n.status, n.source_connector)"""),
-            "added": _exec(conn, """INSERT INTO ingest.identities SELECT * FROM _people_new n WHERE NOT EXISTS (
-                SELECT 1 FROM ingest.identities i WHERE i.identity_id = n.identity_id)"""),
-        }
+        if scope is None:
+            conn.execute(sa.text("ANALYZE _people_new"))
+            counts["identities"] = {
+                "removed": _exec(conn, """DELETE FROM ingest.identities i WHERE NOT EXISTS (
+                    SELECT 1 FROM _people_new n WHERE n.identity_id = i.identity_id)"""),
+                "modified": _exec(conn, """UPDATE ingest.identities i SET display_name = n.display_name,
+                        email = n.email, employee_id = n.employee_id, status = n.status,
+                        source_connector = n.source_connector
+                    FROM _people_new n WHERE n.identity_id = i.identity_id
+                      AND (i.display_name, i.email, i.employee_id, i.status, i.source_connector) IS DISTINCT FROM
+                          (n.display_name, n.email, n.employee_id, n.status, n.source_connector)"""),
+                "added": _exec(conn, "INSERT INTO ingest.identities SELECT * FROM _people_new ON CONFLICT DO NOTHING"),
+            }
+        in_scope = "" if scope is None else " AND t.connector = :c"
         counts["identity_accounts"] = {
-            "removed": _exec(conn, """DELETE FROM ingest.identity_accounts t WHERE NOT EXISTS (
+            "removed": _exec(conn, f"""DELETE FROM ingest.identity_accounts t WHERE NOT EXISTS (
                 SELECT 1 FROM _people_links n WHERE n.connector = t.connector AND n.account_id = t.account_id
-                  AND n.identity_id = t.identity_id AND n.matched_by = t.matched_by)"""),
+                  AND n.identity_id = t.identity_id AND n.matched_by = t.matched_by){in_scope}""", c=scope),
             "added": _exec(conn, """INSERT INTO ingest.identity_accounts (identity_id, connector, account_id, matched_by)
-                SELECT identity_id, connector, account_id, matched_by FROM _people_links n
-                WHERE n.identity_id IS NOT NULL AND NOT EXISTS (
-                    SELECT 1 FROM ingest.identity_accounts t WHERE t.connector = n.connector
-                      AND t.account_id = n.account_id)"""),
+                SELECT identity_id, connector, account_id, matched_by FROM _people_links
+                WHERE identity_id IS NOT NULL ON CONFLICT DO NOTHING"""),
         }
         counts["ambiguous"] = conn.execute(sa.text(
             "SELECT count(*) FROM _people_links WHERE candidates IS NOT NULL")).scalar()
         lap("identities_s")
 
         # 3. findings
-        conn.execute(sa.text("""CREATE TEMP TABLE _people_privileged ON COMMIT DROP AS
+        conn.execute(sa.text(f"""CREATE TEMP TABLE _people_privileged ON COMMIT DROP AS
             SELECT connector, entitlement_id, resource_type, resource_id, label FROM ingest.entitlements
-            WHERE label ~ ANY (CAST(:p AS text[])) OR entitlement_id ~ ANY (CAST(:p AS text[]))"""),
-            {"p": list(cfg_or_default.privileged)})
+            WHERE (label ~ ANY (CAST(:p AS text[])) OR entitlement_id ~ ANY (CAST(:p AS text[])))
+            {"" if scope is None else "AND connector = :c"}"""), {"p": list(cfg_or_default.privileged), "c": scope})
         conn.execute(sa.text("""CREATE TEMP TABLE _people_service ON COMMIT DROP AS
             SELECT DISTINCT connector, lower(btrim(username)) AS name FROM ingest.accounts
             WHERE account_type = 'service' AND nullif(btrim(username), '') IS NOT NULL"""))
         conn.execute(sa.text(f"""CREATE TEMP TABLE _people_findings ON COMMIT DROP AS
             SELECT md5(kind || '|' || connector || '|' || account_id || '|' || coalesce(entitlement_id, '') || '|'
                        || key_extra)::uuid AS finding_key, *
-            FROM ({findings_sql()}) f"""), {"dormant_days": cfg_or_default.dormant_after_days})
-        counts["findings"] = _apply_findings(conn, snapshot_id, "kind <> 'new_privileged_grant'")
+            FROM ({findings_sql(scope)}) f"""), {"dormant_days": cfg_or_default.dormant_after_days})
+        conn.execute(sa.text("ANALYZE _people_findings"))
+        where = "kind <> 'new_privileged_grant'" + ("" if scope is None else " AND connector = " + _literal(scope))
+        counts["findings"] = _apply_findings(conn, snapshot_id, where)
         conn.execute(sa.text("DROP TABLE _people_findings"))
         conn.execute(sa.text(f"""CREATE TEMP TABLE _people_findings ON COMMIT DROP AS
             SELECT md5(kind || '|' || connector || '|' || account_id || '|' || coalesce(entitlement_id, '') || '|'
@@ -157,11 +169,21 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
     return {**counts, **timings}
 
 
+def mark_stale(engine: sa.Engine) -> None:
+    """After a failed refresh: the next one recomputes everything (a scoped one would miss what failed)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE ingest.people_state SET snapshot_id = NULL WHERE id = 1"))
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _apply_findings(conn: sa.Connection, snapshot_id: int, scope: str) -> dict[str, int]:
     """Resolve open findings (within ``scope``) no longer found, update the detail of those still there,
     open the new ones with ``since`` = ``snapshot_id``."""
     resolved = _exec(conn, f"""UPDATE ingest.findings_history h SET resolved = :s, resolved_at = now()
-        WHERE h.resolved IS NULL AND h.{scope} AND NOT EXISTS (
+        WHERE h.resolved IS NULL AND {scope} AND NOT EXISTS (
             SELECT 1 FROM _people_findings n WHERE n.finding_key = h.finding_key)""", s=snapshot_id)
     _exec(conn, """UPDATE ingest.findings_history h SET detail = n.detail, identity_id = n.identity_id
         FROM _people_findings n WHERE h.resolved IS NULL AND h.finding_key = n.finding_key
@@ -170,7 +192,7 @@ def _apply_findings(conn: sa.Connection, snapshot_id: int, scope: str) -> dict[s
             (finding_key, kind, connector, account_id, identity_id, entitlement_id, detail, since)
         SELECT DISTINCT ON (finding_key) finding_key, kind, connector, account_id, identity_id, entitlement_id,
                detail, :s
-        FROM _people_findings n WHERE NOT EXISTS (
-            SELECT 1 FROM ingest.findings_history h WHERE h.resolved IS NULL AND h.finding_key = n.finding_key)""",
+        FROM _people_findings n ORDER BY finding_key
+        ON CONFLICT (finding_key) WHERE resolved IS NULL DO NOTHING""",
                    s=snapshot_id)
     return {"opened": opened, "resolved": resolved}

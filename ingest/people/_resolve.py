@@ -75,11 +75,13 @@ class Resolution:
 KEYS = ("email", "employee_id", "username")
 
 
-def compile_resolution(cfg: IdentityConfig | None, *, at: str | None = None) -> Resolution:
+def compile_resolution(cfg: IdentityConfig | None, *, at: str | None = None,
+                       connector: str | None = None) -> Resolution:
     """The resolution query for ``cfg`` (None: no ``identity:`` section).
 
     ``at``: a SQL expression of type timestamptz (e.g. ``p_at``) to resolve the state as of then;
-    None resolves the current state.
+    None resolves the current state. ``connector``: link only that connector's accounts (people still
+    come from every source); valid only when it is not a source and sources are configured.
     """
     cfg = cfg or IdentityConfig()
     sources = list(cfg.sources)
@@ -87,43 +89,49 @@ def compile_resolution(cfg: IdentityConfig | None, *, at: str | None = None) -> 
     keyed_cols = ", ".join(f"{_key_expr(cfg, k, 'a', sources)} AS k_{k}" for k in KEYS)
     ctes: list[str] = []
     if at is None:
-        ctes.append(f"acc AS (SELECT {ACCOUNT_COLUMNS} FROM ingest.accounts)")
+        where = "" if connector is None else f" WHERE connector = {lit(connector)}"
+        ctes.append(f"acc AS (SELECT {ACCOUNT_COLUMNS} FROM ingest.accounts{where})")
     else:
         ctes.append(f"asof AS MATERIALIZED (SELECT * FROM ingest.snapshots_as_of({at}))")
         ctes.append("acc AS MATERIALIZED (SELECT a.* FROM asof s, LATERAL ingest.accounts_at(s.snapshot_id) a)")
-    ctes.append(f"keyed AS MATERIALIZED (SELECT a.*, {keyed_cols} FROM acc a)")
+    ctes.append("keyed AS MATERIALIZED (SELECT a.connector, a.account_id, a.status, a.account_type, a.display_name, "
+                f"a.given_name, a.family_name, a.username, a.email, {keyed_cols} FROM acc a)")
 
     def matching(name: str, accounts: str, anchors: str) -> None:
         """``name``: (connector, account_id, key, identity_id, candidates, n) for the accounts of
-        ``accounts`` that the first key in ``match`` order with any hit links to ``anchors``."""
-        hits = "\n        UNION ALL\n        ".join(
-            f"SELECT x.connector, x.account_id, {i} AS ord, {lit(k)}::text AS key, p.identity_id "
-            f"FROM {accounts} x JOIN {anchors} p ON p.k_{k} = x.k_{k}"
-            for i, k in enumerate(match))
-        ctes.append(f"""{name}_hits AS (
-        {hits})""")
+        ``accounts`` that the first key in ``match`` order with any hit links to ``anchors``.
+
+        The people are grouped by key value first, so each account costs one hash probe per key
+        (no sort or grouping over the accounts)."""
+        for k in match:
+            ctes.append(f"""{name}_by_{k} AS MATERIALIZED (
+        SELECT k_{k} AS v, array_agg(DISTINCT identity_id ORDER BY identity_id) AS ids
+        FROM {anchors} WHERE k_{k} IS NOT NULL GROUP BY k_{k})""")
+        joins = " ".join(f"LEFT JOIN {name}_by_{k} j{i} ON j{i}.v = x.k_{k}" for i, k in enumerate(match))
+        key = "CASE " + " ".join(f"WHEN j{i}.ids IS NOT NULL THEN {lit(k)}" for i, k in enumerate(match)) + " END"
+        ids = "coalesce(" + ", ".join(f"j{i}.ids" for i in range(len(match))) + ")"
         ctes.append(f"""{name} AS MATERIALIZED (
-        SELECT connector, account_id, key, (array_agg(DISTINCT identity_id))[1] AS identity_id,
-               array_agg(DISTINCT identity_id ORDER BY identity_id) AS candidates, count(DISTINCT identity_id) AS n
-        FROM (SELECT h.*, min(ord) OVER (PARTITION BY connector, account_id) AS first_ord FROM {name}_hits h) z
-        WHERE ord = first_ord
-        GROUP BY connector, account_id, key)""")
+        SELECT connector, account_id, key, ids[1] AS identity_id, ids AS candidates, cardinality(ids) AS n
+        FROM (SELECT x.connector, x.account_id, {key} AS key, {ids} AS ids FROM {accounts} x {joins}) z
+        WHERE ids IS NOT NULL)""")
 
     anchor_cols = "connector, account_id, " + ", ".join(f"k_{k}" for k in KEYS)
     if sources:
         src_list = "ARRAY[" + ", ".join(lit(s) for s in sources) + "]::text[]"
+        src_cols = ("h.connector, h.account_id, h.email, h.username, h.display_name, h.given_name, h.family_name, "
+                    "h.status, h.account_type, " + ", ".join(f"{_key_expr(cfg, k, 'h', sources)} AS k_{k}" for k in KEYS))
         if at is None:
-            latest = f"""SELECT DISTINCT ON (h.connector, h.account_id) h.*, h.valid_to IS NULL AS present
+            latest = f"""SELECT DISTINCT ON (h.connector, h.account_id) {src_cols}, h.valid_to IS NULL AS present
             FROM ingest.accounts_history h WHERE h.connector = ANY ({src_list})
             ORDER BY h.connector, h.account_id, h.valid_from DESC"""
         else:
-            latest = f"""SELECT DISTINCT ON (h.connector, h.account_id) h.*,
+            latest = f"""SELECT DISTINCT ON (h.connector, h.account_id) {src_cols},
                    (h.valid_to IS NULL OR h.valid_to > s.snapshot_id) AS present
             FROM ingest.accounts_history h JOIN asof s ON s.connector = h.connector
             WHERE h.connector = ANY ({src_list}) AND h.valid_from <= s.snapshot_id
             ORDER BY h.connector, h.account_id, h.valid_from DESC"""
         ctes.append(f"""src AS MATERIALIZED (
-        SELECT a.*, array_position({src_list}, a.connector) AS rank, {keyed_cols}
+        SELECT a.*, array_position({src_list}, a.connector) AS rank
         FROM ({latest}) a
         WHERE a.account_type <> 'service')""")
         ctes.append(f"anchors_1 AS (SELECT {anchor_cols}, md5(connector || ':' || account_id)::uuid AS identity_id, "
