@@ -93,6 +93,12 @@ def load(conn, people: int) -> dict[str, int]:
                    md5(%(c)s || ':a' || i || ':' || k)::uuid, md5('a')::uuid, %(sid)s
             FROM generate_series(1, %(n)s) i, generate_series(0, 4) k""",
                      {"c": c, "p": prefix, "sid": sid, "n": people, "g": GROUPS, "ci": ci})
+    # last activity lives beside the versions (ingest.last_activity), as the writer keeps it
+    conn.execute("""
+        INSERT INTO ingest.last_activity (connector, account_id, last_activity_at, snapshot_id)
+        SELECT h.connector, h.account_id, h.last_activity_at, h.valid_from FROM ingest.accounts_history h
+        WHERE h.valid_to IS NULL AND h.last_activity_at IS NOT NULL
+        ON CONFLICT DO NOTHING""")
     conn.execute("ANALYZE")
     return sids
 

@@ -67,22 +67,24 @@ SELECT 'privileged_access', r.connector, r.account_id, ia.identity_id, r.entitle
                                             'depth', r.depth, 'account_status', a.status, 'username', a.username)),
        r.resource_type || ':' || r.resource_id
 FROM (
-    SELECT DISTINCT ON (connector, account_id, entitlement_id, resource_type, resource_id) *
-    FROM (
-        SELECT g.connector, g.account_id, g.entitlement_id, g.resource_type, g.resource_id, pe.label,
-               '{}'::text[] AS via, 0 AS depth
-        FROM _people_privileged pe
-        JOIN ingest.assignments g ON g.connector = pe.connector AND g.entitlement_id = pe.entitlement_id
-             AND g.resource_type = pe.resource_type AND g.resource_id = pe.resource_id
+    -- the (few) ways to reach a privileged entitlement first, then one pass over the grants
+    WITH t AS MATERIALIZED (
+        SELECT connector, entitlement_id AS start_id, resource_type AS start_type, resource_id AS start_resource,
+               entitlement_id AS target, resource_type, resource_id, label, '{}'::text[] AS via, 0 AS depth
+        FROM _people_privileged
         UNION ALL
-        SELECT g.connector, g.account_id, p.reached_entitlement_id, p.resource_type, p.resource_id, pe.label,
-               p.via, p.depth
+        SELECT p.connector, p.entitlement_id, NULL, NULL, p.reached_entitlement_id, p.resource_type, p.resource_id,
+               pe.label, p.via, p.depth
         FROM _people_privileged pe
         JOIN ingest.entitlement_paths p ON p.connector = pe.connector AND p.reached_entitlement_id = pe.entitlement_id
              AND p.resource_type = pe.resource_type AND p.resource_id = pe.resource_id
-        JOIN ingest.assignments g ON g.connector = p.connector AND g.entitlement_id = p.entitlement_id
-    ) x
-    ORDER BY connector, account_id, entitlement_id, resource_type, resource_id, depth, via
+    )
+    SELECT DISTINCT ON (g.connector, g.account_id, t.target, t.resource_type, t.resource_id)
+           g.connector, g.account_id, t.target AS entitlement_id, t.resource_type, t.resource_id, t.label, t.via,
+           t.depth
+    FROM t JOIN ingest.assignments g ON g.connector = t.connector AND g.entitlement_id = t.start_id
+    WHERE t.start_type IS NULL OR (g.resource_type = t.start_type AND g.resource_id = t.start_resource)
+    ORDER BY g.connector, g.account_id, t.target, t.resource_type, t.resource_id, t.depth, t.via
 ) r
 JOIN ingest.accounts a ON a.connector = r.connector AND a.account_id = r.account_id __SCOPE__
 LEFT JOIN ingest.identity_accounts ia ON ia.connector = r.connector AND ia.account_id = r.account_id

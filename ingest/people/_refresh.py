@@ -147,6 +147,11 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
         conn.execute(sa.text("""CREATE TEMP TABLE _people_service ON COMMIT DROP AS
             SELECT DISTINCT connector, lower(btrim(username)) AS name FROM ingest.accounts
             WHERE account_type = 'service' AND nullif(btrim(username), '') IS NOT NULL"""))
+        conn.execute(sa.text("ANALYZE _people_privileged"))
+        conn.execute(sa.text("ANALYZE _people_service"))
+        if scope is None:  # plans of the findings depend on how many people and links there now are
+            conn.execute(sa.text("ANALYZE ingest.identities"))
+            conn.execute(sa.text("ANALYZE ingest.identity_accounts"))
         conn.execute(sa.text(f"""CREATE TEMP TABLE _people_findings ON COMMIT DROP AS
             SELECT md5(kind || '|' || connector || '|' || account_id || '|' || coalesce(entitlement_id, '') || '|'
                        || key_extra)::uuid AS finding_key, *
