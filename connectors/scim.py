@@ -12,8 +12,9 @@ Why members are read group by group: ``members`` cannot be paginated in SCIM,
 and real providers omit it from list responses or cap it there (the RFC
 allows either), so a member list from ``GET /Groups`` cannot be trusted to be
 complete. The group list asks the provider to leave members out (cheap pages),
-then each group is read on its own, ``max_concurrency`` at a time, which gives
-every member of a group of any size in one request. A member whose ``type`` is
+then each group is read on its own, ``max_concurrency`` at a time (a ``for_each``
+stream of :mod:`ingest.streams`), which gives every member of a group of any size
+in one request. A member whose ``type`` is
 ``Group``, or whose ``value`` is the id of a known group, is a nested group
 (:class:`~ingest.records.NestedEntitlement`), not an account assignment.
 
@@ -32,14 +33,10 @@ Mapping a SCIM resource to a record is done by the pure functions
 
 from __future__ import annotations
 
-import contextvars
 import functools
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -49,6 +46,7 @@ from ingest.errors import AuthError, NotFoundError, ProtocolError
 from ingest.http import BearerAuth, BearerTokenConfig, HttpClient, HttpSettings, ScimPaginator
 from ingest.records import AccountStatus, CustomAttribute
 from ingest.redact import redact_url
+from ingest.streams import Stream, StreamReader
 
 __all__ = [
     "ENTERPRISE_USER",
@@ -340,8 +338,6 @@ class ScimConnector(Connector):
     Auth: ClassVar[type[BaseModel]] = ScimAuth
     entitlement_types: ClassVar[list[EntitlementType]] = [EntitlementType(type_id="group", type_label="Group")]
 
-    members_window: ClassVar[int] = 4  # group reads queued per concurrent slot
-
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._group_ids: list[str] | None = None
@@ -442,32 +438,55 @@ class ScimConnector(Connector):
             "sample_user": resources[0].get("userName") if resources and isinstance(resources[0], dict) else None,
         }
 
-    # -- streams --------------------------------------------------------------------------------
-    def _resources(self, path: str, scim_filter: str | None, **params: Any) -> Iterator[Any]:
-        """Every resource of a collection, in order; pages ``max_concurrency`` at a time when the first
-        page allows it (see :meth:`ingest.http.HttpClient.paginate`)."""
-        page_size = self.page_size
+    # -- streams (declared; ingest.streams does the paging, the fan-out and the checks) ---------------
+    def _list_stream(self, name: str, path: str, scim_filter: str | None, mapping: Any, **params: Any) -> Stream:
         if scim_filter:
             params["filter"] = scim_filter
+        return Stream(name, path, params=params, paginator=ScimPaginator(count=self.page_size),
+                      selector=functools.partial(list_response_resources, what=f"GET /{path}"), map=mapping)
+
+    @functools.cached_property
+    def users(self) -> Stream:
+        return self._list_stream("accounts", "Users", self.settings.users_filter, map_user)
+
+    @functools.cached_property
+    def groups(self) -> Stream:
+        return self._list_stream("entitlements", "Groups", self.settings.groups_filter, map_group,
+                                 excludedAttributes="members")
+
+    def members(self, known: set[str]) -> Stream:
+        """Each group read on its own (``GET /Groups/{id}``: every member in one answer, see the module
+        docstring); a group deleted since it was listed has no members."""
+
+        def group_resource(body: Any) -> list[Any]:
+            if not isinstance(body, dict):
+                raise self._not_scim(None, "GET /Groups/{id} is not a Group resource")
+            return [body]
+
+        def mapping(group: dict[str, Any], parent: dict[str, Any]) -> Iterator[dict[str, Any]]:
+            # absent members = no members (RFC 7643: unassigned attributes are left out)
+            return map_members(parent["entitlement_id"], group.get("members"), known)
+
+        return Stream("assignments", "Groups/{parent.entitlement_id}", selector=group_resource, map=mapping,
+                      for_each=lambda: [{"entitlement_id": gid} for gid in self._list_group_ids()],
+                      skip_missing=True, concurrency=self.settings.max_concurrency)
+
+    @functools.cached_property
+    def reader(self) -> StreamReader:
+        return StreamReader(self.http)
+
+    def _read(self, stream: Stream) -> Iterator[Any]:
         try:
-            yield from self.http.records(
-                path,
-                paginator=ScimPaginator(count=page_size),
-                selector=functools.partial(list_response_resources, what=f"GET /{path}"),
-                params=params,
-                concurrency=self.settings.max_concurrency,
-            )
+            yield from self.reader.records(stream)
         except AuthError as e:
             raise self._auth_error(e) from None
 
     def list_accounts(self) -> Iterator[dict[str, Any]]:
-        for raw in self._resources("Users", self.settings.users_filter):
-            yield map_user(raw)
+        return self._read(self.users)
 
     def list_entitlements(self) -> Iterator[dict[str, Any]]:
         ids: list[str] = []
-        for raw in self._resources("Groups", self.settings.groups_filter, excludedAttributes="members"):
-            record = map_group(raw)
+        for record in self._read(self.groups):
             if record.get("entitlement_id"):
                 ids.append(record["entitlement_id"])
             yield record
@@ -475,46 +494,11 @@ class ScimConnector(Connector):
 
     def _list_group_ids(self) -> list[str]:
         if self._group_ids is None:
-            self._group_ids = [
-                gid for raw in self._resources("Groups", self.settings.groups_filter, excludedAttributes="members")
-                if (gid := map_group(raw).get("entitlement_id"))
-            ]
+            self._group_ids = [gid for record in self._read(self.groups) if (gid := record.get("entitlement_id"))]
         return self._group_ids
 
-    def _read_members(self, group_id: str) -> Any:
-        try:
-            data = self._get(f"Groups/{quote(group_id, safe='')}")
-        except NotFoundError:
-            self.log.warning("scim_group_vanished", group_id=group_id)  # deleted since it was listed
-            return None
-        if not isinstance(data, dict):
-            raise self._not_scim(None, f"GET /Groups/{group_id} is not a Group resource")
-        return data.get("members")  # absent = no members (RFC 7643: unassigned attributes are left out)
-
-    def _members_by_group(self, group_ids: list[str]) -> Iterator[tuple[str, Any]]:
-        """(group id, members) for each group, read ``max_concurrency`` at a time, in order."""
-        workers = max(1, self.settings.max_concurrency)
-        window: deque[tuple[str, Future]] = deque()
-        pool = ThreadPoolExecutor(workers, thread_name_prefix=f"scim-{self.ctx.name}")
-        try:
-            for gid in group_ids:
-                window.append((gid, pool.submit(contextvars.copy_context().run, self._read_members, gid)))
-                if len(window) >= workers * self.members_window:
-                    gid0, fut = window.popleft()
-                    yield gid0, fut.result()
-            while window:
-                gid0, fut = window.popleft()
-                yield gid0, fut.result()
-        finally:
-            for _, fut in window:
-                fut.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-
     def find_entitlement_associations(self) -> Iterator[dict[str, Any]]:
-        group_ids = self._list_group_ids()
-        known = set(group_ids)
-        for gid, members in self._members_by_group(group_ids):
-            yield from map_members(gid, members, known)
+        return self._read(self.members(set(self._list_group_ids())))
 
     def list_custom_attributes_schema(self) -> Iterator[CustomAttribute]:
         for name, description in CUSTOM_ATTRIBUTES.items():

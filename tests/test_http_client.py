@@ -44,6 +44,7 @@ def test_exported_members() -> None:
         "BearerTokenConfig",
         "CancelToken",
         "CursorPaginator",
+        "Fetcher",
         "HttpClient",
         "HttpSettings",
         "HttpStats",

@@ -112,7 +112,7 @@ def test_a_persistent_shortfall_fails_the_run_and_removes_nothing(tmp_path, data
     assert day2.exit_code == 1, output(day2)
     snap = last_snapshot(database_url, NAME)
     assert snap["status"] == "failed"
-    assert "announced" in snap["error"] and "3 times" in snap["error"] and "list_accounts" in snap["error"]
+    assert "announced" in snap["error"] and "3 times" in snap["error"] and "stream=accounts" in snap["error"]
     assert accounts(database_url) == before, "a short listing never becomes removals"
     assert query(database_url, "SELECT count(*) AS n FROM ingest.changes WHERE snapshot_id = %s",
                  snap["snapshot_id"])[0]["n"] == 0

@@ -15,6 +15,9 @@
   parameter), OAuth 2.0 client credentials; config models with ``SecretStr``.
 - ``CancelToken`` (``_cancel``): the run's cancellation (Ctrl-C, shutdown,
   timeout); every wait and request of a client built with it stops with it.
+- ``Fetcher`` (``_fetcher``): the one concurrent-fetch primitive (bounded,
+  ordered or interleaved, cancellable); paging ahead and the ``for_each``
+  fan-out of :mod:`ingest.streams` use it.
 - ``HttpSettings`` (``_settings``): what every HTTP connector's settings include.
 """
 
@@ -28,6 +31,7 @@ from ingest.http._auth import (
     OAuth2ClientCredentialsConfig,
 )
 from ingest.http._cancel import CancelToken
+from ingest.http._fetcher import Fetcher
 from ingest.http._client import HttpClient, RateLimiter, retry_after_seconds
 from ingest.http._paginators import (
     PAGINATORS,
@@ -53,6 +57,7 @@ __all__ = [
     "BearerTokenConfig",
     "CancelToken",
     "CursorPaginator",
+    "Fetcher",
     "HttpClient",
     "HttpSettings",
     "HttpStats",

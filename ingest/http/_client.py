@@ -54,7 +54,7 @@ from ingest.errors import (
     SourceError,
 )
 from ingest.errors import Cancelled
-from ingest.http._ahead import Ahead
+from ingest.http._fetcher import END, Fetcher
 from ingest.http._cancel import CancelToken
 from ingest.http._paginators import PageRequest, Paginator, SinglePage, json_path
 from ingest.http._settings import HttpSettings, HttpStats
@@ -538,6 +538,7 @@ class HttpClient:
         selector: str | Callable[[Any], list] | None = None,
         params: dict[str, Any] | None = None,
         concurrency: int | None = None,
+        cancel: CancelToken | None = None,
     ) -> Iterator[list[Any]]:
         """Yield each page's records, in order; the paginator decides where the next page is.
 
@@ -551,27 +552,30 @@ class HttpClient:
         if it is the request the paginator asks for next, so a wrong guess (a
         short page, a changed total) costs the pages fetched ahead, never a
         record. Cursors and links page one after another. Rate limits, the
-        in-flight bound and retries apply to every page.
+        in-flight bound and retries apply to every page. ``cancel`` (default: the
+        client's token) stops the listing.
         """
+        cancel = cancel if cancel is not None else self.cancel
         pager = (paginator or SinglePage()).fresh()
         request = PageRequest(self.url(path), dict(params or {}))
         pager.init_request(request)
         width = self.settings.max_concurrency if concurrency is None else max(1, concurrency)
-        ahead: Ahead[PageRequest, tuple[httpx.Response, Any]] | None = None
+        ahead: Fetcher[PageRequest, tuple[httpx.Response, Any]] | None = None
         page = 0
         distinct: set[int] | None = set() if pager.counted else None
         try:
             while True:
-                if ahead is not None and not ahead.next_is(request.signature()):
+                if ahead is not None and ((planned_next := ahead.next_item()) is END
+                                          or planned_next.signature() != request.signature()):
                     # the plan is used up, or a page was not what it foresaw (short, or the end came early)
                     log.debug("pages_ahead_stopped", connector=self.connector, page=page + 1,
                               url=redact_url(request.url))
                     ahead.close()
                     ahead = None
                 if ahead is not None:
-                    response, data = ahead.take()
+                    response, data = ahead.take()[1]
                 else:
-                    response, data = self._get_parsed("GET", request.url, request.params)
+                    response, data = self._get_parsed("GET", request.url, request.params, cancel)
                 page += 1
                 records = self._page_records(pager, response, data, selector, page)
                 if distinct is not None:
@@ -579,8 +583,8 @@ class HttpClient:
                 if page == 1 and width > 1 and pager.has_next:
                     planned = pager.plan(request)
                     if planned is not None:
-                        ahead = Ahead(self._fetch_ahead, planned, width=width, key=PageRequest.signature,
-                                      name=f"ingest-pages-{self.connector or 'http'}", cancel=self.cancel)
+                        ahead = Fetcher(self._fetch_ahead, planned, width=width, cancel=cancel,
+                                        name=f"ingest-pages-{self.connector or 'http'}")
                 yield records
                 if not pager.has_next:
                     if distinct is not None:
@@ -613,8 +617,8 @@ class HttpClient:
             received=received, announced=announced, connector=self.connector,
             request=f"GET {redact_url(response.request.url)}")
 
-    def _fetch_ahead(self, request: PageRequest, stop: CancelToken) -> tuple[httpx.Response, Any]:
-        return self._get_parsed("GET", request.url, request.params, cancel=stop)
+    def _fetch_ahead(self, request: PageRequest, stop: CancelToken) -> list[tuple[httpx.Response, Any]]:
+        return [self._get_parsed("GET", request.url, request.params, cancel=stop)]
 
     def _page_records(self, pager: Paginator, response: httpx.Response, data: Any,
                       selector: str | Callable[[Any], list] | None, page: int) -> list[Any]:

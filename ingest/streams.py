@@ -1,0 +1,211 @@
+"""Declarative streams: a stream is data, the engine owns every loop.
+
+A connector declares what to list and how to map it; :class:`StreamReader`
+does the paging (any paginator of :mod:`ingest.http`), the fan-out over parent
+records, the concurrency (one :class:`~ingest.http.Fetcher`, within the
+client's ``max_concurrency``), cancellation (the run's token) and the
+end-of-listing checks (offset / SCIM totals, repeated page tokens)::
+
+    from ingest.streams import Stream, StreamReader
+
+    USERS = Stream("accounts", "/users", selector="data", paginator=CursorPaginator("meta.next"), map=map_user)
+    GROUPS = Stream("entitlements", "/groups", paginator=LinkHeaderPaginator(), map=map_group)
+    MEMBERS = Stream(
+        "assignments", "/groups/{parent.entitlement_id}/members",     # one listing per parent record
+        for_each=GROUPS, skip_missing=True,                            # a group deleted since: no members
+        paginator=OffsetPaginator(limit=100, total_path="total"), selector="items",
+        map=lambda m, parent: {"account_id": m["user_id"], "entitlement_id": parent["entitlement_id"]})
+
+    class Acme(Connector):
+        def list_accounts(self):
+            return self.streams_reader.records(USERS)       # reader = StreamReader(self.http, keep=[GROUPS])
+
+A :class:`Stream` has:
+
+``name``
+    what errors and logs call it (``accounts``, ``assignments``, ...).
+``path``, ``params``
+    under the client's ``base_url``; ``{parent.<dotted.path>}`` in either is
+    the parent record's value (URL-quoted in the path; a param that is only a
+    template keeps the value's type).
+``selector``
+    dotted path to the record list in each page (``"data"``), a function of the
+    body, or None (the body is the list).
+``paginator``
+    a :class:`~ingest.http.Paginator` (each listing uses a fresh copy), or None
+    for the reader's default (``SinglePage`` unless the reader names one).
+``map``
+    ``map(record)`` or ``map(record, parent)``: a pure function returning one
+    record (a dict or a :mod:`ingest.records` model), several (a list or a
+    generator), or None to drop it. None: records pass as they are.
+``for_each``
+    a parent :class:`Stream` (its mapped records; the reader reuses them when it
+    already read that stream and was told to ``keep`` it) or a function
+    returning parent records. Each parent gets its own listing; listings run
+    ``concurrency`` at a time (default: the client's ``max_concurrency``), each
+    paged one page after another, pages handed on in parent order (``ordered``)
+    or as they arrive (``ordered=False``).
+``skip_missing``
+    a parent whose listing answers 404 (deleted since it was listed) gives no
+    records instead of failing the run (``stream_parent_missing`` is logged).
+
+Errors raised while reading a stream carry its name (``IngestError.stream``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from pydantic import BaseModel
+
+from ingest.errors import IngestError, NotFoundError, ProtocolError
+from ingest.http import HttpClient, Paginator, SinglePage, json_path
+from ingest.http._fetcher import Fetcher
+
+__all__ = ["Stream", "StreamReader", "render"]
+
+log = structlog.get_logger("ingest.streams")
+_TEMPLATE = re.compile(r"\{parent\.([^{}]+)\}")
+
+
+@dataclass(frozen=True, eq=False)
+class Stream:
+    """One listing (or one per parent record) and its mapping; see the module docstring."""
+
+    name: str
+    path: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    selector: str | Callable[[Any], list] | None = None
+    paginator: Paginator | None = None
+    map: Callable[..., Any] | None = None
+    for_each: Stream | Callable[[], Iterable[Any]] | None = None
+    skip_missing: bool = False
+    concurrency: int | None = None
+    ordered: bool = True
+
+    def __post_init__(self) -> None:
+        takes_parent = False
+        if self.map is not None:
+            try:
+                params = [p for p in inspect.signature(self.map).parameters.values()
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+                takes_parent = len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+            except (TypeError, ValueError):  # a builtin without a signature: one argument
+                takes_parent = False
+        object.__setattr__(self, "_map_takes_parent", takes_parent)
+
+
+def render(template: Any, parent: Any, *, stream: str = "", key: str = "", in_path: bool = False) -> Any:
+    """``template`` with each ``{parent.<dotted.path>}`` replaced by the parent record's value."""
+    if not isinstance(template, str) or "{parent." not in template:
+        return template
+
+    def value(path: str) -> Any:
+        data = parent.model_dump() if isinstance(parent, BaseModel) else parent
+        v = json_path(data, path)
+        if v is None or isinstance(v, (dict, list)):
+            raise ProtocolError(f"the parent record has no value at {path!r} for {key or 'the path'} "
+                                f"(parent: {str(parent)[:200]})", stream=stream or None)
+        return v
+
+    whole = _TEMPLATE.fullmatch(template)
+    if whole and not in_path:
+        return value(whole.group(1))
+    return _TEMPLATE.sub(lambda m: quote(str(value(m.group(1))), safe="") if in_path else str(value(m.group(1))),
+                         template)
+
+
+class StreamReader:
+    """Reads declared streams through one :class:`~ingest.http.HttpClient` (see the module docstring).
+
+    ``keep``: streams whose mapped records are remembered when read, because
+    another stream fans out over them (``for_each``) later in the run.
+    """
+
+    def __init__(self, http: HttpClient, *, keep: Iterable[Stream] = (), paginator: Paginator | None = None) -> None:
+        self.http = http
+        self.default_paginator = paginator
+        self._keep = {id(s) for s in keep}
+        self._kept: dict[int, list[Any]] = {}
+
+    # -- public -----------------------------------------------------------------------------------
+    def records(self, stream: Stream) -> Iterator[Any]:
+        """Every mapped record of the stream."""
+        for page in self.pages(stream):
+            yield from page
+
+    def pages(self, stream: Stream) -> Iterator[list[Any]]:
+        """The stream's mapped records, a page at a time."""
+        keep = id(stream) in self._keep
+        kept: list[Any] | None = [] if keep else None
+        for page in self._pages(stream):
+            if kept is not None:
+                kept.extend(page)
+            yield page
+        if kept is not None:
+            self._kept[id(stream)] = kept
+
+    def parents(self, stream: Stream) -> Iterable[Any]:
+        """The parent records ``stream`` fans out over."""
+        parent = stream.for_each
+        if parent is None:
+            return ()
+        if isinstance(parent, Stream):
+            kept = self._kept.get(id(parent))
+            return kept if kept is not None else self.records(parent)
+        return parent()
+
+    # -- engine -----------------------------------------------------------------------------------
+    def _pages(self, stream: Stream) -> Iterator[list[Any]]:
+        if stream.for_each is None:
+            yield from self._listing(stream, None, None, None)
+            return
+        width = stream.concurrency or self.http.settings.max_concurrency
+        fetcher = Fetcher(lambda parent, stop: self._listing(stream, parent, stop, 1), self.parents(stream),
+                          width=width, ordered=stream.ordered, cancel=self.http.cancel,
+                          name=f"ingest-stream-{stream.name}")
+        with fetcher:
+            for _, page in fetcher:
+                yield page
+
+    def _listing(self, stream: Stream, parent: Any, stop: Any, concurrency: int | None) -> Iterator[list[Any]]:
+        """One listing: the stream's path (for one parent), every page, mapped."""
+        try:
+            path = render(stream.path, parent, stream=stream.name, key="path", in_path=True)
+            params = {k: render(v, parent, stream=stream.name, key=f"params.{k}") for k, v in stream.params.items()}
+            pages = self.http.paginate(path, paginator=stream.paginator or self.default_paginator or SinglePage(),
+                                       selector=stream.selector, params=params, concurrency=concurrency,
+                                       cancel=stop)
+            for raw in pages:
+                yield self._mapped(stream, raw, parent)
+        except NotFoundError as e:
+            if stream.skip_missing and parent is not None:
+                log.warning("stream_parent_missing", stream=stream.name, path=path, connector=self.http.connector)
+                return
+            e.stream = e.stream or stream.name
+            raise
+        except IngestError as e:
+            e.stream = e.stream or stream.name
+            raise
+
+    def _mapped(self, stream: Stream, raw: list[Any], parent: Any) -> list[Any]:
+        fn = stream.map
+        if fn is None:
+            return raw
+        with_parent = getattr(stream, "_map_takes_parent", False)
+        out: list[Any] = []
+        for record in raw:
+            got = fn(record, parent) if with_parent else fn(record)
+            if got is None:
+                continue
+            if isinstance(got, (dict, BaseModel)):
+                out.append(got)
+            else:
+                out.extend(got)
+        return out
