@@ -19,6 +19,7 @@ BUILTIN: dict[str, str] = {
     "aws_iam": "connectors.aws_iam:AwsIamConnector",
     "entra": "connectors.entra:EntraConnector",
     "github": "connectors.github:GithubConnector",
+    "pagerduty": "connectors.pagerduty:PagerDutyConnector",
     "google_workspace": "connectors.google_workspace:GoogleWorkspaceConnector",
 }
 
