@@ -297,29 +297,52 @@ def connectors(json_out: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
-def info(type_name: str = typer.Argument(..., metavar="TYPE"), json_out: bool = typer.Option(False, "--json")) -> None:
-    """A connector type's self-description (the Lumos SDK `info` document)."""
-    from ingest.registry import get_connector_class
+def info(ctx: typer.Context, type_name: str = typer.Argument(..., metavar="TYPE|NAME"),
+         json_out: bool = typer.Option(False, "--json")) -> None:
+    """A connector type's self-description (the Lumos SDK `info` document); for an instance also its settings."""
+    from ingest.credentials._form import describe_instance
+    from ingest.registry import connector_types, get_connector_class
 
+    instance = None
+    if type_name not in connector_types():
+        loaded = _state(ctx).loaded_or_none()
+        if loaded is not None and type_name in loaded.connectors:
+            instance = describe_instance(loaded, type_name)
+            type_name = instance["type"]
     doc = get_connector_class(type_name).info()
     if json_out:
-        out.print_json(json.dumps(doc))
+        out.print_json(json.dumps({**doc, "instance": instance} if instance else doc))
         return
     out.print(Text.assemble((doc["user_friendly_name"], "bold"), f" ({doc['app_id']})\n{doc['description']}\n"))
     out.print("capabilities: " + ", ".join(doc["capabilities"]))
     for title, key in (("settings", "request_settings_schema"), ("auth", "authentication_schema")):
         schema = doc[key]
-        required = set(schema.get("required", []))
-        table = Table("field", "type", "default", "description", title=title, title_justify="left")
-        for field, spec in schema.get("properties", {}).items():
-            typ = spec.get("type") or " | ".join(x.get("type", "?") for x in spec.get("anyOf", []))
-            table.add_row(field + (" *" if field in required else ""), str(typ),
-                          "" if "default" not in spec else json.dumps(spec["default"]), spec.get("description", ""))
-        out.print(table)
+        branches = [schema] if "properties" in schema else [
+            schema.get("$defs", {}).get(b.get("$ref", "").rsplit("/", 1)[-1], b) for b in schema.get("oneOf", [])]
+        for branch in branches:
+            required = set(branch.get("required", []))
+            label = title if len(branches) == 1 else f"{title} ({branch.get('title', '')})"
+            table = Table("field", "type", "default", "section", "description", title=label, title_justify="left")
+            for field, spec in branch.get("properties", {}).items():
+                typ = spec.get("type") or " | ".join(x.get("type", "?") for x in spec.get("anyOf", []))
+                secret = " (secret)" if spec.get("writeOnly") else ""
+                table.add_row(field + (" *" if field in required else ""), str(typ) + secret,
+                              "" if "default" not in spec else json.dumps(spec["default"]), spec.get("x-section", ""),
+                              spec.get("description", ""))
+            out.print(table)
     if doc["resource_types"]:
         out.print("resource types: " + ", ".join(r["type_id"] for r in doc["resource_types"]))
     if doc["entitlement_types"]:
         out.print("entitlement types: " + ", ".join(e["type_id"] for e in doc["entitlement_types"]))
+    if instance:
+        for title in ("settings", "auth"):
+            label = f"{instance['name']}: {title}" + (f" ({instance['auth_kind']})" if title == "auth"
+                                                      and instance["auth_kind"] else "")
+            table = Table("field", "value", "from", title=label, title_justify="left")
+            for row in instance[title]:
+                value = row["value"] if isinstance(row["value"], str) else json.dumps(row["value"])
+                table.add_row(row["field"], Text(value), Text(row["source"]))
+            out.print(table)
 
 
 # -- status / snapshots / diff ------------------------------------------------------

@@ -167,15 +167,17 @@ class Connector:
 
     @classmethod
     def info(cls) -> dict[str, Any]:
-        """The Lumos SDK ``info`` document."""
+        """The Lumos SDK ``info`` document; every setting carries its form section (``x-section``)."""
+        from ingest.credentials._form import mark_sections
+
         return {
             "app_id": cls.app_id or cls.type,
             "type": cls.type,
             "user_friendly_name": cls.name,
             "description": cls.description,
             "logo_url": cls.logo_url,
-            "authentication_schema": cls.Auth.model_json_schema(),
-            "request_settings_schema": cls.Settings.model_json_schema(),
+            "authentication_schema": mark_sections(cls.Auth.model_json_schema()),
+            "request_settings_schema": mark_sections(cls.Settings.model_json_schema()),
             "capabilities": ["validate_credentials", *cls.capabilities()],
             "resource_types": [r.model_dump() for r in cls.resource_types],
             "entitlement_types": [e.model_dump() for e in cls.entitlement_types],

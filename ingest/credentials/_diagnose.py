@@ -47,7 +47,7 @@ def _secret_field(cred: Any) -> str:
 
 def explain(error: BaseException, name: str, cred: Any) -> tuple[str, str]:
     """(one-line reason, what to do) for an exception raised by a connector's ``validate_credentials``."""
-    text = redact(str(error.message if isinstance(error, IngestError) else error)).replace("\n", " ")
+    text = redact(str(error)).replace("\n", " ")  # with [connector=...] and the redacted request line
     oauth = getattr(error, "oauth_error", None)
     fields = _secret_field(cred)
     if isinstance(error, ConsentRequired):

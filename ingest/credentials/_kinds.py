@@ -388,6 +388,14 @@ class Credentials(RootModel[Any]):
     def httpx_auth(self, store: Any = None, connector: str | None = None) -> httpx.Auth:
         return self.root.httpx_auth(store, connector)
 
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kw: Any) -> dict[str, Any]:
+        """One of the accepted kinds' objects (``oneOf``), itself an object as form renderers expect."""
+        schema = super().model_json_schema(*args, **kw)
+        schema.setdefault("type", "object")
+        schema.setdefault("x-kinds", list(cls.accepted))
+        return schema
+
     def __getattr__(self, name: str) -> Any:  # auth.username, auth.bearer_token, ...
         if name.startswith("_") or name in ("root",):
             raise AttributeError(name)
