@@ -152,7 +152,7 @@ class SnapshotWriter:
         self.connector = connector
         self.snapshot_id = snapshot_id
         self.staged: dict[str, _EntityStats] = {}
-        self.staged_keys: dict[str, int] = {}
+        self.duplicates: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self.merge_timings: dict[str, float] = {}
         self._prefix = f"s{snapshot_id}_"
 
@@ -290,13 +290,11 @@ class SnapshotWriter:
                 for name, ent in ENTITIES.items():
                     if ent.table is None or name not in self.staged:
                         continue
-                    duplicates, samples = self._drop_duplicates(conn, ent)
                     s = self._merge(conn, ent)
                     s["fetched"] = self.staged[name].fetched
                     s["invalid"] = self.staged[name].invalid
-                    if duplicates:
-                        s["duplicates"] = duplicates
-                        duplicate_samples[name] = samples
+                    if name in self.duplicates:
+                        s["duplicates"], duplicate_samples[name] = self.duplicates[name]
                     stats[name] = s
                     if (not allow_mass_delete and s["before"] > 0
                             and s["removed"] / s["before"] > max_deletion_ratio):
@@ -357,37 +355,52 @@ class SnapshotWriter:
         self.merge_timings[label] = round(self.merge_timings.get(label, 0.0) + time.perf_counter() - t, 3)
         return result
 
-    def _drop_duplicates(self, conn: sa.Connection, ent: Entity) -> tuple[int, list[dict[str, Any]]]:
+    def _drop_duplicates(self, conn: sa.Connection, ent: Entity) -> int:
         """Keep one copy per key of what the source sent twice: the one with the greatest row hash.
 
-        Deterministic whatever the order the copies came in. Returns the number of copies
-        dropped and samples of their keys (for ``stats``); ``self.staged_keys`` gets the
-        number of distinct keys staged.
+        Deterministic whatever the order the copies came in. Records the number of copies
+        dropped and samples of their keys in ``self.duplicates`` (for ``stats``) and returns
+        the number dropped. Called only when the merge saw a sign of duplicates (a unique
+        violation, or counts that do not add up), so a clean source pays nothing for it.
         """
         stage = self.stage_table(ent.name)
-        keys, rows = self._timed(conn, f"{ent.name}.distinct", f"SELECT count(*), coalesce(sum(n), 0) FROM "
-                                 f"(SELECT count(*) AS n FROM {stage} GROUP BY key_hash) g").one()
-        self.staged_keys[ent.name] = keys
-        if rows == keys:
-            return 0, []
         dup = f"_dup_{ent.name}"
-        conn.execute(sa.text(f"CREATE TEMP TABLE {dup} ON COMMIT DROP AS SELECT key_hash, count(*) AS copies "
-                             f"FROM {stage} GROUP BY key_hash HAVING count(*) > 1"))
-        keys_sql = ", ".join(f"s.{c}" for c in ent.key)
-        samples = [
-            {"key": ":".join(r[:-1]), "copies": r[-1]}
-            for r in conn.execute(sa.text(
-                f"SELECT DISTINCT ON (d.key_hash) {keys_sql}, d.copies FROM {dup} d JOIN {stage} s USING (key_hash) "
-                f"ORDER BY d.key_hash LIMIT {MAX_INVALID_SAMPLES}"))
-        ]
-        conn.execute(sa.text(
-            f"DELETE FROM {stage} s USING {dup} d WHERE s.key_hash = d.key_hash AND EXISTS "
-            f"(SELECT 1 FROM {stage} t WHERE t.key_hash = s.key_hash AND (t.row_hash, t.ctid) > (s.row_hash, s.ctid))"))
+        self._timed(conn, f"{ent.name}.duplicates", (
+            f"CREATE TEMP TABLE {dup} ON COMMIT DROP AS SELECT key_hash, count(*) AS copies "
+            f"FROM {stage} GROUP BY key_hash HAVING count(*) > 1"))
+        dropped = int(conn.execute(sa.text(f"SELECT coalesce(sum(copies - 1), 0) FROM {dup}")).scalar_one())
+        if dropped:
+            keys_sql = ", ".join(f"s.{c}" for c in ent.key)
+            samples = [
+                {"key": ":".join(r[:-1]), "copies": r[-1]}
+                for r in conn.execute(sa.text(
+                    f"SELECT DISTINCT ON (d.key_hash) {keys_sql}, d.copies FROM {dup} d JOIN {stage} s "
+                    f"USING (key_hash) ORDER BY d.key_hash LIMIT {MAX_INVALID_SAMPLES}"))
+            ]
+            conn.execute(sa.text(
+                f"DELETE FROM {stage} s USING {dup} d WHERE s.key_hash = d.key_hash AND EXISTS "
+                f"(SELECT 1 FROM {stage} t WHERE t.key_hash = s.key_hash "
+                f"AND (t.row_hash, t.ctid) > (s.row_hash, s.ctid))"))
+            self.duplicates[ent.name] = (dropped, samples)
+            log.warning("duplicate_keys_from_source", entity=ent.name, dropped=dropped,
+                        samples=[x["key"] for x in samples[:5]])
         conn.execute(sa.text(f"DROP TABLE {dup}"))
-        dropped = int(rows - keys)
-        log.warning("duplicate_keys_from_source", entity=ent.name, dropped=dropped,
-                    samples=[x["key"] for x in samples[:5]])
-        return dropped, samples
+        return dropped
+
+    def _current_count(self, conn: sa.Connection, ent: Entity, exact: bool = False) -> int:
+        """How many current versions the connector has for ``ent``: from the last succeeded
+        snapshot's stats (added + modified + unchanged, kept exact by every merge), else counted."""
+        if not exact:
+            n = conn.execute(sa.text(
+                "SELECT (stats -> :e ->> 'added')::bigint + (stats -> :e ->> 'modified')::bigint "
+                "+ (stats -> :e ->> 'unchanged')::bigint FROM ingest.snapshots "
+                "WHERE connector = :c AND status = 'succeeded' AND stats ? :e "
+                "ORDER BY snapshot_id DESC LIMIT 1"), {"c": self.connector, "e": ent.name}).scalar()
+            if n is not None:
+                return int(n)
+        return self._timed(conn, f"{ent.name}.count_current", (
+            f"SELECT count(*) FROM ingest.{ent.table}_history WHERE connector = :c AND valid_to IS NULL"),
+            {"c": self.connector}).scalar_one()
 
     def _record_last_activity(self, conn: sa.Connection) -> int | None:
         """Upsert the staged last activity (account records and the last-activity stream) into
@@ -423,26 +436,37 @@ class SnapshotWriter:
             log.info("rejected_staging_dropped", tables=len(tables))
 
     def _merge(self, conn: sa.Connection, ent: Entity) -> dict[str, int]:
-        """Merge one entity's staging (one row per key) into its history; the cost follows the change.
+        """Merge one entity's staging into its history; the cost follows the change.
 
         One pass diffs staging against the connector's current versions by key (a full
         join on ``key_hash``) into a temporary table of the changed keys only; closing and
         opening versions then touch just those rows (index lookups), and every count comes
         from that table. A first load is one INSERT in key order (the unique index on
         ``key_hash`` then grows at its right edge instead of at random pages).
+
+        Duplicate keys from the source are found without a pass of their own: on a first
+        load the unique index refuses them; on a re-run the diff's counts do not add up
+        (more staged rows matched current versions than there are current versions, or a
+        key twice among the changed ones). Then they are dropped and the merge repeated.
         """
         hist = f"ingest.{ent.table}_history"
         stage = self.stage_table(ent.name)
         p = {"c": self.connector, "sid": self.snapshot_id}
         cols = ", ".join(ent.versioned)
         name = ent.name
-        staged = self.staged_keys[name]
+        st = self.staged[name]
+        rows = st.fetched - st.invalid - self.duplicates.get(name, (0, []))[0]  # rows in staging
         has_current = self._timed(conn, f"{name}.exists", f"SELECT EXISTS (SELECT 1 FROM {hist} "
                                   "WHERE connector = :c AND valid_to IS NULL)", p).scalar()
         if not has_current:
-            opened = self._timed(conn, f"{name}.insert", (
-                f"INSERT INTO {hist} (connector, {cols}, key_hash, row_hash, valid_from) "
-                f"SELECT :c, {cols}, key_hash, row_hash, :sid FROM {stage} ORDER BY key_hash"), p).rowcount
+            insert = (f"INSERT INTO {hist} (connector, {cols}, key_hash, row_hash, valid_from) "
+                      f"SELECT :c, {cols}, key_hash, row_hash, :sid FROM {stage} ORDER BY key_hash")
+            try:
+                with conn.begin_nested():
+                    opened = self._timed(conn, f"{name}.insert", insert, p).rowcount
+            except sa.exc.IntegrityError:  # the same key twice in staging
+                self._drop_duplicates(conn, ent)
+                opened = self._timed(conn, f"{name}.insert", insert, p).rowcount
             if opened:
                 # the next run's diff is planned from these statistics (autovacuum may not have come by)
                 self._timed(conn, f"{name}.analyze", f"ANALYZE {hist}")
@@ -454,11 +478,24 @@ class SnapshotWriter:
             f"(SELECT key_hash, row_hash FROM {hist} WHERE connector = :c AND valid_to IS NULL) h "
             f"ON h.key_hash = s.key_hash "
             f"WHERE s.key_hash IS NULL OR h.key_hash IS NULL OR s.row_hash <> h.row_hash"), p)
-        changed = self._timed(conn, f"{name}.count", (
+        new_rows, new_keys, mod_rows, mod_keys, removed = (int(x) for x in self._timed(conn, f"{name}.count", (
             f"SELECT count(*) FILTER (WHERE old_key_hash IS NULL), "
+            f"count(DISTINCT key_hash) FILTER (WHERE old_key_hash IS NULL), "
             f"count(*) FILTER (WHERE key_hash IS NOT NULL AND old_key_hash IS NOT NULL), "
-            f"count(*) FILTER (WHERE key_hash IS NULL) FROM {diff}")).one()
-        added, modified, removed = (int(x) for x in changed)
+            f"count(DISTINCT old_key_hash) FILTER (WHERE key_hash IS NOT NULL AND old_key_hash IS NOT NULL), "
+            f"count(*) FILTER (WHERE key_hash IS NULL) FROM {diff}")).one())
+        before = self._current_count(conn, ent)
+        matched = rows - new_rows  # staged rows that found a current version (each at most once without duplicates)
+        if matched != before - removed:
+            before = self._current_count(conn, ent, exact=True)
+        if matched > before - removed or new_rows != new_keys or mod_rows != mod_keys:
+            conn.execute(sa.text(f"DROP TABLE {diff}"))
+            if not self._drop_duplicates(conn, ent):
+                raise SnapshotError(f"{ent.table}: the merge's counts do not add up ({rows} staged, {before} "
+                                    f"current, {new_rows} new, {removed} gone); nothing was committed",
+                                    connector=self.connector)
+            return self._merge(conn, ent)
+        added, modified = new_rows, mod_rows
         if added + modified + removed:
             conn.execute(sa.text(f"ANALYZE {diff}"))
         closed = self._timed(conn, f"{name}.close", (
@@ -473,13 +510,13 @@ class SnapshotWriter:
             raise SnapshotError(f"{ent.table}: the merge closed {closed} and opened {opened} versions where the "
                                 f"diff had {added} added, {modified} modified, {removed} removed; nothing was committed",
                                 connector=self.connector)
-        unchanged = staged - added - modified
+        unchanged = before - modified - removed
         return {
             "added": added,
             "modified": modified,
             "removed": removed,
             "unchanged": unchanged,
-            "before": unchanged + modified + removed,
+            "before": before,
         }
 
     def discard(self, keep: bool = False) -> None:

@@ -81,6 +81,21 @@ class TestDuplicateKeys:
         assert stats["duplicate_samples"]["assignment"] == [{"key": "u1:g-eng::", "copies": 3}]
         assert _count(org, "SELECT count(*) AS n FROM ingest.assignments WHERE account_id = 'u1'") == 1
 
+    def test_a_merge_does_not_trust_stale_counts(self, tmp_path, database_url):
+        # the re-run's merge takes the number of current versions from the last snapshot's stats;
+        # when they are off (edited by hand), it counts instead of reporting duplicates or wrong figures
+        org = _org(tmp_path, database_url)
+        assert org.run().exit_code == 0
+        with get_engine(database_url).begin() as conn:
+            conn.execute(sa.text("UPDATE ingest.snapshots SET stats = jsonb_set(stats, '{account,added}', '3')"))
+        org.data["account"][1]["display_name"] = "Renamed"
+        org.save()
+        assert org.run().exit_code == 0
+        stats = org.last_snapshot()["stats"]["account"]
+        assert {k: stats[k] for k in ("added", "modified", "removed", "unchanged")} == \
+            {"added": 0, "modified": 1, "removed": 0, "unchanged": 4}
+        assert "duplicates" not in stats
+
     def test_no_duplicates_no_duplicate_stats(self, tmp_path, database_url):
         org = _org(tmp_path, database_url)
         assert org.run().exit_code == 0
