@@ -16,6 +16,10 @@ from ingest.registry import connector_types, get_connector_class
 from tests.oidc_probe import register
 
 
+SECRET_FIELDS = {"password", "api_key", "api_secret", "bearer_token", "token", "client_secret", "private_key",
+                 "service_account_json", "secret_access_key", "session_token"}
+
+
 def _properties(schema: dict[str, Any]):
     yield from (schema.get("properties") or {}).items()
     for sub in (schema.get("$defs") or {}).values():
@@ -31,8 +35,7 @@ def test_every_setting_has_a_section(type_name: str) -> None:
                 continue
             assert spec.get("x-section") in SECTIONS, (type_name, key, field)
     for field, spec in _properties(info["authentication_schema"]):
-        if any(w in field for w in ("password", "secret", "private_key", "token", "api_key")) and field not in (
-                "token_url",):
+        if field in SECRET_FIELDS:
             assert spec.get("writeOnly") is True, (type_name, field)
 
 
