@@ -20,6 +20,7 @@ BUILTIN: dict[str, str] = {
     "entra": "connectors.entra:EntraConnector",
     "github": "connectors.github:GithubConnector",
     "pagerduty": "connectors.pagerduty:PagerDutyConnector",
+    "jira": "connectors.jira:JiraConnector",
     "google_workspace": "connectors.google_workspace:GoogleWorkspaceConnector",
 }
 

@@ -1,0 +1,244 @@
+"""``jira``: Jira Cloud users, groups and members, projects (resources) and their project roles'
+actors (users and groups), read with GET only through REST API v3.
+
+What it reads::
+
+    GET /rest/api/3/myself                                     check
+    GET /rest/api/3/users/search?startAt=&maxResults=          users: a BARE ARRAY (no isLast/total)
+    GET /rest/api/3/group/bulk?startAt=&maxResults=            groups (page bean)
+    GET /rest/api/3/group/member?groupId=&includeInactiveUsers=true&startAt=&maxResults=   members (<= 50)
+    GET /rest/api/3/project/search?startAt=&maxResults=        projects (page bean)
+    GET /rest/api/3/project/{id}/role                          the project's roles: {name: URL}
+    GET /rest/api/3/project/{id}/role/{roleId}                 a role's actors (users and groups)
+
+Paging. Page beans (``{"startAt", "maxResults", "total", "isLast", "values"}``) end on ``isLast``
+(else when ``startAt`` reaches ``total``); the ``maxResults`` the server answers with is read back
+and used for the next request, because Jira caps it silently. The bare array of
+``users/search`` has nothing to read back: the next ``startAt`` advances by what arrived, and
+only a page shorter than the longest one seen (or an empty one) ends it, so a server that caps
+1,000 to 100 is still read to the end. 429s honour ``Retry-After`` (the shared HTTP layer).
+
+Auth: ``username_api_key`` (e-mail + API token as HTTP Basic) with ``base_url`` the site
+(``https://acme.atlassian.net``); or ``oauth2_authorization_code`` (3LO, rotating refresh
+tokens, ``ingest auth NAME``) with ``base_url`` ``https://api.atlassian.com/ex/jira/<cloud id>``.
+
+How it maps::
+
+    account      user (accountId; accountType atlassian/customer -> user, app -> service; active)
+    entitlement  group (groupId); project role <project id>:<role id> on the project resource
+    assignment   user -> group; user -> project role
+    nested       group -> project role (its members hold the role)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from connectors._fanout import fan_out
+from ingest.connector import Connector, EntitlementType, ResourceType
+from ingest.credentials import credentials
+from ingest.errors import AuthError
+from ingest.http import HttpClient, HttpSettings, OffsetPaginator, Paginator
+
+__all__ = ["JiraAuth", "JiraConnector", "JiraPageBeanPaginator", "JiraSettings", "map_group", "map_project",
+           "map_role_actors", "map_user"]
+
+API = "rest/api/3"
+
+
+class JiraSettings(HttpSettings):
+    base_url: str = Field(description="The site, https://acme.atlassian.net (or https://api.atlassian.com/ex/jira/"
+                          "<cloud id> with OAuth).")
+    page_size: int = Field(100, ge=1, le=1000, description="maxResults asked for (Jira caps it per endpoint).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        v = v.strip()
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://acme.atlassian.net")
+        return v.rstrip("/")
+
+
+class JiraAuth(credentials("username_api_key", "oauth2_authorization_code", name="JiraAuth")):
+    """E-mail + API token (``username``, ``api_key``), or OAuth 2.0 (3LO) authorization code."""
+
+    model_config = ConfigDict(json_schema_extra={"type": "object"})
+
+
+class JiraPageBeanPaginator(Paginator):
+    """``?startAt=0&maxResults=50`` answered by ``{"startAt": 0, "maxResults": 50, "total": 120,
+    "isLast": false, "values": [...]}``: ends on ``isLast`` (else ``startAt >= total``, or an empty
+    page); the answered ``maxResults`` is what the next request asks for."""
+
+    def __init__(self, limit: int = 50) -> None:
+        self.limit = limit
+        self._reset()
+
+    def _reset(self) -> None:
+        self.start, self.asked = 0, self.limit
+
+    def init_request(self, request):
+        request.params["startAt"], request.params["maxResults"] = self.start, self.asked
+        super().init_request(request)
+
+    def update_state(self, response, data, records):
+        self.start += len(records)
+        answered = data.get("maxResults") if isinstance(data, dict) else None
+        if isinstance(answered, int) and answered > 0:
+            self.asked = answered
+        is_last, total = (data.get("isLast"), data.get("total")) if isinstance(data, dict) else (None, None)
+        if not records:
+            self.has_next = False
+        elif isinstance(is_last, bool):
+            self.has_next = not is_last
+        elif isinstance(total, int):
+            self.has_next = self.start < total
+        else:
+            self.has_next = len(records) >= self.asked
+
+    def _next(self, request):
+        request.params["startAt"], request.params["maxResults"] = self.start, self.asked
+
+
+def map_user(raw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "account_id": raw.get("accountId"),
+        "email": raw.get("emailAddress") or None,
+        "display_name": raw.get("displayName"),
+        "status": "ACTIVE" if raw.get("active", True) else "SUSPENDED",
+        "account_type": "service" if raw.get("accountType") == "app" else "user",
+        "custom_attributes": {"account_type": raw.get("accountType")},
+        "extra": {k: raw.get(k) for k in ("accountType", "timeZone", "locale") if raw.get(k) is not None},
+    }
+
+
+def map_group(raw: dict[str, Any]) -> dict[str, Any]:
+    return {"entitlement_type": "group", "entitlement_id": raw.get("groupId"), "label": raw.get("name")}
+
+
+def map_project(raw: dict[str, Any]) -> dict[str, Any]:
+    return {"resource_type": "project", "resource_id": str(raw.get("id")), "label": raw.get("name"),
+            "description": raw.get("description") or None,
+            "extra": {k: raw.get(k) for k in ("key", "projectTypeKey", "style", "simplified", "isPrivate")
+                      if k in raw}}
+
+
+def map_role_actors(project_id: str, role: dict[str, Any], group_ids: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """A project role's ``actors`` -> Assignments (users) and NestedEntitlements (groups)."""
+    ent = f"{project_id}:{role['id']}"
+    for actor in role.get("actors") or []:
+        user = actor.get("actorUser") if isinstance(actor.get("actorUser"), dict) else None
+        group = actor.get("actorGroup") if isinstance(actor.get("actorGroup"), dict) else None
+        if user and user.get("accountId"):
+            yield {"account_id": user["accountId"], "entitlement_id": ent, "resource_type": "project",
+                   "resource_id": project_id}
+        elif group:
+            gid = group.get("groupId") or group_ids.get(group.get("name") or "")
+            if gid:
+                yield {"entitlement_id": ent, "member_entitlement_id": gid}
+
+
+class JiraConnector(Connector):
+    type: ClassVar[str] = "jira"
+    name: ClassVar[str] = "Jira Cloud"
+    description: ClassVar[str] = ("Jira Cloud users, groups and members, projects and their project roles' actors "
+                                  "(users and groups).")
+    Settings: ClassVar[type[BaseModel]] = JiraSettings
+    Auth: ClassVar[type[BaseModel]] = JiraAuth
+    resource_types: ClassVar[list[ResourceType]] = [ResourceType(type_id="project", type_label="Project")]
+    entitlement_types: ClassVar[list[EntitlementType]] = [
+        EntitlementType(type_id="group", type_label="Group"),
+        EntitlementType(type_id="project_role", type_label="Project role", resource_type_id="project")]
+
+    @functools.cached_property
+    def http(self) -> HttpClient:
+        return self.ctx.http_client(self.settings.base_url, auth=self.auth.httpx_auth())
+
+    def _pages(self, path: str, paginator: Paginator, selector: Any = None, **params: Any) -> Iterator[list[Any]]:
+        try:
+            yield from self.http.paginate(f"{API}/{path}", paginator=paginator, selector=selector, params=params)
+        except AuthError as e:
+            raise self._auth_error(e) from None
+
+    def _auth_error(self, e: AuthError) -> AuthError:
+        field = "auth.username / auth.api_key" if getattr(self.auth, "kind", "") == "username_api_key" \
+            else "the OAuth consent (ingest auth NAME)"
+        return AuthError(f"Jira refused the request (HTTP {e.status_code}); check {field}: the account needs the "
+                         f"Browse users and groups global permission and Administer Jira to read project roles "
+                         f"[{e.message}]", connector=self.ctx.name, request=e.request, status_code=e.status_code)
+
+    def _beans(self, path: str, limit: int, **params: Any) -> list[Any]:
+        return [v for page in self._pages(path, JiraPageBeanPaginator(limit), "values", **params) for v in page]
+
+    def validate_credentials(self) -> dict[str, Any]:
+        try:
+            me = self.http.get_json(f"{API}/myself")
+        except AuthError as e:
+            raise self._auth_error(e) from None
+        return {"site": self.settings.base_url, "account": me.get("displayName"), "accountId": me.get("accountId")}
+
+    def list_accounts(self) -> Iterator[dict[str, Any]]:
+        users = OffsetPaginator(limit=self.settings.page_size, offset_param="startAt", limit_param="maxResults")
+        for page in self._pages("users/search", users):
+            for raw in page:
+                yield map_user(raw)
+
+    @functools.cached_property
+    def _groups(self) -> list[dict[str, Any]]:
+        return self._beans("group/bulk", min(50, self.settings.page_size))
+
+    @functools.cached_property
+    def _projects(self) -> list[dict[str, Any]]:
+        return self._beans("project/search", min(50, self.settings.page_size))
+
+    @functools.cached_property
+    def _roles(self) -> dict[str, list[dict[str, Any]]]:
+        """project id -> its roles with actors."""
+        def pages(project: dict[str, Any]) -> Iterator[list[Any]]:
+            pid = str(project["id"])
+            try:
+                index = self.http.get_json(f"{API}/project/{quote(pid)}/role")
+                roles = [self.http.get_json(url) for _, url in sorted((index or {}).items())]
+            except AuthError as e:
+                raise self._auth_error(e) from None
+            yield [(pid, roles)]
+
+        out: dict[str, list[dict[str, Any]]] = {}
+        for page in fan_out(self._projects, pages, workers=self.settings.max_concurrency, name="ingest-jira-roles"):
+            for pid, roles in page:
+                out[pid] = roles
+        return out
+
+    def list_resources(self) -> Iterator[dict[str, Any]]:
+        for p in self._projects:
+            yield map_project(p)
+
+    def list_entitlements(self) -> Iterator[dict[str, Any]]:
+        for g in self._groups:
+            yield map_group(g)
+        names = {str(p["id"]): p.get("name") for p in self._projects}
+        for pid, roles in self._roles.items():
+            for role in roles:
+                yield {"entitlement_type": "project_role", "resource_type": "project", "resource_id": pid,
+                       "entitlement_id": f"{pid}:{role['id']}", "label": f"{role.get('name')} ({names.get(pid)})",
+                       "description": role.get("description") or None, "extra": {"role": role.get("name")}}
+
+    def find_entitlement_associations(self) -> Iterator[dict[str, Any]]:
+        def members(group: dict[str, Any]) -> Iterator[list[Any]]:
+            for page in self._pages("group/member", JiraPageBeanPaginator(50), "values",
+                                    groupId=group["groupId"], includeInactiveUsers="true"):
+                yield [{"account_id": u["accountId"], "entitlement_id": group["groupId"], "resource_type": "",
+                        "resource_id": ""} for u in page if u.get("accountId")]
+
+        for page in fan_out(self._groups, members, workers=self.settings.max_concurrency, name="ingest-jira-groups"):
+            yield from page
+        group_ids = {g.get("name"): g["groupId"] for g in self._groups}
+        for pid, roles in self._roles.items():
+            for role in roles:
+                yield from map_role_actors(pid, role, group_ids)
