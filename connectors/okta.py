@@ -1,7 +1,10 @@
 """Okta: users, groups and their members, applications and their user and group assignments,
 admin roles and who holds them, and each user's last sign-in.
 
-What it reads, all with GET (``limit`` at each endpoint's maximum, the next page from the
+Auth: an API token (``Authorization: SSWS …``) or an OAuth 2.0 service app (client credentials
+with a ``private_key_jwt`` assertion at ``/oauth2/v1/token``, scopes ``okta.users.read``,
+``okta.groups.read``, ``okta.apps.read``, ``okta.roles.read``, ``okta.orgs.read``; the token is
+refreshed before it expires and once on a 401). What it reads, all with GET (``limit`` at each endpoint's maximum, the next page from the
 ``after`` cursor in ``Link: <…>; rel="next"``)::
 
     /api/v1/org                                    check: the tenant
@@ -52,10 +55,11 @@ from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors._fanout import fan_out
 from ingest.connector import Connector, EntitlementType, ResourceType
+from ingest.credentials import OAuth2ClientCredentials
 from ingest.errors import AuthError, NotFoundError
 from ingest.http import ApiKeyAuth, HttpClient, HttpSettings, LinkHeaderPaginator, NextUrlPaginator
 from ingest.records import AccountStatus
@@ -135,28 +139,51 @@ class OktaSettings(HttpSettings):
         return f"https://{v}"
 
 
+READ_SCOPES = ["okta.users.read", "okta.groups.read", "okta.apps.read", "okta.roles.read", "okta.orgs.read"]
+
+
 class OktaAuth(BaseModel):
-    """An Okta API token (sent as ``Authorization: SSWS <token>``); a read-only administrator's
-    token is enough."""
+    """An Okta API token (sent as ``Authorization: SSWS <token>``; a read-only administrator's token is
+    enough), or an OAuth 2.0 service app: ``client_id`` + ``private_key`` (PEM; ``key_id`` as registered)
+    for the client credentials grant with a ``private_key_jwt`` client assertion and read-only scopes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["api_key"]}, {"required": ["client_id", "private_key"]}]})
 
-    api_key: SecretStr = Field(description="Okta API token (Security > API > Tokens).",
-                               json_schema_extra={"writeOnly": True})
+    api_key: SecretStr | None = Field(None, description="Okta API token (Security > API > Tokens).",
+                                      json_schema_extra={"writeOnly": True})
+    client_id: str | None = Field(None, description="Client id of an API Services app (OAuth service app).")
+    private_key: SecretStr | None = Field(None, description="PEM private key whose public JWK is registered "
+                                          "with the service app.", json_schema_extra={"writeOnly": True})
+    key_id: str | None = Field(None, description="kid of that key, as shown in the app's public keys.")
+    scopes: list[str] = Field(default_factory=lambda: list(READ_SCOPES),
+                              description="Okta API scopes granted to the service app (read-only).")
 
-    @field_validator("api_key")
-    @classmethod
-    def _not_blank(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().strip():
+    @model_validator(mode="after")
+    def _one_kind(self) -> OktaAuth:
+        oauth = self.client_id is not None or self.private_key is not None
+        if (self.api_key is None) == (not oauth):
+            raise ValueError("give api_key, or client_id + private_key (OAuth service app), not both")
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
             raise ValueError("api_key is empty (is its environment variable set?)")
-        return v
+        if oauth and (not self.client_id or self.private_key is None
+                      or not self.private_key.get_secret_value().strip()):
+            raise ValueError("an OAuth service app needs both client_id and private_key")
+        return self
 
     @property
     def kind(self) -> str:
-        return "API token"
+        return "API token" if self.api_key is not None else "OAuth service app key"
 
-    def httpx_auth(self):
-        return ApiKeyAuth(self.api_key.get_secret_value().strip(), prefix="SSWS")
+    @property
+    def fields(self) -> str:
+        return "auth.api_key" if self.api_key is not None else "auth.client_id / auth.private_key / auth.key_id"
+
+    def httpx_auth(self, token_url: str):
+        if self.api_key is not None:
+            return ApiKeyAuth(self.api_key.get_secret_value().strip(), prefix="SSWS")
+        return OAuth2ClientCredentials(client_id=self.client_id, private_key=self.private_key, key_id=self.key_id,
+                                       token_url=token_url, scopes=self.scopes).httpx_auth()
 
 
 # -- mapping (pure functions) -------------------------------------------------------------------------
@@ -286,16 +313,18 @@ class OktaConnector(Connector):
 
     @functools.cached_property
     def http(self) -> HttpClient:
-        return self.ctx.http_client(self.settings.domain, auth=self.auth.httpx_auth())
+        return self.ctx.http_client(self.settings.domain,
+                                    auth=self.auth.httpx_auth(f"{self.settings.domain}/oauth2/v1/token"))
 
     # -- errors ------------------------------------------------------------------------------------
     def _auth_error(self, e: AuthError) -> AuthError:
         if e.status_code == 403:
             text = (f"Okta refused the request: the {self.auth.kind} lacks permission ({e.message}); "
-                    "use a token of an administrator with read access to users, groups, apps and roles")
+                    "use a read-only administrator's token, or grant the service app the okta.*.read scopes")
         else:
-            text = (f"Okta refused the {self.auth.kind} (HTTP {e.status_code}; {e.message}); check auth.api_key: "
-                    "it may be wrong, expired (unused for 30 days) or revoked")
+            text = (f"Okta refused the {self.auth.kind} (HTTP {e.status_code}; {e.message}); check "
+                    f"{self.auth.fields}: it may be wrong, expired or revoked (API tokens expire after 30 days "
+                    "unused), or lack a granted scope")
         return AuthError(text, connector=self.ctx.name, request=e.request, status_code=e.status_code)
 
     def _records(self, path: str, limit: int, params: dict[str, Any] | None = None) -> Iterator[list[Any]]:

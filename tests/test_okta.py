@@ -186,6 +186,33 @@ class TestEndToEnd:
             assert changes_of(database_url, snap2["snapshot_id"]) == expected
 
 
+    def test_a_day_where_only_sign_ins_change_changes_nothing_and_updates_last_activity(self, tmp_path, database_url,
+                                                                                        token):
+        t = make_tenant(n_users=2000)
+        with OktaServer(t, api_tokens={token: None}) as server:
+            cfg = write_config(tmp_path, server, max_concurrency=4)
+            assert cli(cfg, database_url, "run", NAME).exit_code == 0
+            history = query(database_url, "SELECT count(*) AS n FROM ingest.accounts_history WHERE connector = %s",
+                            NAME)[0]["n"]
+            with t.lock:  # people sign in, nothing else happens
+                signed_in = sorted(t.users)[:500]
+                for uid in signed_in:
+                    t.users[uid]["lastLogin"] = "2026-12-02T07:00:00.000Z"
+            day2 = cli(cfg, database_url, "run", NAME)
+            assert day2.exit_code == 0, output(day2)
+            snap = engine.last_snapshot(database_url, NAME)
+            assert changes_of(database_url, snap["snapshot_id"]) == set()
+            assert snap["stats"]["account"]["modified"] == 0
+            assert query(database_url, "SELECT count(*) AS n FROM ingest.accounts_history WHERE connector = %s",
+                         NAME)[0]["n"] == history, "a sign-in writes no account version"
+            rows = {r["account_id"]: r["last_activity_at"] for r in query(
+                database_url, "SELECT account_id, last_activity_at FROM ingest.last_activity WHERE connector = %s",
+                NAME)}
+            assert all(rows[u].isoformat().startswith("2026-12-02T07:00:00") for u in signed_in)
+            [row] = query(database_url, "SELECT last_activity_at FROM ingest.accounts WHERE account_id = %s",
+                          signed_in[0])
+            assert row["last_activity_at"].isoformat().startswith("2026-12-02T07:00:00")
+
     def test_a_token_revoked_mid_run_fails_the_run_and_keeps_the_previous_snapshot(self, tmp_path, database_url,
                                                                                    token):
         t = make_tenant(n_users=400, n_groups=8, n_apps=2)
@@ -268,3 +295,64 @@ class TestCheck:
                 c.validate_credentials()
         assert "okta.apps.read" in str(e.value) and "okta.roles.read" in str(e.value)
         assert "okta.users.read" not in str(e.value)
+
+
+def rsa_pair() -> tuple[str, str]:
+    """(private key PEM, public key PEM) of a fresh RSA key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+class TestServiceApp:
+    """OAuth 2.0 service app: client credentials with a private_key_jwt assertion (verified by the fake)."""
+
+    @pytest.fixture
+    def key_pem(self) -> tuple[str, str]:
+        return rsa_pair()
+
+    def _connector(self, server: OktaServer, private: str) -> OktaConnector:
+        auth = OktaAuth(client_id="0oaservice1", private_key=private, key_id="k1")
+        return OktaConnector(ConnectorContext(NAME, OktaSettings(domain=server.root_url, **FAST), auth))
+
+    def test_a_service_app_reads_the_tenant_and_renews_an_expired_token(self, key_pem):
+        private, public = key_pem
+        t = make_tenant(n_users=300, n_groups=6, n_apps=2)
+        granted = {"okta.users.read", "okta.groups.read", "okta.apps.read", "okta.roles.read", "okta.orgs.read"}
+        with OktaServer(t, oauth_clients={"0oaservice1": (public, granted)}) as server:
+            with self._connector(server, private) as c:
+                accounts = list(c.list_accounts())
+                server.expire_tokens()
+                list(c.list_resources())
+                list(c.list_entitlements())
+                associations = list(c.find_entitlement_associations())
+            assert len(accounts) == 300 and server.token_requests == 2
+            assert all(r.header("Authorization").startswith("Bearer ") for r in server.requests
+                       if r.path.startswith("/api/"))
+            got = {(a["account_id"], a["entitlement_id"] if not a["resource_id"] else
+                    f"app:{a['resource_id']}:{a['entitlement_id']}") for a in associations if "account_id" in a}
+            assert got == expected_state(t)["assignments"]
+
+    def test_check_names_a_scope_the_service_app_was_not_granted(self, key_pem):
+        private, public = key_pem
+        granted = {"okta.users.read", "okta.groups.read", "okta.apps.read", "okta.orgs.read"}
+        with OktaServer(make_tenant(n_users=5, n_groups=2, n_apps=1),
+                        oauth_clients={"0oaservice1": (public, granted)}) as server:
+            with self._connector(server, private) as c, pytest.raises(AuthError) as e:
+                c.validate_credentials()
+        assert "okta.roles.read" in str(e.value) and private.splitlines()[1] not in str(e.value)
+
+    def test_a_key_the_app_does_not_know_is_refused(self, key_pem):
+        private, _ = key_pem
+        other = rsa_pair()[1]
+        with OktaServer(make_tenant(n_users=5, n_groups=2, n_apps=1),
+                        oauth_clients={"0oaservice1": (other, {"okta.users.read"})}) as server:
+            with self._connector(server, private) as c, pytest.raises(AuthError) as e:
+                c.validate_credentials()
+        assert "invalid_client" in str(e.value) and "auth.private_key" in str(e.value)

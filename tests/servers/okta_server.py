@@ -12,7 +12,8 @@ published reference and the ``@okta/openapi`` description:
     GET /api/v1/apps/{id}/groups?limit=&after=      ApplicationGroupAssignment[]
     GET /api/v1/iam/assignees/users?limit=&after=   {"value": [{id, orn, _links}], "_links": {"next": {"href"}}}
     GET /api/v1/users/{id}/roles                    Role[]
-    POST /oauth2/v1/token                           client credentials with a private_key_jwt assertion
+    POST /oauth2/v1/token                           OAuth service app: client credentials with a private_key_jwt
+                                                    client assertion (verified with PyJWT), okta.*.read scopes
 
 Paging: ``limit`` (capped silently at the endpoint's maximum) and an opaque ``after`` cursor
 (the last id sent) in ``Link: <…>; rel="next"`` (plus ``rel="self"``); the last page has no next
@@ -196,9 +197,14 @@ class OktaServer(VendorServer):
 
     def __init__(self, tenant: OktaTenant, api_tokens: dict[str, set[str] | None] | None = None,
                  rate_limit: tuple[int, int] | None = None, latency: float = 0.0,
-                 public_host: str | None = None) -> None:
+                 public_host: str | None = None, oauth_clients: dict[str, tuple[str, set[str]]] | None = None,
+                 token_lifetime: int = 3600) -> None:
         self.tenant = tenant
         self.api_tokens = api_tokens if api_tokens is not None else {"ssws-test-token": None}
+        self.oauth_clients = oauth_clients or {}  # client_id -> (public key PEM, scopes granted to the service app)
+        self.token_lifetime = token_lifetime
+        self.access_tokens: dict[str, tuple[set[str], float]] = {}
+        self.token_requests = 0
         self.rate_limit = rate_limit
         self.public_host = public_host
         self._buckets: dict[str, _Bucket] = {}
@@ -211,6 +217,7 @@ class OktaServer(VendorServer):
     def routes(self):
         u = r"/api/v1"
         return [
+            ("POST", r"/oauth2/v1/token", self.token),
             ("GET", u + r"/org", self.get_org),
             ("GET", u + r"/users", self.list_users),
             ("GET", u + r"/users/(?P<uid>[^/]+)/roles", self.list_user_roles),
@@ -270,13 +277,69 @@ class OktaServer(VendorServer):
     def _authorized(self, req: SeenRequest) -> Reply | None:
         auth = req.header("Authorization") or ""
         kind, _, token = auth.partition(" ")
+        needed = self._scope(req.path)
+        if kind == "Bearer":
+            with self._lock:
+                held = self.access_tokens.get(token)
+            if held is None or held[1] <= time.time():
+                return self.error(401, "E0000011", "Invalid token provided",
+                                  {"WWW-Authenticate": 'Bearer authorization_uri="http://okta/oauth2/v1/authorize", '
+                                                       'realm="http://okta", error="invalid_token", '
+                                                       'error_description="The token is not valid."'})
+            if needed not in held[0]:
+                return self.error(403, "E0000006", "You do not have permission to perform the requested action",
+                                  {"WWW-Authenticate": 'Bearer error="insufficient_scope", error_description="The '
+                                                       'access token provided does not contain the required scopes."'})
+            return None
         if kind != "SSWS" or token not in self.api_tokens:
             return self.error(401, "E0000011", "Invalid token provided")
         allowed = self.api_tokens[token]
-        needed = self._scope(req.path)
         if allowed is not None and needed not in allowed:
             return self.error(403, "E0000006", "You do not have permission to perform the requested action")
         return None
+
+    # -- OAuth 2.0 service app: client credentials with a private_key_jwt client assertion -------------
+    def token(self, req: SeenRequest, m) -> Reply:
+        import jwt
+
+        form = req.form()
+
+        def refuse(status: int, error: str, description: str) -> Reply:
+            return Reply(status, {"error": error, "error_description": description})
+
+        if form.get("grant_type") != "client_credentials":
+            return refuse(400, "unsupported_grant_type", "The authorization grant type is not supported.")
+        if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+            return refuse(401, "invalid_client", "Client authentication failed.")
+        client = self.oauth_clients.get(form.get("client_id", ""))
+        if client is None:
+            return refuse(401, "invalid_client", "The client_id is not valid.")
+        try:
+            claims = jwt.decode(form.get("client_assertion", ""), client[0], algorithms=["RS256"],
+                                audience=self.url("/oauth2/v1/token"), issuer=form["client_id"],
+                                options={"require": ["exp", "iat", "iss", "sub", "aud", "jti"]})
+        except jwt.InvalidTokenError as e:
+            return refuse(401, "invalid_client", f"The client_assertion token is invalid: {e}")
+        if claims["sub"] != form["client_id"]:
+            return refuse(401, "invalid_client", "The client_assertion sub must be the client_id.")
+        asked = set(form.get("scope", "").split())
+        if not asked:
+            return refuse(400, "invalid_scope", "The authorization server resource does not have any configured "
+                                                "default scopes, 'scope' must be provided.")
+        refused = sorted(asked - client[1])
+        if refused:
+            return refuse(400, "invalid_scope", "The following scopes were requested but not granted to the "
+                                                f"client: {' '.join(refused)}")
+        token = "eyJ" + uuid.uuid4().hex + uuid.uuid4().hex
+        with self._lock:
+            self.token_requests += 1
+            self.access_tokens[token] = (asked, time.time() + self.token_lifetime)
+        return Reply(200, {"token_type": "Bearer", "expires_in": self.token_lifetime, "access_token": token,
+                           "scope": " ".join(sorted(asked))})
+
+    def expire_tokens(self) -> None:
+        with self._lock:
+            self.access_tokens = {t: (s, 0.0) for t, (s, _) in self.access_tokens.items()}
 
     @staticmethod
     def _scope(path: str) -> str:
