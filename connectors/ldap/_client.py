@@ -110,6 +110,10 @@ class LdapClient:
         try:
             if conn.closed:
                 conn.open()
+            if self.settings.plaintext:
+                log.warning("ldap_plaintext_bind", connector=self.connector, server=self.settings.url,
+                            hint="allow_plaintext: true: the bind password crosses the network in clear; "
+                                 "use ldaps:// or StartTLS")
             if self.settings.start_tls and not conn.tls_started:
                 if not conn.start_tls():
                     raise FatalError(f"StartTLS failed: {redact(conn.result.get('description'))}",

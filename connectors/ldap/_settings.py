@@ -44,7 +44,12 @@ class LdapSettings(BaseModel):
     host: str = Field(description="Server host name or IP address (an ldap:// or ldaps:// URL is accepted too).")
     port: int | None = Field(None, ge=1, le=65535, description="TCP port; default 389, or 636 with use_ssl.")
     use_ssl: bool = Field(False, description="Connect with LDAPS (TLS from the first byte).")
-    start_tls: bool = Field(False, description="Upgrade a plain connection with StartTLS before binding.")
+    start_tls: bool | None = Field(
+        None, description="Upgrade the connection with StartTLS before binding; default: on unless use_ssl "
+                          "(or allow_plaintext).")
+    allow_plaintext: bool = Field(
+        False, description="Allow binding without TLS (the password crosses the network in clear); logs a "
+                           "warning on every connection. Off by default: binds use LDAPS or StartTLS.")
     verify_ssl: bool = Field(True, description="Verify the server's TLS certificate.")
     ca_file: str | None = Field(None, description="Path to a PEM file of CA certificates to trust.")
     mode: Mode = Field("openldap", description="Directory flavour: openldap or active_directory.")
@@ -91,7 +96,19 @@ class LdapSettings(BaseModel):
             self.port = self.port or url.port
         if self.use_ssl and self.start_tls:
             raise ValueError("use_ssl and start_tls are exclusive: LDAPS is already encrypted")
+        if self.use_ssl:
+            self.start_tls = False
+        elif self.start_tls is None:
+            self.start_tls = not self.allow_plaintext  # TLS by default: StartTLS on ldap://
+        elif not self.start_tls and not self.allow_plaintext:
+            raise ValueError("start_tls: false without use_ssl would send the bind password in clear; use "
+                             "use_ssl (ldaps://) or StartTLS, or set allow_plaintext: true to accept plaintext")
         return self
+
+    @property
+    def plaintext(self) -> bool:
+        """Binds travel without TLS (only with ``allow_plaintext``)."""
+        return not (self.use_ssl or self.start_tls)
 
     # -- effective values ------------------------------------------------------
     @property

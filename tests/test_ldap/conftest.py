@@ -33,6 +33,7 @@ class Directory:
     def settings(self, mode: str = "openldap", **kw) -> LdapSettings:
         base = OPENLDAP_SUFFIX if mode == "openldap" else AD_SUFFIX
         values = {"host": "127.0.0.1", "port": self.server.port, "base_dn": base, "mode": mode,
+                  "allow_plaintext": True,  # this slapd has no certificate; TLS is tested in test_tls.py
                   "max_retries": 2, "backoff_initial": 0, "backoff_max": 0, **kw}
         return LdapSettings(**values)
 

@@ -39,6 +39,7 @@ def small_directory(tmp_path) -> Slapd:
 
 def write_config(tmp_path: Path, port: int, bind_dn: str = READER_DN, **settings: Any) -> Path:
     settings = {"host": "127.0.0.1", "port": port, "base_dn": S, "mode": "openldap", "page_size": 50,
+                "allow_plaintext": True,  # a plaintext slapd; TLS is tested in test_tls.py
                 "max_retries": 1, "backoff_initial": 0, "backoff_max": 0, **settings}
     cfg = {"connectors": {NAME: {"type": "ldap", "settings": settings,
                                  "auth": {"bind_dn": bind_dn, "password": "${" + ENV + "}"}}}}

@@ -93,7 +93,7 @@ def _mock_directory(n_members: int) -> ldap3.Connection:
 
 
 def _connector(conn: ldap3.Connection) -> LdapConnector:
-    settings = LdapSettings(host="mock-ad", base_dn=SUFFIX, mode="active_directory", max_retries=0,
+    settings = LdapSettings(host="mock-ad", base_dn=SUFFIX, mode="active_directory", max_retries=0, allow_plaintext=True,
                             user_filter="(objectClass=user)")
     auth = LdapAuth(bind_dn=READER, password=PASSWORD)
     ctx = ConnectorContext("ad", settings, auth)

@@ -58,3 +58,44 @@ class TestStartTls:
         with connector(tls_server, port=tls_server.port, start_tls=True) as c:
             with pytest.raises(FatalError, match="TLS"):
                 c.validate_credentials()
+
+
+class TestTlsByDefault:
+    """Binds use TLS unless allow_plaintext: true says otherwise (and then every connection logs a warning)."""
+
+    def test_without_tls_settings_the_bind_upgrades_with_starttls(self, tls_server: Slapd):
+        settings = LdapSettings(host="127.0.0.1", base_dn=OPENLDAP_SUFFIX)
+        assert settings.start_tls and not settings.plaintext
+        with connector(tls_server, port=tls_server.port, ca_file=str(tls_server.ca_file)) as c:
+            c.validate_credentials()
+            assert c.client.conn.tls_started
+        assert not LdapSettings(host="ldaps://dc1", base_dn="dc=x").start_tls  # LDAPS: TLS from the first byte
+
+    def test_a_server_without_tls_is_refused_rather_than_bound_in_clear(self, directory):
+        with directory.connector(allow_plaintext=False) as c:
+            with pytest.raises(FatalError, match="(?i)starttls failed"):
+                c.validate_credentials()
+
+    def test_turning_starttls_off_needs_allow_plaintext(self):
+        with pytest.raises(ValueError, match="allow_plaintext"):
+            LdapSettings(host="127.0.0.1", base_dn=OPENLDAP_SUFFIX, start_tls=False)
+        assert LdapSettings(host="127.0.0.1", base_dn=OPENLDAP_SUFFIX, start_tls=False, allow_plaintext=True).plaintext
+
+    def test_allow_plaintext_binds_in_clear_with_a_warning(self, directory):
+        from structlog.testing import capture_logs
+
+        with capture_logs() as logs, directory.connector(allow_plaintext=True) as c:
+            c.validate_credentials()
+            assert not c.client.conn.tls_started
+        [warning] = [e for e in logs if e["event"] == "ldap_plaintext_bind"]
+        assert warning["log_level"] == "warning" and warning["server"].startswith("ldap://127.0.0.1:")
+
+    def test_a_config_with_start_tls_false_is_a_config_error(self, tmp_path):
+        from ingest.config import load_config
+        from ingest.errors import ConfigError
+
+        cfg = tmp_path / "schedules.yaml"
+        cfg.write_text("connectors:\n  dir:\n    type: ldap\n    settings: {host: 127.0.0.1, base_dn: 'dc=x', "
+                       "start_tls: false}\n    auth: {bind_dn: 'cn=r,dc=x', password: pw}\n")
+        with pytest.raises(ConfigError, match="allow_plaintext"):
+            load_config(cfg)
