@@ -309,6 +309,9 @@ def info(ctx: typer.Context, type_name: str = typer.Argument(..., metavar="TYPE|
         if loaded is not None and type_name in loaded.connectors:
             instance = describe_instance(loaded, type_name)
             type_name = instance["type"]
+            rc = loaded.connectors[instance["name"]]
+            if hasattr(rc.cls, "instance_info"):  # what the instance declares (the streams of a rest connector)
+                instance.update(rc.cls.instance_info(rc.settings))
     doc = get_connector_class(type_name).info()
     if json_out:
         out.print_json(json.dumps({**doc, "instance": instance} if instance else doc))
@@ -343,6 +346,10 @@ def info(ctx: typer.Context, type_name: str = typer.Argument(..., metavar="TYPE|
                 value = row["value"] if isinstance(row["value"], str) else json.dumps(row["value"])
                 table.add_row(row["field"], Text(value), Text(row["source"]))
             out.print(table)
+        for stream, spec in instance.get("streams", {}).items():
+            parent = f" for each {spec['for_each']}" if spec.get("for_each") else ""
+            out.print(f"stream {stream}: GET {spec['path']}{parent} ({spec['paginator']}) -> {spec['entity']}: "
+                      f"{', '.join(spec['fields'])}", highlight=False, markup=False, soft_wrap=True)
 
 
 # -- status / snapshots / diff ------------------------------------------------------

@@ -15,6 +15,7 @@ BUILTIN: dict[str, str] = {
     "scim": "connectors.scim:ScimConnector",
     "lucid_scim": "connectors.scim:LucidScimConnector",
     "ldap": "connectors.ldap:LdapConnector",
+    "rest": "connectors.rest:RestConnector",
     "okta": "connectors.okta:OktaConnector",
     "aws_iam": "connectors.aws_iam:AwsIamConnector",
     "entra": "connectors.entra:EntraConnector",
