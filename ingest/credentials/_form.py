@@ -87,7 +87,11 @@ def _rows(model: Any, raw: dict[str, Any], secret_names: set[str]) -> list[dict[
             shown = MASK if value is not None else None
         elif hasattr(value, "model_dump"):
             shown = value.model_dump(mode="json")
-        elif isinstance(value, (list, dict, str, int, float, bool)) or value is None:
+        elif isinstance(value, (list, dict)):  # may hold models (a rest connector's streams)
+            from pydantic_core import to_jsonable_python
+
+            shown = to_jsonable_python(value)
+        elif isinstance(value, (str, int, float, bool)) or value is None:
             shown = value
         else:
             shown = str(value)
