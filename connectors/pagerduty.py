@@ -20,6 +20,9 @@ storing a truncated list (which the next snapshot would read as thousands of rem
 429 with ``ratelimit-limit/-remaining/-reset`` (seconds) waits for the reset; a 429 without them
 backs off exponentially (the shared HTTP layer).
 
+The listings are declared as streams (:mod:`ingest.streams`; team members fan out over the teams);
+the mapping functions are pure.
+
 How it maps::
 
     account      user (id; ``custom_attributes``: role, job_title, time_zone)
@@ -38,14 +41,15 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, field_validator
 
-from connectors._fanout import fan_out
 from ingest.connector import Connector, EntitlementType, ResourceType
 from ingest.credentials import ApiKey
 from ingest.errors import AuthError, ProtocolError
 from ingest.http import HttpClient, HttpSettings, OffsetPaginator
+from ingest.streams import Stream, StreamReader
 
 __all__ = ["OFFSET_CEILING", "PagerDutyAuth", "PagerDutyConnector", "PagerDutyPaginator", "PagerDutySettings",
-           "map_escalation_policy", "map_schedule", "map_team", "map_user"]
+           "map_escalation_policy", "map_member", "map_policy_targets", "map_schedule", "map_schedule_users",
+           "map_team", "map_user"]
 
 OFFSET_CEILING = 10_000
 ACCEPT = "application/vnd.pagerduty+json;version=2"
@@ -89,10 +93,6 @@ class PagerDutyPaginator(OffsetPaginator):
             raise ProtocolError(
                 f"PagerDuty's {self.what} has more than {OFFSET_CEILING:,} entries, the most its classic "
                 "offset paging can reach; ingest stops rather than store a truncated list")
-
-
-def _pages_key(key: str):
-    return lambda body: body.get(key) if isinstance(body, dict) else None
 
 
 def map_user(raw: dict[str, Any]) -> dict[str, Any]:
@@ -157,38 +157,55 @@ class PagerDutyConnector(Connector):
         return self.ctx.http_client(self.settings.base_url, auth=self.auth.httpx_auth(),
                                     headers={"Accept": ACCEPT})
 
-    def _all(self, path: str, key: str) -> list[dict[str, Any]]:
-        return [r for page in self._pages(path, key) for r in page]
+    # -- the streams ------------------------------------------------------------------------------------
+    def _stream(self, name: str, path: str, key: str, **kw: Any) -> Stream:
+        return Stream(name, path, selector=key, paginator=PagerDutyPaginator(self.settings.page_size, path), **kw)
 
-    def _pages(self, path: str, key: str) -> Iterator[list[dict[str, Any]]]:
+    @functools.cached_property
+    def _streams(self) -> dict[str, Stream]:
+        teams = self._stream("teams", "teams", "teams")
+        return {
+            "users": self._stream("accounts", "users", "users"),
+            "teams": teams,
+            "members": self._stream("team members", "teams/{parent.id}/members", "members", for_each=teams,
+                                    skip_missing=True, map=map_member),
+            "policies": self._stream("escalation policies", "escalation_policies", "escalation_policies"),
+            "schedules": self._stream("schedules", "schedules", "schedules"),
+        }
+
+    @functools.cached_property
+    def reader(self) -> StreamReader:
+        return StreamReader(self.http, keep=[self._streams["teams"]])
+
+    def _read(self, name: str) -> Iterator[dict[str, Any]]:
         try:
-            yield from self.http.paginate(path, selector=_pages_key(key),
-                                          paginator=PagerDutyPaginator(self.settings.page_size, path))
+            yield from self.reader.records(self._streams[name])
         except AuthError as e:
             raise AuthError(f"PagerDuty refused the API key (HTTP {e.status_code}); check auth.api_key: a REST "
                             f"API key (read-only is enough) [{e.message}]", connector=self.ctx.name,
-                            request=e.request, status_code=e.status_code) from None
+                            request=e.request, status_code=e.status_code, stream=e.stream) from None
 
     def validate_credentials(self) -> dict[str, Any]:
-        body = next(iter(self._pages("users", "users")), [])
-        return {"base_url": self.settings.base_url, "users_readable": True, "sample": len(body)}
+        first = next(self._read("users"), None)
+        return {"base_url": self.settings.base_url, "users_readable": True, "sample_user": (first or {}).get("id")}
 
     @functools.cached_property
     def _users(self) -> list[dict[str, Any]]:
-        return self._all("users", "users")
+        return list(self._read("users"))
 
     @functools.cached_property
     def _teams(self) -> list[dict[str, Any]]:
-        return self._all("teams", "teams")
+        return list(self._read("teams"))
 
     @functools.cached_property
     def _policies(self) -> list[dict[str, Any]]:
-        return self._all("escalation_policies", "escalation_policies")
+        return list(self._read("policies"))
 
     @functools.cached_property
     def _schedules(self) -> list[dict[str, Any]]:
-        return self._all("schedules", "schedules")
+        return list(self._read("schedules"))
 
+    # -- capabilities -----------------------------------------------------------------------------------
     def list_accounts(self) -> Iterator[dict[str, Any]]:
         for u in self._users:
             yield map_user(u)
@@ -218,30 +235,38 @@ class PagerDutyConnector(Connector):
                 for role in TEAM_ROLES:
                     yield {"entitlement_id": f"team:{t['parent']['id']}:{role}",
                            "member_entitlement_id": f"team:{t['id']}:{role}"}
-
-        def members(team: dict[str, Any]) -> Iterator[list[Any]]:
-            for page in self._pages(f"teams/{team['id']}/members", "members"):
-                yield [_grant(m["user"]["id"], f"team:{team['id']}:{m.get('role') or 'responder'}") for m in page]
-
-        for page in fan_out(self._teams, members, workers=self.settings.max_concurrency, name="ingest-pd-teams"):
-            yield from page
+        yield from self._read("members")
         for s in self._schedules:
-            ent = f"{s['id']}:on_call"
-            for uid in sorted({u["id"] for u in s.get("users") or []}):
-                yield _grant(uid, ent, "schedule", s["id"])
+            yield from map_schedule_users(s)
         for p in self._policies:
-            ent = f"{p['id']}:on_call"
-            users, schedules = set(), set()
-            for rule in p.get("escalation_rules") or []:
-                for target in rule.get("targets") or []:
-                    if target.get("type") in ("user_reference", "user"):
-                        users.add(target["id"])
-                    elif target.get("type") in ("schedule_reference", "schedule"):
-                        schedules.add(target["id"])
-            for uid in sorted(users):
-                yield _grant(uid, ent, "escalation_policy", p["id"])
-            for sid in sorted(schedules):
-                yield {"entitlement_id": ent, "member_entitlement_id": f"{sid}:on_call"}
+            yield from map_policy_targets(p)
+
+
+def map_member(raw: dict[str, Any], team: dict[str, Any]) -> dict[str, Any]:
+    """A team member (``{"user": {"id"}, "role"}``) -> an Assignment of the team role."""
+    return _grant(raw["user"]["id"], f"team:{team['id']}:{raw.get('role') or 'responder'}")
+
+
+def map_schedule_users(raw: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    ent = f"{raw['id']}:on_call"
+    for uid in sorted({u["id"] for u in raw.get("users") or []}):
+        yield _grant(uid, ent, "schedule", raw["id"])
+
+
+def map_policy_targets(raw: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """An escalation policy's rule targets: users (assignments) and schedules (nested)."""
+    ent = f"{raw['id']}:on_call"
+    users, schedules = set(), set()
+    for rule in raw.get("escalation_rules") or []:
+        for target in rule.get("targets") or []:
+            if target.get("type") in ("user_reference", "user"):
+                users.add(target["id"])
+            elif target.get("type") in ("schedule_reference", "schedule"):
+                schedules.add(target["id"])
+    for uid in sorted(users):
+        yield _grant(uid, ent, "escalation_policy", raw["id"])
+    for sid in sorted(schedules):
+        yield {"entitlement_id": ent, "member_entitlement_id": f"{sid}:on_call"}
 
 
 def _grant(account_id: str, entitlement_id: str, rtype: str = "", rid: str = "") -> dict[str, Any]:

@@ -99,7 +99,8 @@ class TestTwoDays:
                                          "auth": {"api_key": "${PD_TEST_KEY}"}}}}
             (tmp_path / "schedules.yaml").write_text(json.dumps(cfg))
             path = tmp_path / "schedules.yaml"
-            assert cli(path, database_url, "run", NAME).exit_code == 0
+            day1 = cli(path, database_url, "run", NAME)
+            assert day1.exit_code == 0, output(day1)
             with acc.lock:
                 acc.users["PU00003"]["role"] = "admin"          # promoted
                 team = acc.teams["PT001"]["members"]
