@@ -22,6 +22,9 @@ Auth: ``username_api_key`` (e-mail + API token as HTTP Basic) with ``base_url`` 
 (``https://acme.atlassian.net``); or ``oauth2_authorization_code`` (3LO, rotating refresh
 tokens, ``ingest auth NAME``) with ``base_url`` ``https://api.atlassian.com/ex/jira/<cloud id>``.
 
+The listings are declared as streams (:mod:`ingest.streams`): group members fan out over the
+groups, role indexes over the projects, roles over the URLs the indexes name.
+
 How it maps::
 
     account      user (accountId; accountType atlassian/customer -> user, app -> service; active)
@@ -35,18 +38,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors._fanout import fan_out
 from ingest.connector import Connector, EntitlementType, ResourceType
 from ingest.credentials import credentials
 from ingest.errors import AuthError
 from ingest.http import HttpClient, HttpSettings, OffsetPaginator, Paginator
+from ingest.streams import Stream, StreamReader
 
-__all__ = ["JiraAuth", "JiraConnector", "JiraPageBeanPaginator", "JiraSettings", "map_group", "map_project",
-           "map_role_actors", "map_user"]
+__all__ = ["JiraAuth", "JiraConnector", "JiraPageBeanPaginator", "JiraSettings", "map_group", "map_member",
+           "map_project", "map_role_actors", "map_user", "role_urls"]
 
 API = "rest/api/3"
 
@@ -160,9 +162,32 @@ class JiraConnector(Connector):
     def http(self) -> HttpClient:
         return self.ctx.http_client(self.settings.base_url, auth=self.auth.httpx_auth())
 
-    def _pages(self, path: str, paginator: Paginator, selector: Any = None, **params: Any) -> Iterator[list[Any]]:
+    # -- the streams ------------------------------------------------------------------------------------
+    @functools.cached_property
+    def _streams(self) -> dict[str, Stream]:
+        bean = min(50, self.settings.page_size)
+        groups = Stream("groups", f"{API}/group/bulk", selector="values", paginator=JiraPageBeanPaginator(bean))
+        projects = Stream("projects", f"{API}/project/search", selector="values",
+                          paginator=JiraPageBeanPaginator(bean))
+        return {
+            "users": Stream("accounts", f"{API}/users/search", map=map_user, paginator=OffsetPaginator(
+                limit=self.settings.page_size, offset_param="startAt", limit_param="maxResults")),
+            "groups": groups,
+            "members": Stream("group members", f"{API}/group/member", for_each=groups, skip_missing=True,
+                              params={"groupId": "{parent.groupId}", "includeInactiveUsers": "true"},
+                              selector="values", paginator=JiraPageBeanPaginator(50), map=map_member),
+            "projects": projects,
+            "role_index": Stream("project roles", f"{API}/project/{{parent.id}}/role", for_each=projects,
+                                 skip_missing=True, selector=_as_list, map=role_urls),
+        }
+
+    @functools.cached_property
+    def reader(self) -> StreamReader:
+        return StreamReader(self.http, keep=[self._streams["groups"], self._streams["projects"]])
+
+    def _read(self, name: str) -> Iterator[dict[str, Any]]:
         try:
-            yield from self.http.paginate(f"{API}/{path}", paginator=paginator, selector=selector, params=params)
+            yield from self.reader.records(self._streams[name])
         except AuthError as e:
             raise self._auth_error(e) from None
 
@@ -173,9 +198,6 @@ class JiraConnector(Connector):
                          f"Browse users and groups global permission and Administer Jira to read project roles "
                          f"[{e.message}]", connector=self.ctx.name, request=e.request, status_code=e.status_code)
 
-    def _beans(self, path: str, limit: int, **params: Any) -> list[Any]:
-        return [v for page in self._pages(path, JiraPageBeanPaginator(limit), "values", **params) for v in page]
-
     def validate_credentials(self) -> dict[str, Any]:
         try:
             me = self.http.get_json(f"{API}/myself")
@@ -183,37 +205,32 @@ class JiraConnector(Connector):
             raise self._auth_error(e) from None
         return {"site": self.settings.base_url, "account": me.get("displayName"), "accountId": me.get("accountId")}
 
-    def list_accounts(self) -> Iterator[dict[str, Any]]:
-        users = OffsetPaginator(limit=self.settings.page_size, offset_param="startAt", limit_param="maxResults")
-        for page in self._pages("users/search", users):
-            for raw in page:
-                yield map_user(raw)
-
     @functools.cached_property
     def _groups(self) -> list[dict[str, Any]]:
-        return self._beans("group/bulk", min(50, self.settings.page_size))
+        return list(self._read("groups"))
 
     @functools.cached_property
     def _projects(self) -> list[dict[str, Any]]:
-        return self._beans("project/search", min(50, self.settings.page_size))
+        return list(self._read("projects"))
 
     @functools.cached_property
     def _roles(self) -> dict[str, list[dict[str, Any]]]:
-        """project id -> its roles with actors."""
-        def pages(project: dict[str, Any]) -> Iterator[list[Any]]:
-            pid = str(project["id"])
-            try:
-                index = self.http.get_json(f"{API}/project/{quote(pid)}/role")
-                roles = [self.http.get_json(url) for _, url in sorted((index or {}).items())]
-            except AuthError as e:
-                raise self._auth_error(e) from None
-            yield [(pid, roles)]
-
-        out: dict[str, list[dict[str, Any]]] = {}
-        for page in fan_out(self._projects, pages, workers=self.settings.max_concurrency, name="ingest-jira-roles"):
-            for pid, roles in page:
-                out[pid] = roles
+        """project id -> its roles with actors: each role read from the URL its project's index names."""
+        self._projects  # noqa: B018 - the role index fans out over the kept project listing
+        roles = Stream("project role", f"{API}/project/{{parent.project_id}}/role/{{parent.role_id}}",
+                       for_each=lambda: list(self._read("role_index")), skip_missing=True, selector=_as_list,
+                       map=lambda role, parent: {**role, "project_id": parent["project_id"]})
+        out: dict[str, list[dict[str, Any]]] = {str(p["id"]): [] for p in self._projects}
+        try:
+            for role in self.reader.records(roles):
+                out[role["project_id"]].append(role)
+        except AuthError as e:
+            raise self._auth_error(e) from None
         return out
+
+    # -- capabilities -----------------------------------------------------------------------------------
+    def list_accounts(self) -> Iterator[dict[str, Any]]:
+        yield from self._read("users")
 
     def list_resources(self) -> Iterator[dict[str, Any]]:
         for p in self._projects:
@@ -230,15 +247,28 @@ class JiraConnector(Connector):
                        "description": role.get("description") or None, "extra": {"role": role.get("name")}}
 
     def find_entitlement_associations(self) -> Iterator[dict[str, Any]]:
-        def members(group: dict[str, Any]) -> Iterator[list[Any]]:
-            for page in self._pages("group/member", JiraPageBeanPaginator(50), "values",
-                                    groupId=group["groupId"], includeInactiveUsers="true"):
-                yield [{"account_id": u["accountId"], "entitlement_id": group["groupId"], "resource_type": "",
-                        "resource_id": ""} for u in page if u.get("accountId")]
-
-        for page in fan_out(self._groups, members, workers=self.settings.max_concurrency, name="ingest-jira-groups"):
-            yield from page
+        self._groups  # noqa: B018 - members fan out over the kept group listing
+        yield from self._read("members")
         group_ids = {g.get("name"): g["groupId"] for g in self._groups}
         for pid, roles in self._roles.items():
             for role in roles:
                 yield from map_role_actors(pid, role, group_ids)
+
+
+def _as_list(body: Any) -> list[Any]:
+    return [body]
+
+
+def map_member(raw: dict[str, Any], group: dict[str, Any]) -> dict[str, Any] | None:
+    """A group member -> an Assignment of the group."""
+    if not raw.get("accountId"):
+        return None
+    return {"account_id": raw["accountId"], "entitlement_id": group["groupId"], "resource_type": "",
+            "resource_id": ""}
+
+
+def role_urls(index: dict[str, Any], project: dict[str, Any]) -> list[dict[str, Any]]:
+    """A project's role index ``{"Developers": "https://…/project/10000/role/10003"}`` -> one record per
+    role, with the role id taken from the end of its URL."""
+    return [{"project_id": str(project["id"]), "name": name, "role_id": str(url).rstrip("/").rsplit("/", 1)[-1]}
+            for name, url in sorted((index or {}).items())]
