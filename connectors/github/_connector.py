@@ -10,7 +10,6 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors._fanout import fan_out
 from connectors.github._limits import SecondaryRateLimits
 from connectors.github._mapping import (
     ORG_ROLES,
@@ -28,6 +27,7 @@ from ingest.connector import Connector, EntitlementType, ResourceType
 from ingest.errors import AuthError, NotFoundError
 from ingest.credentials import GitHubApp, credentials
 from ingest.http import HttpClient, HttpSettings, LinkHeaderPaginator
+from ingest.streams import Stream, StreamReader
 
 __all__ = ["GithubAuth", "GithubConnector", "GithubSettings"]
 
@@ -111,27 +111,58 @@ class GithubConnector(Connector):
         return "auth.private_key / auth.installation_id" if getattr(self.auth, "kind", "") == "github_app" \
             else "auth.bearer_token"
 
-    @property
-    def _org(self) -> str:
-        return quote(self.settings.org, safe="")
+    # -- the streams ------------------------------------------------------------------------------------
+    @functools.cached_property
+    def _streams(self) -> dict[str, Stream]:
+        org = f"orgs/{quote(self.settings.org, safe='')}"
+        page = {"per_page": self.settings.per_page}
 
-    def _pages(self, path: str, **params: Any) -> Iterator[list[Any]]:
+        def listing(name: str, path: str, **kw: Any) -> Stream:
+            params = {**page, **kw.pop("params", {})}
+            return Stream(name, path, params=params, paginator=LinkHeaderPaginator(), **kw)
+
+        teams = listing("teams", f"{org}/teams")
+        repos = listing("repositories", f"{org}/repos", params={"type": "all"})
+        return {
+            "admins": listing("org owners", f"{org}/members", params={"role": "admin"}),
+            "members": listing("org members", f"{org}/members", params={"role": "member"}),
+            "outside": listing("outside collaborators", f"{org}/outside_collaborators"),
+            "teams": teams,
+            "team_members": listing("team members", f"{org}/teams/{{parent.slug}}/members", params={"role": "all"},
+                                    for_each=teams, skip_missing=True, map=_with_parent),
+            "team_maintainers": listing("team maintainers", f"{org}/teams/{{parent.slug}}/members",
+                                        params={"role": "maintainer"}, skip_missing=True, map=_with_parent,
+                                        for_each=lambda: self._unmarked_teams),
+            "repos": repos,
+            "collaborators": listing("collaborators", "repos/{parent.owner.login}/{parent.name}/collaborators",
+                                     params={"affiliation": "direct"}, for_each=repos, skip_missing=True,
+                                     map=map_collaborator_grant, ordered=False),
+            "team_repos": listing("team repositories", f"{org}/teams/{{parent.slug}}/repos", for_each=teams,
+                                  skip_missing=True, map=map_team_repo_grant, ordered=False),
+            "org_roles": Stream("organization roles", f"{org}/organization-roles", selector="roles"),
+            "role_users": listing("organization role users", f"{org}/organization-roles/{{parent.id}}/users",
+                                  for_each=lambda: self._org_roles, skip_missing=True, map=map_role_user),
+            "role_teams": listing("organization role teams", f"{org}/organization-roles/{{parent.id}}/teams",
+                                  for_each=lambda: self._org_roles, skip_missing=True, map=map_role_team),
+        }
+
+    @functools.cached_property
+    def reader(self) -> StreamReader:
+        return StreamReader(self.http, keep=[self._streams["teams"], self._streams["repos"]])
+
+    def _read(self, name: str) -> Iterator[Any]:
         try:
-            yield from self.http.paginate(path, paginator=LinkHeaderPaginator(),
-                                          params={**params, "per_page": self.settings.per_page})
+            yield from self.reader.records(self._streams[name])
         except AuthError as e:
-            raise AuthError(f"GitHub refused {path.split('?')[0]} (HTTP {e.status_code}): the token needs read "
-                            f"access to the organisation's members, administration and repositories "
-                            f"(see the README) [{e.message}]", connector=self.ctx.name, request=e.request,
-                            status_code=e.status_code) from None
-
-    def _all(self, path: str, **params: Any) -> list[Any]:
-        return [item for page in self._pages(path, **params) for item in page]
+            raise AuthError(f"GitHub refused the {self._streams[name].name} listing (HTTP {e.status_code}): the "
+                            "token needs read access to the organisation's members, administration and "
+                            f"repositories (see the README) [{e.message}]", connector=self.ctx.name,
+                            request=e.request, status_code=e.status_code, stream=e.stream) from None
 
     # -- check ----------------------------------------------------------------------------------------
     def validate_credentials(self) -> dict[str, Any]:
         try:
-            org = self.http.get_json(f"orgs/{self._org}")
+            org = self.http.get_json(f"orgs/{quote(self.settings.org, safe='')}")
         except NotFoundError as e:
             raise NotFoundError(f"organisation {self.settings.org!r} not found at {self.settings.base_url}, or "
                                 "the token cannot see it; check settings.org and the token's resource owner",
@@ -148,23 +179,35 @@ class GithubConnector(Connector):
     def _members(self) -> dict[str, tuple[dict[str, Any], str]]:
         """user id -> (user, org role) from ``members?role=admin`` and ``members?role=member``."""
         out: dict[str, tuple[dict[str, Any], str]] = {}
-        for role in ("admin", "member"):
-            for u in self._all(f"orgs/{self._org}/members", role=role):
+        for stream, role in (("admins", "admin"), ("members", "member")):
+            for u in self._read(stream):
                 out.setdefault(str(u["id"]), (u, role))
         return out
 
     def list_accounts(self) -> Iterator[dict[str, Any]]:
         for user, _ in self._members.values():
             yield map_account(user, "member")
-        for page in self._pages(f"orgs/{self._org}/outside_collaborators"):
-            for user in page:
-                if str(user["id"]) not in self._members:
-                    yield map_account(user, "outside_collaborator")
+        for user in self._read("outside"):
+            if str(user["id"]) not in self._members:
+                yield map_account(user, "outside_collaborator")
 
     # -- teams --------------------------------------------------------------------------------------------
     @functools.cached_property
     def _teams(self) -> list[dict[str, Any]]:
-        return self._all(f"orgs/{self._org}/teams")
+        return list(self._read("teams"))
+
+    @functools.cached_property
+    def _listed_members(self) -> dict[str, list[dict[str, Any]]]:
+        """team id -> every member its listing names (the child teams' members included)."""
+        out: dict[str, list[dict[str, Any]]] = {str(t["id"]): [] for t in self._teams}
+        for item in self._read("team_members"):
+            out[str(item["parent"]["id"])].append(item["record"])
+        return out
+
+    @property
+    def _unmarked_teams(self) -> list[dict[str, Any]]:
+        listed = self._listed_members
+        return [t for t in self._teams if not all("inherited" in u and "role" in u for u in listed[str(t["id"])])]
 
     @functools.cached_property
     def _team_members(self) -> dict[str, dict[str, str]]:
@@ -177,41 +220,31 @@ class GithubConnector(Connector):
         (maintainership is never inherited): someone listed in a child team is stored there and
         reaches the parent through the ``nested_entitlements`` row.
         """
-        teams = {str(t["id"]): t for t in self._teams}
+        listed = self._listed_members
+        unmarked = {str(t["id"]) for t in self._unmarked_teams}
+        maintainers: dict[str, set[str]] = {tid: set() for tid in unmarked}
+        if unmarked:
+            for item in self._read("team_maintainers"):
+                maintainers[str(item["parent"]["id"])].add(str(item["record"]["id"]))
         children: dict[str, list[str]] = {}
         for t in self._teams:
             if isinstance(t.get("parent"), dict):
                 children.setdefault(str(t["parent"]["id"]), []).append(str(t["id"]))
-
-        def pages(tid: str) -> Iterator[list[Any]]:
-            slug = quote(teams[tid]["slug"], safe="")
-            listed = self._all(f"orgs/{self._org}/teams/{slug}/members", role="all")
-            if all("inherited" in u and "role" in u for u in listed):
-                yield [(tid, {str(u["id"]): u["role"] for u in listed if not u["inherited"]}, None)]
-                return
-            maintainers = {str(u["id"]) for u in self._all(f"orgs/{self._org}/teams/{slug}/members",
-                                                            role="maintainer")}
-            yield [(tid, {str(u["id"]): "member" for u in listed}, maintainers)]
-
         direct: dict[str, dict[str, str]] = {}
-        unmarked: dict[str, tuple[dict[str, str], set[str]]] = {}
-        for page in fan_out(list(teams), pages, workers=self.settings.max_concurrency, name="ingest-github-teams"):
-            for tid, members, maintainers in page:
-                if maintainers is None:
-                    direct[tid] = members
-                else:
-                    unmarked[tid] = (members, maintainers)
-        for tid, (listed, maintainers) in unmarked.items():
-            inherited = {uid for child in children.get(tid, []) for uid in unmarked.get(child, ({}, set()))[0]}
-            members = {uid: "member" for uid in listed if uid not in inherited}
-            members.update({uid: "maintainer" for uid in maintainers})
+        for tid, users in listed.items():
+            if tid not in unmarked:
+                direct[tid] = {str(u["id"]): u["role"] for u in users if not u["inherited"]}
+                continue
+            inherited = {str(u["id"]) for child in children.get(tid, []) for u in listed.get(child, [])}
+            members = {str(u["id"]): "member" for u in users if str(u["id"]) not in inherited}
+            members.update({uid: "maintainer" for uid in maintainers[tid]})
             direct[tid] = members
         return direct
 
     # -- repositories -----------------------------------------------------------------------------------
     @functools.cached_property
     def _repos(self) -> list[dict[str, Any]]:
-        return self._all(f"orgs/{self._org}/repos", type="all")
+        return list(self._read("repos"))
 
     def list_resources(self) -> Iterator[dict[str, Any]]:
         for repo in self._repos:
@@ -220,36 +253,11 @@ class GithubConnector(Connector):
     @functools.cached_property
     def _grants(self) -> _Grants:
         grants = _Grants()
+        self._teams, self._repos  # noqa: B018 - both listings are kept for the fan-outs below
         repos = {str(r["id"]) for r in self._repos}
-
-        def collaborators(repo: dict[str, Any]) -> Iterator[list[Any]]:
-            rid = str(repo["id"])
-            owner, name = (quote(p, safe="") for p in repo["full_name"].split("/", 1))
-            for page in self._pages(f"repos/{owner}/{name}/collaborators", affiliation="direct"):
-                out = []
-                for c in page:
-                    perm = repo_permission(c)
-                    if perm:
-                        out.append((rid, perm, {"account_id": str(c["id"]),
-                                                "entitlement_id": repo_permission_id(rid, perm),
-                                                "resource_type": "repository", "resource_id": rid}))
-                yield out
-
-        def team_repos(team: dict[str, Any]) -> Iterator[list[Any]]:
-            slug = quote(team["slug"], safe="")
-            for page in self._pages(f"orgs/{self._org}/teams/{slug}/repos"):
-                out = []
-                for r in page:
-                    rid, perm = str(r["id"]), repo_permission(r)
-                    if perm and rid in repos:
-                        out.append((rid, perm, {"entitlement_id": repo_permission_id(rid, perm),
-                                                "member_entitlement_id": team_id(team)}))
-                yield out
-
-        workers = self.settings.max_concurrency
-        for source, fn in ((self._repos, collaborators), (self._teams, team_repos)):
-            for page in fan_out(source, fn, workers=workers, name="ingest-github-repos"):
-                for rid, perm, record in page:
+        for stream in ("collaborators", "team_repos"):
+            for rid, perm, record in (g for g in self._read(stream)):
+                if rid in repos:
                     grants.roles.setdefault(rid, set()).add(perm)
                     grants.records.append(record)
         return grants
@@ -260,12 +268,11 @@ class GithubConnector(Connector):
         if not self.settings.organization_roles:
             return []
         try:
-            body = self.http.get_json(f"orgs/{self._org}/organization-roles")
+            return list(self.reader.records(self._streams["org_roles"]))
         except (AuthError, NotFoundError) as e:
             raise AuthError(f"GitHub refused the organization roles (HTTP {e.status_code}): grant the token "
                             "'Custom organization roles: read', or set organization_roles: false",
                             connector=self.ctx.name, request=e.request, status_code=e.status_code) from None
-        return list(body.get("roles") or [])
 
     # -- capabilities ---------------------------------------------------------------------------------------
     def list_entitlements(self) -> Iterator[dict[str, Any]]:
@@ -290,14 +297,44 @@ class GithubConnector(Connector):
                 if role == "maintainer":
                     yield _grant(uid, team_maintainer_id(tid))
         yield from self._grants.records
-        for role in self._org_roles:
-            rid = f"org_role:{role['id']}"
-            for u in self._all(f"orgs/{self._org}/organization-roles/{role['id']}/users"):
-                if u.get("assignment", "direct") in ("direct", "mixed"):
-                    yield _grant(str(u["id"]), rid)
-            for t in self._all(f"orgs/{self._org}/organization-roles/{role['id']}/teams"):
-                if t.get("assignment", "direct") in ("direct", "mixed"):
-                    yield {"entitlement_id": rid, "member_entitlement_id": team_id(t)}
+        if self._org_roles:
+            yield from self._read("role_users")
+            yield from self._read("role_teams")
+
+
+def _with_parent(record: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
+    return {"record": record, "parent": parent}
+
+
+def map_collaborator_grant(raw: dict[str, Any], repo: dict[str, Any]) -> tuple | None:
+    """A direct collaborator -> (repo id, permission, Assignment of that permission on the repository)."""
+    perm, rid = repo_permission(raw), str(repo["id"])
+    if not perm:
+        return None
+    return [(rid, perm, {"account_id": str(raw["id"]), "entitlement_id": repo_permission_id(rid, perm),
+                         "resource_type": "repository", "resource_id": rid})]
+
+
+def map_team_repo_grant(raw: dict[str, Any], team: dict[str, Any]) -> list | None:
+    """A team's repository -> (repo id, permission, the team nested in that permission)."""
+    perm, rid = repo_permission(raw), str(raw["id"])
+    if not perm:
+        return None
+    return [(rid, perm, {"entitlement_id": repo_permission_id(rid, perm), "member_entitlement_id": team_id(team)})]
+
+
+def map_role_user(raw: dict[str, Any], role: dict[str, Any]) -> dict[str, Any] | None:
+    """A holder of an organization role -> an Assignment when held directly (not only through a team)."""
+    if raw.get("assignment", "direct") not in ("direct", "mixed"):
+        return None
+    return _grant(str(raw["id"]), f"org_role:{role['id']}")
+
+
+def map_role_team(raw: dict[str, Any], role: dict[str, Any]) -> dict[str, Any] | None:
+    """A team holding an organization role -> the team nested in the role."""
+    if raw.get("assignment", "direct") not in ("direct", "mixed"):
+        return None
+    return {"entitlement_id": f"org_role:{role['id']}", "member_entitlement_id": team_id(raw)}
 
 
 def _grant(account_id: str, entitlement_id: str) -> dict[str, Any]:
