@@ -53,16 +53,15 @@ import functools
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from connectors._fanout import fan_out
 from ingest.connector import Connector, EntitlementType, ResourceType
 from ingest.credentials import OAuth2ClientCredentials
-from ingest.errors import AuthError, NotFoundError
+from ingest.errors import AuthError
 from ingest.http import ApiKeyAuth, HttpClient, HttpSettings, LinkHeaderPaginator, NextUrlPaginator
 from ingest.records import AccountStatus
+from ingest.streams import Stream, StreamReader
 
 __all__ = [
     "ADMIN_ROLES",
@@ -75,8 +74,11 @@ __all__ = [
     "map_app_group",
     "map_app_user",
     "map_group",
+    "map_group_role",
+    "map_member",
     "map_role",
     "map_user",
+    "map_user_role",
     "okta_status",
 ]
 
@@ -283,6 +285,57 @@ def map_role(raw: dict[str, Any]) -> str | None:
     return rtype
 
 
+def map_member(group_id: str, user: dict[str, Any]) -> dict[str, Any] | None:
+    """A user listed in /groups/{id}/users -> the member's Assignment to the group."""
+    uid = _str(user.get("id")) if isinstance(user, dict) else None
+    return {"account_id": uid, "entitlement_id": group_id, "resource_type": "", "resource_id": ""} if uid else None
+
+
+def map_group_role(group_id: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """An admin role held by a group -> the group nested in the role."""
+    rid = map_role(raw)
+    return {"entitlement_id": rid, "member_entitlement_id": group_id} if rid else None
+
+
+def map_user_role(user_id: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """An admin role of a user -> an Assignment when held directly (``assignmentType: USER``); one held
+    through a group is the group's (see :func:`map_group_role`); custom roles are not read yet."""
+    if str(raw.get("assignmentType") or "USER").upper() != "USER":
+        return None
+    rid = map_role(raw)
+    return {"account_id": user_id, "entitlement_id": rid, "resource_type": "", "resource_id": ""} if rid else None
+
+
+# -- streams (what to list; the engine pages, fans out per parent and runs the listings concurrently) ----
+
+def _link(limit: int) -> dict[str, Any]:
+    return {"limit": limit}
+
+
+USERS = Stream("accounts", "api/v1/users", params=_link(PAGE["users"]), paginator=LinkHeaderPaginator())
+DEPROVISIONED_USERS = Stream("accounts", "api/v1/users", paginator=LinkHeaderPaginator(),
+                             params={**_link(PAGE["users"]), "filter": 'status eq "DEPROVISIONED"'})
+APPS = Stream("apps", "api/v1/apps", params=_link(PAGE["apps"]), paginator=LinkHeaderPaginator())
+GROUPS = Stream("groups", "api/v1/groups", params=_link(PAGE["groups"]), paginator=LinkHeaderPaginator(),
+                map=map_group)
+MEMBERS = Stream("group members", "api/v1/groups/{parent.entitlement_id}/users", for_each=GROUPS,
+                 params=_link(PAGE["group_users"]), paginator=LinkHeaderPaginator(), skip_missing=True,
+                 ordered=False, map=lambda user, group: map_member(group["entitlement_id"], user))
+GROUP_ROLES = Stream("group roles", "api/v1/groups/{parent.entitlement_id}/roles", for_each=GROUPS,
+                     skip_missing=True, ordered=False,
+                     map=lambda r, group: map_group_role(group["entitlement_id"], r))
+APP_USERS = Stream("app users", "api/v1/apps/{parent.id}/users", for_each=APPS, params=_link(PAGE["app_users"]),
+                   paginator=LinkHeaderPaginator(), skip_missing=True, ordered=False,
+                   map=lambda a, app: map_app_user(app["id"], a))
+APP_GROUPS = Stream("app groups", "api/v1/apps/{parent.id}/groups", for_each=APPS,
+                    params=_link(PAGE["app_groups"]), paginator=LinkHeaderPaginator(), skip_missing=True,
+                    ordered=False, map=lambda g, app: map_app_group(app["id"], g))
+ROLE_HOLDERS = Stream("role holders", "api/v1/iam/assignees/users", params=_link(PAGE["assignees"]),
+                      selector="value", paginator=NextUrlPaginator("_links.next.href"))
+USER_ROLES = Stream("user roles", "api/v1/users/{parent.id}/roles", for_each=ROLE_HOLDERS, skip_missing=True,
+                    ordered=False, map=lambda r, holder: map_user_role(holder["id"], r))
+
+
 # -- the connector ------------------------------------------------------------------------------------
 
 class OktaConnector(Connector):
@@ -307,9 +360,6 @@ class OktaConnector(Connector):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._logins: list[dict[str, Any]] | None = None
-        self._group_ids: list[str] | None = None
-        self._app_ids: list[str] | None = None
-        self._raw_apps: list[dict[str, Any]] | None = None
 
     @functools.cached_property
     def http(self) -> HttpClient:
@@ -326,13 +376,6 @@ class OktaConnector(Connector):
                     f"{self.auth.fields}: it may be wrong, expired or revoked (API tokens expire after 30 days "
                     "unused), or lack a granted scope")
         return AuthError(text, connector=self.ctx.name, request=e.request, status_code=e.status_code)
-
-    def _records(self, path: str, limit: int, params: dict[str, Any] | None = None) -> Iterator[list[Any]]:
-        try:
-            yield from self.http.paginate(path, paginator=LinkHeaderPaginator(),
-                                          params={"limit": limit, **(params or {})})
-        except AuthError as e:
-            raise self._auth_error(e) from None
 
     # -- check -------------------------------------------------------------------------------------
     def validate_credentials(self) -> dict[str, Any]:
@@ -363,126 +406,53 @@ class OktaConnector(Connector):
                             connector=self.ctx.name, status_code=403)
         return info
 
-    # -- streams -----------------------------------------------------------------------------------
-    def _users(self) -> Iterator[list[Any]]:
-        yield from self._records("api/v1/users", PAGE["users"])
+    # -- streams (declared above; ingest.streams pages, fans out and checks) ----------------------
+    @functools.cached_property
+    def reader(self) -> StreamReader:
+        return StreamReader(self.http, keep=[APPS, GROUPS])
+
+    def _read(self, stream: Stream) -> Iterator[Any]:
+        try:
+            yield from self.reader.records(stream)
+        except AuthError as e:
+            raise self._auth_error(e) from None
+
+    def _users(self) -> Iterator[dict[str, Any]]:
+        yield from self._read(USERS)
         if self.settings.include_deprovisioned:
-            yield from self._records("api/v1/users", PAGE["users"], {"filter": 'status eq "DEPROVISIONED"'})
+            yield from self._read(DEPROVISIONED_USERS)
 
     def list_accounts(self) -> Iterator[dict[str, Any]]:
         logins: list[dict[str, Any]] = []
-        for page in self._users():
-            for raw in page:
-                if (la := last_login(raw)) is not None:
-                    logins.append(la)
-                yield map_user(raw)
+        for raw in self._users():
+            if (la := last_login(raw)) is not None:
+                logins.append(la)  # kept for get_last_activity: the users are listed once
+            yield map_user(raw)
         self._logins = logins
 
     def get_last_activity(self) -> Iterator[dict[str, Any]]:
         if self._logins is None:  # called on its own: read the users for it
-            self._logins = [la for page in self._users() for raw in page if (la := last_login(raw))]
+            self._logins = [la for raw in self._users() if (la := last_login(raw))]
         yield from self._logins
 
-    def _apps(self) -> list[dict[str, Any]]:
-        """The apps (a few hundred at most: read once, kept for the entitlements)."""
-        if self._raw_apps is None:
-            self._raw_apps = [a for page in self._records("api/v1/apps", PAGE["apps"]) for a in page]
-        return self._raw_apps
-
     def list_resources(self) -> Iterator[dict[str, Any]]:
-        ids = []
-        for raw in self._apps():
-            resource, _ = map_app(raw)
-            if resource["resource_id"]:
-                ids.append(resource["resource_id"])
-            yield resource
-        self._app_ids = ids
+        for raw in self._read(APPS):
+            yield map_app(raw)[0]
 
     def list_entitlements(self) -> Iterator[dict[str, Any]]:
         for rtype, label in ADMIN_ROLES.items():
             yield {"entitlement_type": "admin_role", "resource_type": "", "resource_id": "", "entitlement_id": rtype,
                    "label": label, "description": f"Okta admin role {rtype}", "is_assignable": True, "extra": {}}
-        app_ids = []
-        for raw in self._apps():
-            _, entitlement = map_app(raw)
-            if entitlement["entitlement_id"]:
-                app_ids.append(entitlement["entitlement_id"])
-            yield entitlement
-        self._app_ids = app_ids
-        group_ids = []
-        for page in self._records("api/v1/groups", PAGE["groups"]):
-            for raw in page:
-                record = map_group(raw)
-                if record["entitlement_id"]:
-                    group_ids.append(record["entitlement_id"])
-                yield record
-        self._group_ids = group_ids
-
-    # -- associations: one fan-out over every per-group and per-app listing ---------------------------
-    def _tasks(self) -> Iterator[tuple[str, str | None]]:
-        if self._app_ids is None:
-            self._app_ids = [a["id"] for a in self._apps() if a.get("id")]
-        if self._group_ids is None:
-            self._group_ids = [g["id"] for p in self._records("api/v1/groups", PAGE["groups"]) for g in p
-                               if g.get("id")]
-        yield "role_holders", None
-        for aid in self._app_ids:
-            yield "app_users", aid
-            yield "app_groups", aid
-        for gid in self._group_ids:
-            yield "members", gid
-            if self.settings.group_roles:
-                yield "group_roles", gid
-
-    def _task_pages(self, task: tuple[str, str | None]) -> Iterator[list[dict[str, Any]]]:
-        kind, oid = task
-        q = quote(oid or "", safe="")
         try:
-            if kind == "members":
-                for page in self._records(f"api/v1/groups/{q}/users", PAGE["group_users"]):
-                    yield [{"account_id": u["id"], "entitlement_id": oid, "resource_type": "", "resource_id": ""}
-                           for u in page if isinstance(u, dict) and u.get("id")]
-            elif kind == "group_roles":
-                roles = self.http.get_json(f"api/v1/groups/{q}/roles")
-                yield [{"entitlement_id": rid, "member_entitlement_id": oid}
-                       for r in roles or [] if (rid := map_role(r))]
-            elif kind == "app_users":
-                for page in self._records(f"api/v1/apps/{q}/users", PAGE["app_users"]):
-                    yield [a for raw in page if (a := map_app_user(oid, raw))]
-            elif kind == "app_groups":
-                for page in self._records(f"api/v1/apps/{q}/groups", PAGE["app_groups"]):
-                    yield [n for raw in page if (n := map_app_group(oid, raw))]
-            elif kind == "role_holders":
-                yield from self._role_holders()
-        except NotFoundError:  # deleted since it was listed
-            self.log.warning("okta_object_vanished", kind=kind, id=oid)
+            for raw in self.reader.parents(APP_USERS):  # the apps list_resources read (read when it did not)
+                yield map_app(raw)[1]
         except AuthError as e:
             raise self._auth_error(e) from None
-
-    def _role_holders(self) -> Iterator[list[dict[str, Any]]]:
-        holders = self.http.paginate("api/v1/iam/assignees/users", paginator=NextUrlPaginator("_links.next.href"),
-                                     selector="value", params={"limit": PAGE["assignees"]})
-        for page in holders:
-            for holder in page:
-                uid = holder.get("id") if isinstance(holder, dict) else None
-                if not uid:
-                    continue
-                try:
-                    roles = self.http.get_json(f"api/v1/users/{quote(uid, safe='')}/roles")
-                except NotFoundError:
-                    continue
-                out = []
-                for r in roles or []:
-                    if str(r.get("assignmentType") or "USER").upper() != "USER":
-                        continue  # held through a group: that is the group's role (group_roles)
-                    rid = map_role(r)
-                    if rid is None:
-                        self.log.info("okta_role_skipped", type=r.get("type"), reason="custom or inactive")
-                        continue
-                    out.append({"account_id": uid, "entitlement_id": rid, "resource_type": "", "resource_id": ""})
-                yield out
+        yield from self._read(GROUPS)
 
     def find_entitlement_associations(self) -> Iterator[dict[str, Any]]:
-        for page in fan_out(self._tasks(), self._task_pages, workers=self.settings.max_concurrency,
-                            name=f"okta-{self.ctx.name}"):
-            yield from page
+        streams = [MEMBERS, APP_USERS, APP_GROUPS, USER_ROLES]
+        if self.settings.group_roles:
+            streams.append(GROUP_ROLES)
+        for stream in streams:
+            yield from self._read(stream)
