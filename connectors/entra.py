@@ -38,11 +38,11 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from connectors._fanout import fan_out
 from ingest.connector import Connector, EntitlementType, ResourceType
-from ingest.errors import AuthError, NotFoundError
+from ingest.errors import AuthError
 from ingest.http import HttpClient, HttpSettings, NextUrlPaginator, OAuth2ClientCredentials
 from ingest.records import AccountStatus
+from ingest.streams import Stream, StreamReader
 
 __all__ = [
     "DEFAULT_ACCESS",
@@ -271,6 +271,32 @@ def map_app_role_assignment(sp_id: str, raw: dict[str, Any]) -> dict[str, Any] |
     return None
 
 
+# -- streams (what to list; the engine pages, fans out per parent and runs the listings concurrently) ----
+
+def _graph(name: str, path: str, **kw: Any) -> Stream:
+    """A Graph collection: ``{"value": [...], "@odata.nextLink": "<whole URL>"}``."""
+    return Stream(name, path, selector="value", paginator=NextUrlPaginator("@odata.nextLink"), **kw)
+
+
+USERS = _graph("accounts", "users", params={"$select": ",".join(USER_FIELDS), "$top": TOP})
+USERS_WITH_SIGN_INS = _graph("accounts", "users",
+                             params={"$select": ",".join(USER_FIELDS) + ",signInActivity", "$top": TOP})
+SERVICE_PRINCIPALS = _graph("service principals", "servicePrincipals",
+                            params={"$select": ",".join(SP_FIELDS), "$top": TOP})
+ROLE_DEFINITIONS = _graph("directory roles", "roleManagement/directory/roleDefinitions",
+                          params={"$select": "id,displayName,description,isBuiltIn,isEnabled,templateId"},
+                          map=map_role_definition)
+GROUPS = _graph("groups", "groups", params={"$select": ",".join(GROUP_FIELDS), "$top": TOP}, map=map_group)
+ROLE_ASSIGNMENTS = _graph("role assignments", "roleManagement/directory/roleAssignments",
+                          params={"$expand": "principal"}, map=map_role_assignment)
+APP_ROLE_ASSIGNMENTS = _graph("app role assignments", "servicePrincipals/{parent.id}/appRoleAssignedTo",
+                              params={"$top": TOP}, for_each=SERVICE_PRINCIPALS, skip_missing=True, ordered=False,
+                              map=lambda a, sp: map_app_role_assignment(sp["id"], a))
+MEMBERS = _graph("group members", "groups/{parent.entitlement_id}/members", params={"$select": "id", "$top": TOP},
+                 for_each=GROUPS, skip_missing=True, ordered=False,
+                 map=lambda m, group: map_member(group["entitlement_id"], m))
+
+
 # -- the connector ------------------------------------------------------------------------------------
 
 class EntraConnector(Connector):
@@ -296,8 +322,6 @@ class EntraConnector(Connector):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._sign_ins: list[dict[str, Any]] | None = None
-        self._group_ids: list[str] | None = None
-        self._sp_ids: list[str] | None = None
         self._sign_in_note: str | None = None
 
     @functools.cached_property
@@ -321,13 +345,6 @@ class EntraConnector(Connector):
         else:
             text = f"Microsoft Graph refused the access token (HTTP {e.status_code}) ({e.message})"
         return AuthError(text, connector=self.ctx.name, request=e.request, status_code=e.status_code)
-
-    def _pages(self, path: str, what: str, **params: Any) -> Iterator[list[Any]]:
-        try:
-            yield from self.http.paginate(path, paginator=NextUrlPaginator("@odata.nextLink"), selector="value",
-                                          params=params)
-        except AuthError as e:
-            raise self._auth_error(e, what) from None
 
     # -- check -------------------------------------------------------------------------------------
     def validate_credentials(self) -> dict[str, Any]:
@@ -367,99 +384,60 @@ class EntraConnector(Connector):
                 info["sign_in_activity"] = f"not readable ({e.message}); needs {PERMISSIONS['sign_ins']}"
         return info
 
-    # -- streams -----------------------------------------------------------------------------------
-    def _users(self) -> Iterator[list[Any]]:
-        fields = ",".join(USER_FIELDS)
+    # -- streams (declared above; ingest.streams pages, fans out and checks) ----------------------
+    @functools.cached_property
+    def reader(self) -> StreamReader:
+        return StreamReader(self.http, keep=[SERVICE_PRINCIPALS, GROUPS])
+
+    def _read(self, stream: Stream, what: str) -> Iterator[Any]:
+        try:
+            yield from self.reader.records(stream)
+        except AuthError as e:
+            raise self._auth_error(e, what) from None
+
+    def _users(self) -> Iterator[dict[str, Any]]:
         if self.settings.sign_in_activity and self._sign_in_note is None:
             sent = False
             try:
-                for page in self.http.paginate("users", paginator=NextUrlPaginator("@odata.nextLink"),
-                                               selector="value",
-                                               params={"$select": fields + ",signInActivity", "$top": TOP}):
+                for raw in self.reader.records(USERS_WITH_SIGN_INS):
                     sent = True
-                    yield page
+                    yield raw
                 return
             except AuthError as e:
                 if e.status_code != 403 or sent:
                     raise self._auth_error(e, "sign_ins" if e.status_code == 403 else "users") from None
-                self._sign_in_note = e.message
+                self._sign_in_note = e.message  # unlicensed tenant or no AuditLog.Read.All: say so once
                 self.log.warning("entra_sign_in_activity_unavailable", reason=e.message,
                                  hint=f"last sign-in needs {PERMISSIONS['sign_ins']}; users are read without it")
-        yield from self._pages("users", "users", **{"$select": fields, "$top": TOP})
+        yield from self._read(USERS, "users")
 
     def list_accounts(self) -> Iterator[dict[str, Any]]:
         sign_ins: list[dict[str, Any]] = []
-        for page in self._users():
-            for raw in page:
-                if (la := last_sign_in(raw)) is not None:
-                    sign_ins.append(la)
-                yield map_user(raw)
+        for raw in self._users():
+            if (la := last_sign_in(raw)) is not None:
+                sign_ins.append(la)  # kept for get_last_activity: the users are listed once
+            yield map_user(raw)
         self._sign_ins = sign_ins
 
     def get_last_activity(self) -> Iterator[dict[str, Any]]:
         if self._sign_ins is None:
-            self._sign_ins = [la for page in self._users() for raw in page if (la := last_sign_in(raw))]
+            self._sign_ins = [la for raw in self._users() if (la := last_sign_in(raw))]
         yield from self._sign_ins
 
-    def _service_principals(self) -> Iterator[dict[str, Any]]:
-        for page in self._pages("servicePrincipals", "apps", **{"$select": ",".join(SP_FIELDS), "$top": TOP}):
-            yield from page
-
     def list_resources(self) -> Iterator[dict[str, Any]]:
-        for raw in self._service_principals():
+        for raw in self._read(SERVICE_PRINCIPALS, "apps"):
             yield map_service_principal(raw)[0]
 
     def list_entitlements(self) -> Iterator[dict[str, Any]]:
-        sp_ids = []
-        for raw in self._service_principals():
-            resource, roles = map_service_principal(raw)
-            if resource["resource_id"]:
-                sp_ids.append(resource["resource_id"])
-            yield from roles
-        self._sp_ids = sp_ids
-        for page in self._pages("roleManagement/directory/roleDefinitions", "roles",
-                                **{"$select": "id,displayName,description,isBuiltIn,isEnabled,templateId"}):
-            for raw in page:
-                yield map_role_definition(raw)
-        group_ids = []
-        for page in self._pages("groups", "groups", **{"$select": ",".join(GROUP_FIELDS), "$top": TOP}):
-            for raw in page:
-                record = map_group(raw)
-                if record["entitlement_id"]:
-                    group_ids.append(record["entitlement_id"])
-                yield record
-        self._group_ids = group_ids
-
-    def _tasks(self) -> Iterator[tuple[str, str | None]]:
-        if self._sp_ids is None:
-            self._sp_ids = [sp["id"] for sp in self._service_principals() if sp.get("id")]
-        if self._group_ids is None:
-            self._group_ids = [g["id"] for p in self._pages("groups", "groups", **{"$select": "id", "$top": TOP})
-                               for g in p if g.get("id")]
-        yield "roles", None
-        for sp in self._sp_ids:
-            yield "app_roles", sp
-        for g in self._group_ids:
-            yield "members", g
-
-    def _task_pages(self, task: tuple[str, str | None]) -> Iterator[list[dict[str, Any]]]:
-        kind, oid = task
-        q = quote(oid or "", safe="")
         try:
-            if kind == "members":
-                for page in self._pages(f"groups/{q}/members", "groups", **{"$select": "id", "$top": TOP}):
-                    yield [r for obj in page if isinstance(obj, dict) and (r := map_member(oid, obj))]
-            elif kind == "app_roles":
-                for page in self._pages(f"servicePrincipals/{q}/appRoleAssignedTo", "apps", **{"$top": TOP}):
-                    yield [r for a in page if isinstance(a, dict) and (r := map_app_role_assignment(oid, a))]
-            elif kind == "roles":
-                for page in self._pages("roleManagement/directory/roleAssignments", "roles",
-                                        **{"$expand": "principal"}):
-                    yield [r for a in page if isinstance(a, dict) and (r := map_role_assignment(a))]
-        except NotFoundError:
-            self.log.warning("entra_object_vanished", kind=kind, id=oid)
+            for raw in self.reader.parents(APP_ROLE_ASSIGNMENTS):  # what list_resources read
+                yield from map_service_principal(raw)[1]
+        except AuthError as e:
+            raise self._auth_error(e, "apps") from None
+        yield from self._read(ROLE_DEFINITIONS, "roles")
+        yield from self._read(GROUPS, "groups")
 
     def find_entitlement_associations(self) -> Iterator[dict[str, Any]]:
-        for page in fan_out(self._tasks(), self._task_pages, workers=self.settings.max_concurrency,
-                            name=f"entra-{self.ctx.name}"):
-            yield from page
+        yield from self._read(ROLE_ASSIGNMENTS, "roles")
+        yield from self._read(APP_ROLE_ASSIGNMENTS, "apps")
+        yield from self._read(MEMBERS, "groups")
