@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -35,12 +36,12 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, Field, field_validator
 
-from connectors._fanout import fan_out
 from ingest.connector import Connector, EntitlementType
 from ingest.credentials import ServiceAccount
-from ingest.errors import AuthError, NotFoundError, RateLimitedError
+from ingest.errors import AuthError, RateLimitedError
 from ingest.http import CursorPaginator, HttpClient, HttpSettings
 from ingest.records import AccountStatus
+from ingest.streams import Stream, StreamReader
 
 __all__ = [
     "GoogleServiceAccount",
@@ -198,6 +199,41 @@ def map_role_assignment(raw: dict[str, Any]) -> dict[str, Any] | None:
     return {"account_id": who, "entitlement_id": role, "resource_type": "", "resource_id": ""}
 
 
+# -- streams (what to list; the engine pages, fans out per group and runs the listings concurrently) -----
+
+def _listing(name: str, path: str, key: str, **kw: Any) -> Stream:
+    """A Directory API list: ``{"kind", "etag", "<key>": [...], "nextPageToken": "…"}`` -> ``?pageToken=…``."""
+    return Stream(name, path, selector=key, paginator=CursorPaginator("nextPageToken", "pageToken"), **kw)
+
+
+@dataclass(frozen=True)
+class DirectoryStreams:
+    """The streams of one account (``customer`` / ``domain`` are in their paths and parameters)."""
+
+    users: Stream
+    roles: Stream
+    groups: Stream
+    members: Stream
+    role_assignments: Stream
+
+    @classmethod
+    def for_settings(cls, s: GoogleWorkspaceSettings) -> DirectoryStreams:
+        scope = {"domain": s.domain} if s.domain else {"customer": s.customer}
+        c = quote(s.customer, safe="")
+        groups = _listing("groups", "groups", "groups", params={**scope, "maxResults": PAGE["groups"]}, map=map_group)
+        return cls(
+            users=_listing("accounts", "users", "users", params={**scope, "maxResults": PAGE["users"]}),
+            roles=_listing("admin roles", f"customer/{c}/roles", "items", params={"maxResults": PAGE["roles"]},
+                           map=map_role),
+            groups=groups,
+            members=_listing("group members", "groups/{parent.entitlement_id}/members", "members",
+                             params={"maxResults": PAGE["members"]}, for_each=groups, skip_missing=True,
+                             ordered=False, map=lambda m, group: map_member(group["entitlement_id"], m)),
+            role_assignments=_listing("role assignments", f"customer/{c}/roleassignments", "items",
+                                      params={"maxResults": PAGE["roleassignments"]}, map=map_role_assignment),
+        )
+
+
 # -- the connector ------------------------------------------------------------------------------------
 
 class GoogleWorkspaceConnector(Connector):
@@ -220,7 +256,6 @@ class GoogleWorkspaceConnector(Connector):
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
         self._logins: list[dict[str, Any]] | None = None
-        self._group_ids: list[str] | None = None
 
     @functools.cached_property
     def http(self) -> HttpClient:
@@ -243,13 +278,6 @@ class GoogleWorkspaceConnector(Connector):
             text = (f"Google refused the service account ({e.message}); check auth.service_account_json, that its "
                     f"client id has domain-wide delegation for the scopes, and auth.subject ({self.auth.subject})")
         return AuthError(text, connector=self.ctx.name, request=e.request, status_code=e.status_code)
-
-    def _pages(self, path: str, what: str, key: str, **params: Any) -> Iterator[list[Any]]:
-        try:
-            yield from self.http.paginate(path, paginator=CursorPaginator("nextPageToken", "pageToken"),
-                                          selector=key, params=params)
-        except AuthError as e:
-            raise self._auth_error(e, what) from None
 
     # -- check -------------------------------------------------------------------------------------
     def validate_credentials(self) -> dict[str, Any]:
@@ -304,62 +332,38 @@ class GoogleWorkspaceConnector(Connector):
                 probe.close()
         return missing
 
-    # -- streams -----------------------------------------------------------------------------------
-    def _users(self) -> Iterator[list[Any]]:
-        yield from self._pages("users", "users", "users", **self._scope, maxResults=PAGE["users"])
+    # -- streams (ingest.streams pages, fans out and checks) --------------------------------------
+    @functools.cached_property
+    def declared(self) -> DirectoryStreams:
+        return DirectoryStreams.for_settings(self.settings)
+
+    @functools.cached_property
+    def reader(self) -> StreamReader:
+        return StreamReader(self.http, keep=[self.declared.groups])
+
+    def _read(self, stream: Stream, what: str) -> Iterator[Any]:
+        try:
+            yield from self.reader.records(stream)
+        except AuthError as e:
+            raise self._auth_error(e, what) from None
 
     def list_accounts(self) -> Iterator[dict[str, Any]]:
         logins: list[dict[str, Any]] = []
-        for page in self._users():
-            for raw in page:
-                if (la := last_login(raw)) is not None:
-                    logins.append(la)
-                yield map_user(raw)
+        for raw in self._read(self.declared.users, "users"):
+            if (la := last_login(raw)) is not None:
+                logins.append(la)  # kept for get_last_activity: the users are listed once
+            yield map_user(raw)
         self._logins = logins
 
     def get_last_activity(self) -> Iterator[dict[str, Any]]:
         if self._logins is None:
-            self._logins = [la for page in self._users() for raw in page if (la := last_login(raw))]
+            self._logins = [la for raw in self._read(self.declared.users, "users") if (la := last_login(raw))]
         yield from self._logins
 
     def list_entitlements(self) -> Iterator[dict[str, Any]]:
-        c = quote(self.settings.customer, safe="")
-        for page in self._pages(f"customer/{c}/roles", "roles", "items", maxResults=PAGE["roles"]):
-            for raw in page:
-                yield map_role(raw)
-        ids = []
-        for page in self._pages("groups", "groups", "groups", **self._scope, maxResults=PAGE["groups"]):
-            for raw in page:
-                record = map_group(raw)
-                if record["entitlement_id"]:
-                    ids.append(record["entitlement_id"])
-                yield record
-        self._group_ids = ids
-
-    def _tasks(self) -> Iterator[tuple[str, str | None]]:
-        if self._group_ids is None:
-            self._group_ids = [g["id"] for p in self._pages("groups", "groups", "groups", **self._scope,
-                                                            maxResults=PAGE["groups"]) for g in p if g.get("id")]
-        yield "roles", None
-        for gid in self._group_ids:
-            yield "members", gid
-
-    def _task_pages(self, task: tuple[str, str | None]) -> Iterator[list[dict[str, Any]]]:
-        kind, gid = task
-        try:
-            if kind == "members":
-                for page in self._pages(f"groups/{quote(gid, safe='')}/members", "groups", "members",
-                                        maxResults=PAGE["members"]):
-                    yield [r for m in page if isinstance(m, dict) and (r := map_member(gid, m))]
-            else:
-                c = quote(self.settings.customer, safe="")
-                for page in self._pages(f"customer/{c}/roleassignments", "roles", "items",
-                                        maxResults=PAGE["roleassignments"]):
-                    yield [r for a in page if isinstance(a, dict) and (r := map_role_assignment(a))]
-        except NotFoundError:
-            self.log.warning("google_group_vanished", id=gid)
+        yield from self._read(self.declared.roles, "roles")
+        yield from self._read(self.declared.groups, "groups")
 
     def find_entitlement_associations(self) -> Iterator[dict[str, Any]]:
-        for page in fan_out(self._tasks(), self._task_pages, workers=self.settings.max_concurrency,
-                            name=f"google-{self.ctx.name}"):
-            yield from page
+        yield from self._read(self.declared.role_assignments, "roles")
+        yield from self._read(self.declared.members, "groups")

@@ -21,9 +21,9 @@ refreshed before it expires and once on a 401). What it reads, all with GET (``l
     /api/v1/iam/assignees/users?limit=100          the users who hold admin roles, then
     /api/v1/users/{id}/roles                       each one's roles -> assignments (``assignmentType: USER``)
 
-Members are listed per group, never groups per user (one request per group, not per user), and
-the per-group and per-app listings run ``max_concurrency`` at a time, page by page
-(:func:`connectors._fanout.fan_out`). Rate limits: the HTTP layer reads ``X-Rate-Limit-Remaining``
+Members are listed per group, never groups per user (one request per group, not per user): the
+streams are declared with :mod:`ingest.streams`, whose engine pages them and runs the per-group and
+per-app listings ``max_concurrency`` at a time, page by page. Rate limits: the HTTP layer reads ``X-Rate-Limit-Remaining``
 / ``-Reset`` (epoch seconds) on every answer and spaces the last requests of a window out until
 it resets (:meth:`ingest.http.RateLimiter.pace`); a 429 (``E0000047``) pauses the client until
 ``X-Rate-Limit-Reset`` and the request is retried, so a throttled run still ends complete.
