@@ -55,6 +55,7 @@ class ApiKeyAuth(httpx.Auth):
 
     ``ApiKeyAuth(k, "X-API-Key")`` -> ``X-API-Key: k``;
     ``ApiKeyAuth(k, prefix="SSWS")`` -> ``Authorization: SSWS k``;
+    ``ApiKeyAuth(k, prefix="Token token=")`` -> ``Authorization: Token token=k``;
     ``ApiKeyAuth(k, query_param="api_key")`` -> ``?api_key=k``;
     ``ApiKeyAuth(k, "X-API-Key", secret=s, secret_header="X-API-Secret")`` -> both headers.
     """
@@ -65,7 +66,10 @@ class ApiKeyAuth(httpx.Auth):
         register_secret(key)
         register_secret(secret)
         self._header = header
-        self._value = f"{prefix.strip()} {key}" if prefix.strip() else key
+        if prefix.endswith("="):  # 'Token token=' -> 'Token token=<key>'
+            self._value = f"{prefix.lstrip()}{key}"
+        else:
+            self._value = f"{prefix.strip()} {key}" if prefix.strip() else key
         self._key = key
         self._query_param = query_param
         self._secret, self._secret_header = secret, secret_header

@@ -143,15 +143,7 @@ class ApiKey(Credential):
     query_param: str | None = Setting(None, "Send the key as this query parameter instead of a header.", "advanced")
 
     def httpx_auth(self, store: Any = None, connector: str | None = None) -> httpx.Auth:
-        prefix = self.prefix
-        key = self.api_key.get_secret_value()
-        if prefix.endswith("="):  # 'Token token=' -> 'Token token=<key>' (no space)
-            auth = ApiKeyAuth(key, self.header, "", self.query_param,
-                              secret=self.api_secret.get_secret_value() if self.api_secret else None,
-                              secret_header=self.secret_header)
-            auth._value = f"{prefix}{key}"
-            return auth
-        return ApiKeyAuth(key, self.header, prefix, self.query_param,
+        return ApiKeyAuth(self.api_key.get_secret_value(), self.header, self.prefix, self.query_param,
                           secret=self.api_secret.get_secret_value() if self.api_secret else None,
                           secret_header=self.secret_header)
 
