@@ -76,3 +76,19 @@ class TestSigV4:
         assert f"<UserName>{user}</UserName>" in body
         temporary = httpx_auth.token.extra
         assert temporary["access_key_id"] != key_id and temporary["session_token"]
+
+    def test_temporary_keys_with_a_session_token(self, moto_iam) -> None:
+        """Keys from an earlier AssumeRole, configured as access key + secret + session_token."""
+        url, key_id, secret, role, user = moto_iam
+        assumed = AWS.model_validate({"access_key_id": key_id, "secret_access_key": secret, "role_arn": role,
+                                      "sts_url": url + "/"}).httpx_auth()
+        _list_users(url, assumed)
+        temporary = assumed.token.extra
+        auth = AWS.model_validate({"access_key_id": temporary["access_key_id"],
+                                   "secret_access_key": temporary["secret_access_key"],
+                                   "session_token": temporary["session_token"]})
+        assert f"<UserName>{user}</UserName>" in _list_users(url, auth.httpx_auth())
+        without = AWS.model_validate({"access_key_id": temporary["access_key_id"],
+                                      "secret_access_key": temporary["secret_access_key"]})
+        with pytest.raises(AuthError):
+            _list_users(url, without.httpx_auth())
