@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -248,16 +249,23 @@ class TestAuth:
         assert len(fake_api.tokens_issued) == 2
         assert [r.path for r in fake_api.requests] == ["/oauth2/token", "/me", "/me", "/oauth2/token", "/me"]
 
-    def test_oauth2_refreshes_an_expired_token(self, fake_api: FakeApi) -> None:
-        fake_api.token_endpoint("/oauth2/token", client_id="cid", client_secret="csecret-1", expires_in=1)
+    def test_oauth2_refreshes_an_expired_token(self, fake_api: FakeApi, monkeypatch) -> None:
+        """A token is reused while it is valid and replaced once its lifetime has passed
+        (the clock is the test's, so a loaded machine cannot expire it early)."""
+        import ingest.credentials._token as token_module
+
+        clock = [time.time()]
+        monkeypatch.setattr(token_module, "time", SimpleNamespace(time=lambda: clock[0]))
+        fake_api.token_endpoint("/oauth2/token", client_id="cid", client_secret="csecret-1", expires_in=60)
         fake_api.add_json("/me", {"id": 1})
         auth = OAuth2ClientCredentialsConfig(token_url=fake_api.url("/oauth2/token"), client_id="cid",
                                              client_secret="csecret-1").httpx_auth()
         with client(fake_api, auth=auth) as http:
             http.get_json("/me")
+            clock[0] += 50  # within the lifetime (less its 6 s safety margin)
             http.get_json("/me")
             assert len(fake_api.tokens_issued) == 1
-            time.sleep(1.0)
+            clock[0] += 11  # past expires_in
             http.get_json("/me")
         assert len(fake_api.tokens_issued) == 2
 
