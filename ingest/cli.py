@@ -576,6 +576,41 @@ def report(ctx: typer.Context, out_dir: Path = typer.Option(Path("access-review"
     make_report(st.engine(loaded), loaded.config.identity if loaded else None, out_dir, out)
 
 
+# -- connector (the Lumos SDK's on-prem CLI style) -----------------------------------
+
+@app.command("connector")
+def connector_call(
+    ctx: typer.Context,
+    type_name: str = typer.Argument(..., metavar="TYPE", help="A connector type (ingest connectors)."),
+    capability: str = typer.Argument(..., help="info, validate_credentials, list_accounts, ..."),
+    json_text: str | None = typer.Option(None, "--json", help="The request: {settings, auth, request, page}."),
+    json_file: Path | None = typer.Option(None, "--json-file", help="Read the request from this file."),
+    result_file_path: Path | None = typer.Option(None, "--result-file-path", help="Write the answer gzipped here (.gz)."),
+) -> None:
+    """Call one capability of a connector type as the Lumos SDK's on-prem CLI does ({response, page} or {is_error, error})."""
+    import gzip
+
+    from ingest.sdk_cli import call
+
+    if capability != "info" and (json_text is None) == (json_file is None):
+        _fail("give the request with exactly one of --json or --json-file", 2)
+    if result_file_path is not None and not str(result_file_path).endswith(".gz"):
+        _fail(f"--result-file-path {str(result_file_path)!r}: the name must end in .gz", 2)
+    if json_file is not None:
+        try:
+            json_text = json_file.read_text()
+        except OSError as e:
+            _fail(f"--json-file {str(json_file)!r}: {e.strerror}", 2)
+    loaded = _state(ctx).loaded_or_none()
+    answer = call(type_name, capability, json_text or "{}",
+                  state_dir=str(loaded.data_dir) if loaded else None)
+    body = json.dumps(answer, default=str)
+    if result_file_path is not None:
+        result_file_path.write_bytes(gzip.compress(body.encode()))
+    else:
+        sys.stdout.write(body + "\n")
+
+
 # -- daemon -------------------------------------------------------------------------
 
 @app.command()
@@ -678,5 +713,5 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except ConfigError as e:
-        err.print(f"error: {e}", highlight=False)
+        err.print(f"error: {e}", highlight=False, markup=False)
         sys.exit(2)

@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "pagerduty": "connectors.pagerduty:PagerDutyConnector",
     "jira": "connectors.jira:JiraConnector",
     "google_workspace": "connectors.google_workspace:GoogleWorkspaceConnector",
+    "lumos": "connectors.lumos:LumosConnector",
 }
 
 
