@@ -110,20 +110,25 @@ class LumosSettings(_Strict):
         return self
 
 
+_GENERAL = {"x-section": "general"}
+_SECRET = {"x-section": "general", "writeOnly": True}
+
+
 class OAuthSecret(_Strict):
-    access_token: SecretStr
-    refresh_token: SecretStr | None = Field(None, description="Used to refresh through refresh_access_token.")
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
+    access_token: SecretStr = Field(..., json_schema_extra=_SECRET)
+    refresh_token: SecretStr | None = Field(None, description="Used to refresh through refresh_access_token.",
+                                            json_schema_extra=_SECRET)
+    client_id: str | None = Field(None, description="For refresh_access_token.", json_schema_extra=_GENERAL)
+    client_secret: SecretStr | None = Field(None, description="For refresh_access_token.", json_schema_extra=_SECRET)
 
 
 class TokenSecret(_Strict):
-    token: SecretStr
+    token: SecretStr = Field(..., json_schema_extra=_SECRET)
 
 
 class BasicSecret(_Strict):
-    username: str
-    password: SecretStr
+    username: str = Field(..., json_schema_extra=_GENERAL)
+    password: SecretStr = Field(..., json_schema_extra=_SECRET)
 
 
 def _seal(value: Any, key: str = "") -> Any:
@@ -151,11 +156,13 @@ def _reveal(value: Any) -> Any:
 class LumosAuth(_Strict):
     """The connector's own credential: one of ``oauth``, ``token``, ``basic``, or ``credentials`` as given."""
 
-    oauth: OAuthSecret | None = None
-    token: TokenSecret | None = None
-    basic: BasicSecret | None = None
+    oauth: OAuthSecret | None = Field(None, description="An OAuth access token (and what refreshes it).",
+                                      json_schema_extra=_GENERAL)
+    token: TokenSecret | None = Field(None, description="A token credential.", json_schema_extra=_SECRET)
+    basic: BasicSecret | None = Field(None, description="A user name and password.", json_schema_extra=_GENERAL)
     credentials: list[dict[str, Any]] | None = Field(None, description=(
-        "The SDK's credentials list, sent as given: [{id, oauth | token | basic | ...: {...}}]."))
+        "The SDK's credentials list, sent as given: [{id, oauth | token | basic | ...: {...}}]; "
+        "every value but ids and user names is a secret."), json_schema_extra=_SECRET)
 
     @field_validator("credentials")
     @classmethod
@@ -445,6 +452,14 @@ class LumosConnector(Connector):
     @classmethod
     def capabilities(cls) -> list[str]:
         return list(_READ)
+
+    @classmethod
+    def instance_info(cls, settings: LumosSettings) -> dict[str, Any]:
+        """For ``ingest info NAME``: the connector's own ``info()`` (what this instance declares)."""
+        if settings.integration:
+            return {"declares": _InProcess(settings.integration).info()}
+        with tempfile.TemporaryDirectory(prefix="ingest-lumos-info-") as tmp:
+            return {"declares": _Executable(settings.command, settings.timeout, Path(tmp)).info()}
 
     def describe(self) -> dict[str, Any]:
         """The connector's own ``info()`` (cached): app_id, capabilities, schemas, types, credential ids."""

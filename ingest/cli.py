@@ -337,6 +337,11 @@ def info(ctx: typer.Context, type_name: str = typer.Argument(..., metavar="TYPE|
         out.print("resource types: " + ", ".join(r["type_id"] for r in doc["resource_types"]))
     if doc["entitlement_types"]:
         out.print("entitlement types: " + ", ".join(e["type_id"] for e in doc["entitlement_types"]))
+    if instance and instance.get("declares"):
+        own = instance["declares"]
+        out.print(Text(f"{instance['name']} declares: {own.get('user_friendly_name') or own.get('app_id')} "
+                       f"({own.get('app_id')} {own.get('version') or ''}); capabilities: "
+                       + ", ".join(own.get("capabilities") or [])))
     if instance:
         for title in ("settings", "auth"):
             label = f"{instance['name']}: {title}" + (f" ({instance['auth_kind']})" if title == "auth"

@@ -407,3 +407,16 @@ def test_a_listing_that_never_ends_fails_instead_of_looping(tmp_path, database_u
     assert res.exit_code == 1
     assert expected in output(res)
     assert mod.integration.calls <= 5
+
+
+def test_info_of_a_lumos_instance_shows_the_connectors_own_info(pretend):
+    res = pretend.cli("info", "pretend", "--json")
+    assert res.exit_code == 0, output(res)
+    doc = json.loads(res.stdout)
+    own = doc["instance"]["declares"]
+    assert own["app_id"] == "pretend" and "list_expenses" in own["capabilities"]
+    assert [c["id"] for c in own["credentials_schema"]] == ["pretend_oauth"]
+    assert doc["instance"]["auth_kind"] == "oauth"
+    assert pretend.token not in res.stdout and pretend.client_secret not in res.stdout
+    res = pretend.cli("info", "pretend")
+    assert res.exit_code == 0 and "pretend declares: Pretend (pretend" in output(res)
