@@ -47,6 +47,7 @@ test: install system-deps node-deps
 
 bench: install
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/idp.py
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

@@ -217,6 +217,24 @@ class TestAgainstTheFake:
             assert changes_of(database_url, engine.last_snapshot(database_url, NAME)["snapshot_id"]) == expected
             assert secret not in output(day1) + output(day2)
 
+    def test_a_day_where_only_sign_ins_change_changes_nothing(self, tmp_path, database_url, secret):
+        t = make_tenant(n_users=800, n_groups=8, n_apps=2, big_group=500)
+        with GraphServer(t, clients={"app-1": (secret, ALL_PERMISSIONS)}) as server:
+            cfg = write_config(tmp_path, server)
+            assert cli(cfg, database_url, "run", NAME).exit_code == 0
+            with t.lock:
+                signed_in = sorted(t.users)[:300]
+                for uid in signed_in:
+                    t.users[uid]["signInActivity"]["lastSignInDateTime"] = "2026-12-02T07:00:00Z"
+            day2 = cli(cfg, database_url, "run", NAME)
+            assert day2.exit_code == 0, output(day2)
+            snap = engine.last_snapshot(database_url, NAME)
+            assert changes_of(database_url, snap["snapshot_id"]) == set()
+            rows = {r["account_id"]: r["last_activity_at"] for r in query(
+                database_url, "SELECT account_id, last_activity_at FROM ingest.last_activity WHERE connector = %s",
+                NAME)}
+            assert all(rows[u].isoformat().startswith("2026-12-02T07:00:00") for u in signed_in)
+
     def test_an_unlicensed_tenant_is_read_without_sign_in_activity_saying_so_once(self, secret):
         t = make_tenant(n_users=300, n_groups=4, n_apps=2, premium=False)
         with GraphServer(t, clients={"app-1": (secret, ALL_PERMISSIONS)}) as server:

@@ -190,6 +190,28 @@ class TestAgainstTheFake:
         finally:
             server.stop()
 
+    def test_a_day_where_only_logins_change_changes_nothing(self, tmp_path, database_url, key_file):
+        t = make_tenant(n_users=800, n_groups=8, big_group=500)
+        server = server_for(t, key_file)
+        try:
+            cfg = write_config(tmp_path, server, key_file)
+            assert cli(cfg, database_url, "run", NAME).exit_code == 0
+            with t.lock:
+                logged_in = sorted(t.users)[:300]
+                for uid in logged_in:
+                    t.users[uid]["lastLoginTime"] = "2026-12-02T07:00:00.000Z"
+                    t.users[uid]["etag"] = '"changed"'  # Google's etag changes with the user resource
+            day2 = cli(cfg, database_url, "run", NAME)
+            assert day2.exit_code == 0, output(day2)
+            snap = engine.last_snapshot(database_url, NAME)
+            assert changes_of(database_url, snap["snapshot_id"]) == set()
+            rows = {r["account_id"]: r["last_activity_at"] for r in query(
+                database_url, "SELECT account_id, last_activity_at FROM ingest.last_activity WHERE connector = %s",
+                NAME)}
+            assert all(rows[u].isoformat().startswith("2026-12-02T07:00:00") for u in logged_in)
+        finally:
+            server.stop()
+
     def test_google_rate_limits_are_waited_out_and_the_run_ends_exact(self, key_file):
         t = make_tenant(n_users=1200, n_groups=10, big_group=1000)
         server = server_for(t, key_file, quota=6)  # 6 requests a second, then 403 userRateLimitExceeded / 429
