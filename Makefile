@@ -48,6 +48,7 @@ test: install system-deps node-deps
 bench: install
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/idp.py
+	$(BIN)/python bench/cloud.py
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

@@ -217,7 +217,8 @@ class GithubServer(VendorServer):
                               "x-ratelimit-resource": "core"})
         return reply
 
-    def page(self, req: SeenRequest, items: list[Any]) -> Reply:
+    def page(self, req: SeenRequest, items: list[Any], build=None) -> Reply:
+        """One page of ``items`` with GitHub's Link header (``build`` turns only that page's items into JSON)."""
         try:
             per_page = min(100, max(1, int(req.query.get("per_page", 30))))
             page = max(1, int(req.query.get("page", 1)))
@@ -230,7 +231,8 @@ class GithubServer(VendorServer):
                 q = {**req.query, "per_page": per_page, "page": n}
                 links.append(f'<{self.root_url}{req.path}?{urlencode(q)}>; rel="{rel}"')
         headers = {"Link": ", ".join(links)} if links else {}
-        return Reply(200, items[(page - 1) * per_page: page * per_page], headers=headers)
+        chunk = items[(page - 1) * per_page: page * per_page]
+        return Reply(200, [build(i) for i in chunk] if build else chunk, headers=headers)
 
     def _org(self, m: re.Match) -> GithubOrg | None:
         return self.org if m.group("org").lower() == self.org.login.lower() else None
@@ -321,7 +323,7 @@ class GithubServer(VendorServer):
             return Reply(422, error_body("Validation Failed", 422))
         with self.org.lock:
             ids = sorted(u for u, r in self.org.members.items() if role == "all" or r == role)
-            return self.page(req, [self.user(u) for u in ids])
+            return self.page(req, ids, self.user)
 
     def list_outside(self, req, m):
         if not self._org(m):
