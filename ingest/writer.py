@@ -222,14 +222,18 @@ class SnapshotWriter:
         stats = self.staged.setdefault(entity, _EntityStats())
         cols = ", ".join(ent.columns + ("key_hash", "row_hash"))
         with psycopg.connect(self._dsn(), autocommit=True) as conn:
-            self._create_stage(conn, ent)
-            with conn.cursor() as cur, cur.copy(f"COPY {self.stage_table(entity)} ({cols}) FROM STDIN") as copy:
-                copy_batch = self._copy_plain if entity in _FAST else self._copy_records
-                for batch in batches:
-                    stats.fetched += len(batch)
-                    copy_batch(ent, batch, stats, copy.write_row)
-                    if progress is not None:
-                        progress(entity, stats.fetched)
+            # created and filled in one transaction, so COPY can FREEZE: rows land frozen and
+            # all-visible, and the merge's first read of them rewrites no page to set hint bits
+            with conn.transaction():
+                self._create_stage(conn, ent)
+                with conn.cursor() as cur, cur.copy(
+                        f"COPY {self.stage_table(entity)} ({cols}) FROM STDIN (FREEZE)") as copy:
+                    copy_batch = self._copy_plain if entity in _FAST else self._copy_records
+                    for batch in batches:
+                        stats.fetched += len(batch)
+                        copy_batch(ent, batch, stats, copy.write_row)
+                        if progress is not None:
+                            progress(entity, stats.fetched)
             conn.execute(f"ANALYZE {self.stage_table(entity)}")
         if progress is not None:
             progress(entity, stats.fetched)
