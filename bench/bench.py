@@ -150,6 +150,8 @@ def time_changes_query(config: Path, snapshot_id: int) -> float:
 
 def bench_size(users: int, memberships: float, churn: float, groups: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
+        if os.geteuid() == 0:  # as root the embedded server runs as its own user, who must reach the directory
+            os.chmod(tmp, 0o711)
         config = Path(tmp) / "schedules.yaml"
 
         def write(day: int) -> None:
@@ -158,7 +160,9 @@ def bench_size(users: int, memberships: float, churn: float, groups: int | None 
                 "workspaces": max(12, users // 2000), "churn": churn, "day": day}}}}))
 
         write(0)
-        subprocess.run([*INGEST, "--config", str(config), "db", "start"], check=True, capture_output=True)
+        started = subprocess.run([*INGEST, "--config", str(config), "db", "start"], capture_output=True, text=True)
+        if started.returncode != 0:
+            raise SystemExit(f"ingest db start failed ({started.returncode}): {started.stderr[-2000:]}")
         try:
             first = run(config)
             write(1)
