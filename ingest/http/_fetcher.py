@@ -110,6 +110,19 @@ class Fetcher(Generic[T, R]):
                 if self.stop.is_set():
                     raise Cancelled("the fetcher stopped") from None
 
+    def _drain(self, item: Any, q: queue.Queue, wrap: Callable[[Any], Any]) -> None:
+        """Run one fetch, handing its chunks on; its iterator is closed however it ends."""
+        chunks = self._fetch(item, self.stop)
+        try:
+            for chunk in chunks:
+                if not self._ordered and self.stop.is_set():  # stopped: not one more page of this parent
+                    raise Cancelled("the fetcher stopped")
+                self._put(q, wrap(chunk))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
     def _raise(self, error: BaseException | None) -> None:
         with self._lock:
             first = self._error
@@ -133,8 +146,7 @@ class Fetcher(Generic[T, R]):
     def _work_ordered(self, slot: _Slot) -> None:
         try:
             self.stop.check()
-            for chunk in self._fetch(slot.item, self.stop):
-                self._put(slot.chunks, chunk)
+            self._drain(slot.item, slot.chunks, lambda chunk: chunk)
         except BaseException as e:  # handed to the consumer
             slot.error = e
             self._failed(e)
@@ -198,8 +210,7 @@ class Fetcher(Generic[T, R]):
                     item = next(self._items, _DONE)
                 if item is _DONE:
                     break
-                for chunk in self._fetch(item, self.stop):
-                    self._put(self._out, (item, chunk))
+                self._drain(item, self._out, lambda chunk, item=item: (item, chunk))
         except BaseException as e:  # handed to the consumer
             self._failed(e)
         finally:
