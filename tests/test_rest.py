@@ -218,3 +218,27 @@ def test_a_bad_config_exits_2_naming_file_connector_stream_and_key(tmp_path, acm
     assert result.exit_code == 2, text
     assert str(cfg) in text and f"connectors.{NAME}." in text
     assert where in text and message in text, text
+
+
+def test_check_reads_one_page_and_any_credential_kind_works(tmp_path, monkeypatch):
+    """`ingest check` on a rest instance; basic auth and an API key header as well as a bearer token."""
+    org = make_org(n_users=30, n_groups=2)
+    with FakeApi() as api:
+        serve(api, org)
+        api._required.clear()  # this server takes HTTP basic instead of the bearer token
+        api.require_basic("svc", "pw-rest-77")
+        cfg = write(tmp_path, api)
+        doc = yaml.safe_load(cfg.read_text())
+        doc["connectors"][NAME]["auth"] = {"username": "svc", "password": "pw-rest-77"}
+        cfg.write_text(yaml.safe_dump(doc))
+        checked = cli(cfg, "postgresql://unused/x", "check", NAME)
+        assert checked.exit_code == 0, output(checked)
+        assert "first_page_records: 25" in output(checked) and "pw-rest-77" not in output(checked)
+        assert api.requests[-1].header("Authorization").startswith("Basic ")
+
+        api._required.clear()
+        api.require_header("X-API-Key", "key-rest-99")
+        doc["connectors"][NAME]["auth"] = {"api_key": "key-rest-99", "header": "X-API-Key"}
+        cfg.write_text(yaml.safe_dump(doc))
+        checked = cli(cfg, "postgresql://unused/x", "check", NAME)
+        assert checked.exit_code == 0, output(checked)
