@@ -4,7 +4,7 @@ here: short pages that say IsTruncated, Marker handed back, every page kept)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import boto3
@@ -24,7 +24,7 @@ from connectors.aws_iam import (
 from ingest.connector import ConnectorContext
 from ingest.errors import ReadOnlyViolation
 
-WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 FILTER = ["User", "Group", "Role", "LocalManagedPolicy"]
 
 
@@ -90,7 +90,7 @@ class TestMapping:
             "c,arn:aws:iam::1:user/c,2020-01-01T00:00:00+00:00,true,no_information,false,N/A,true,"
             "2025-06-01T00:00:00Z\n")
         assert dict(credential_report_activity(report.encode())) == {
-            "arn:aws:iam::1:user/a": WHEN, "arn:aws:iam::1:user/c": datetime(2025, 6, 1, tzinfo=timezone.utc)}
+            "arn:aws:iam::1:user/a": WHEN, "arn:aws:iam::1:user/c": datetime(2025, 6, 1, tzinfo=UTC)}
 
 
 def _user(n: int, groups=()):

@@ -24,8 +24,8 @@ from connectors.github._mapping import (
     team_maintainer_id,
 )
 from ingest.connector import Connector, EntitlementType, ResourceType
-from ingest.errors import AuthError, NotFoundError
 from ingest.credentials import GitHubApp, credentials
+from ingest.errors import AuthError, NotFoundError
 from ingest.http import HttpClient, HttpSettings, LinkHeaderPaginator
 from ingest.streams import Stream, StreamReader
 
