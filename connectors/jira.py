@@ -42,12 +42,13 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ingest.connector import Connector, EntitlementType, ResourceType
-from ingest.credentials import credentials
+from ingest.credentials import OAuth2AuthorizationCode, credentials
+from ingest.credentials._kinds import Setting
 from ingest.errors import AuthError
 from ingest.http import HttpClient, HttpSettings, OffsetPaginator, Paginator
 from ingest.streams import Stream, StreamReader
 
-__all__ = ["JiraAuth", "JiraConnector", "JiraPageBeanPaginator", "JiraSettings", "map_group", "map_member",
+__all__ = ["JiraAuth", "JiraConnector", "JiraOAuth", "JiraPageBeanPaginator", "JiraSettings", "map_group", "map_member",
            "map_project", "map_role_actors", "map_user", "role_urls"]
 
 API = "rest/api/3"
@@ -67,7 +68,19 @@ class JiraSettings(HttpSettings):
         return v.rstrip("/")
 
 
-class JiraAuth(credentials("username_api_key", "oauth2_authorization_code", name="JiraAuth")):
+class JiraOAuth(OAuth2AuthorizationCode):
+    """Atlassian's OAuth 2.0 (3LO): its endpoints, the audience it wants and read scopes by default;
+    refresh tokens rotate (each refresh returns a new one, reusing an old one is ``invalid_grant``)."""
+
+    authorize_url: str = Setting("https://auth.atlassian.com/authorize", "Authorization endpoint.", "advanced")
+    token_url: str = Setting("https://auth.atlassian.com/oauth/token", "Token endpoint.", "advanced")
+    scopes: list[str] = Setting(["read:jira-user", "manage:jira-configuration", "offline_access"],
+                                "Scopes to ask for (offline_access for a refresh token).", "additional")
+    authorize_params: dict[str, str] = Setting({"audience": "api.atlassian.com", "prompt": "consent"},
+                                               "Extra authorization request parameters.", "advanced")
+
+
+class JiraAuth(credentials("username_api_key", JiraOAuth, name="JiraAuth")):
     """E-mail + API token (``username``, ``api_key``), or OAuth 2.0 (3LO) authorization code."""
 
     model_config = ConfigDict(json_schema_extra={"type": "object"})

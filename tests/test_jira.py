@@ -131,3 +131,13 @@ class TestFaults:
             result = cli(tmp_path / "s.yaml", database_url, "check", NAME)
             assert result.exit_code == 1
             assert "auth.username / auth.api_key" in output(result) and token not in output(result)
+
+
+class TestOAuth:
+    def test_an_oauth_client_gets_atlassians_endpoints_audience_and_read_scopes(self):
+        auth = JiraAuth.model_validate({"client_id": "jira-client", "client_secret": "s3cr3t-value"})
+        assert auth.kind == "oauth2_authorization_code" and auth.needs_consent
+        assert (auth.authorize_url, auth.token_url) == ("https://auth.atlassian.com/authorize",
+                                                        "https://auth.atlassian.com/oauth/token")
+        assert "offline_access" in auth.scopes and auth.authorize_params["audience"] == "api.atlassian.com"
+        assert JiraAuth.model_validate({"username": EMAIL, "api_key": "t0ken-value"}).kind == "username_api_key"
