@@ -1,0 +1,92 @@
+"""The conformance kit (ingest.testing) run over built-in connectors: demo (its own API in a thread) and lumos
+(the connector-py scaffold made real, against its loopback fake)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from connectors.demo.org import OrgSpec
+from connectors.demo.server import DemoApi, make_server
+from ingest.testing import Source, check_info, conformance_tests
+from tests.lumos_pretend import make_pretend
+from tests.servers._loopback import Serving
+from tests.servers.pretend_api import PretendApi, PretendData
+
+
+@pytest.fixture
+def demo_source(tmp_path):
+    api = DemoApi(OrgSpec(users=60, groups=8, workspaces=4), token="demo-secret-4b3a2c1d")
+    with Serving(make_server("127.0.0.1", 0, api)) as running:
+        yield Source("demo", settings={"base_url": running.root_url, "day": 0, "state_dir": str(tmp_path),
+                                       "page_size": 25},
+                     auth={"api_token": "demo-secret-4b3a2c1d"}, bad_auth={"api_token": "wrong-token-9z8y7x"})
+
+
+@pytest.fixture(scope="module")
+def pretend_package(tmp_path_factory):
+    root = make_pretend(tmp_path_factory.mktemp("scaffold") / "pretend-connector")
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
+
+
+@pytest.fixture
+def lumos_source(pretend_package):
+    from connector.httpx_rewrite import LUMOS_PROXY_URL, proxy_settings
+
+    data = PretendData(users=[{"id": f"u{i}", "email": f"u{i}@p.test", "login": f"u{i}", "state": "active"}
+                              for i in range(7)],
+                       roles=[{"id": "admin", "name": "Admin"}], members=[{"user_id": "u1", "role_id": "admin"}])
+    with PretendApi(data, tokens={"tok-conformance-77aa"}) as api, proxy_settings(proxy_url=api.root_url + "/"):
+        try:
+            yield Source("lumos", settings={"integration": "pretend.integration:integration", "page_size": 3,
+                                            "connector_settings": {"account_id": "acme"}},
+                         auth={"oauth": {"access_token": "tok-conformance-77aa"}},
+                         bad_auth={"oauth": {"access_token": "tok-revoked-0000"}})
+        finally:
+            LUMOS_PROXY_URL.set(None)
+
+
+TestDemoConformance = conformance_tests("demo_source")
+TestLumosConformance = conformance_tests("lumos_source")
+
+
+@pytest.mark.parametrize("type_name", ["demo", "scim", "ldap", "lumos", "rest"])
+def test_info_of_builtin_types_conforms(type_name):
+    check_info(type_name)
+
+
+def test_the_kit_catches_a_listing_that_never_ends(tmp_path):
+    """A kit that cannot fail proves nothing: a connector paging forever is caught."""
+    import types
+
+    from ingest.testing import read_all
+
+    class Endless:
+        def info(self):
+            class Doc:
+                def model_dump(self, mode=None):
+                    return {"response": {"app_id": "endless", "capabilities": ["list_accounts"],
+                                         "credentials_schema": []}}
+            return Doc()
+
+        calls = 0
+
+        async def dispatch(self, capability, body):
+            import json
+
+            Endless.calls += 1
+            return json.dumps({"response": [{"integration_specific_id": f"a{Endless.calls}"}],
+                               "page": {"token": f"t{Endless.calls}", "size": 1}})
+
+    mod = types.ModuleType("endless_connector")
+    mod.integration = Endless()
+    sys.modules["endless_connector"] = mod
+    try:
+        with pytest.raises(AssertionError, match="more than 50 records"):
+            read_all(Source("lumos", settings={"integration": "endless_connector:integration"}, max_records=50),
+                     str(tmp_path))
+    finally:
+        del sys.modules["endless_connector"]
