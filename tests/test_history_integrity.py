@@ -327,3 +327,47 @@ class TestPointInTime:
         sid = org.last_snapshot()["snapshot_id"]
         assert org.query("SELECT account_id FROM ingest.accounts_at(:s) WHERE account_id = 'u3'", s=sid) == \
             [{"account_id": "u3"}]
+
+
+# -- first load into an empty database: indexes built after the insert -------------------------------------------
+
+class TestFirstLoad:
+    @staticmethod
+    def _indexes(org: Org) -> list[dict]:
+        return org.query("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'ingest' "
+                         "AND tablename LIKE '%\\_history' ORDER BY 1, 2")
+
+    def test_indexes_are_the_same_after_a_first_load_into_empty_tables(self, tmp_path, database_url):
+        from ingest.db import migrate
+
+        migrate(get_engine(database_url))
+        org = _org(tmp_path, database_url)
+        before = self._indexes(org)
+        assert any(i["indexname"] == "assignments_current_idx" for i in before)
+        assert org.run().exit_code == 0
+        assert self._indexes(org) == before
+        stats = org.last_snapshot()["stats"]
+        assert "assignment.index" in stats["merge_timings"]   # the bulk path was taken
+        with pytest.raises(sa.exc.IntegrityError):            # the unique index holds
+            with get_engine(database_url).begin() as conn:
+                conn.execute(sa.text("INSERT INTO ingest.assignments_history SELECT * FROM "
+                                     "ingest.assignments_history WHERE valid_to IS NULL LIMIT 1"))
+
+    def test_two_first_loads_at_once_both_succeed(self, tmp_path, database_url):
+        from ingest.config import load_config
+        from ingest.db import migrate
+        from ingest.runner import run
+
+        migrate(get_engine(database_url))
+        a = _org(tmp_path / "a", database_url, name="a") if (tmp_path / "a").mkdir() is None else None
+        b = _org(tmp_path / "b", database_url, name="b") if (tmp_path / "b").mkdir() is None else None
+        results: dict[str, object] = {}
+        threads = [threading.Thread(target=lambda o=o: results.__setitem__(
+            o.name, run(load_config(o.config), o.name, database_url=database_url))) for o in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert {n: r.status for n, r in results.items()} == {"a": "succeeded", "b": "succeeded"}, \
+            {n: r.error for n, r in results.items()}
+        assert _count(a, "SELECT count(*) AS n FROM ingest.assignments") == 10
