@@ -287,7 +287,10 @@ class GoogleDirectoryServer(VendorServer):
         return super().dispatch(req)
 
     # -- lists -------------------------------------------------------------------------------------------
-    def _list(self, req: SeenRequest, what: str, kind: str, key: str, items: list[dict[str, Any]]) -> Reply:
+    def _list(self, req: SeenRequest, what: str, kind: str, key: str, items: list[Any],
+              build: Any = None) -> Reply:
+        """One page of ``items``; ``build`` turns the page's items into answers (only the page's: a group
+        of 50,000 members costs a page, not the group, per request)."""
         q = req.query
         try:
             size = int(q.get("maxResults", DEFAULT[what]))
@@ -304,6 +307,8 @@ class GoogleDirectoryServer(VendorServer):
                 return self.error(400, "Invalid Input: pageToken", "invalid", "INVALID_ARGUMENT")
             start = saved[1]
         page = items[start:start + size]
+        if build is not None:
+            page = [b for b in (build(i) for i in page) if b is not None]
         body: dict[str, Any] = {"kind": kind, "etag": _etag(), key: page}
         if start + size < len(items):
             token = base64.urlsafe_b64encode(uuid.uuid4().bytes * 2).decode().rstrip("=")
@@ -346,15 +351,19 @@ class GoogleDirectoryServer(VendorServer):
                 gid = next((g for g, x in self.tenant.groups.items() if x["email"] == m["group"]), None)
             if gid is None:
                 return self.error(404, "Resource Not Found: groupKey", "notFound", "NOT_FOUND")
-            items = []
-            for oid, role in self.tenant.members.get(gid, []):
-                obj = self.tenant.users.get(oid) or self.tenant.groups.get(oid)
-                if obj is None:
-                    continue
-                items.append({"kind": "admin#directory#member", "etag": _etag(), "id": oid,
-                              "email": obj.get("primaryEmail") or obj.get("email"), "role": role,
-                              "type": "USER" if oid in self.tenant.users else "GROUP", "status": "ACTIVE"})
-        return self._list(req, "members", "admin#directory#members", "members", items)
+            items = [(oid, role) for oid, role in self.tenant.members.get(gid, [])
+                     if oid in self.tenant.users or oid in self.tenant.groups]
+
+        def member(entry: tuple[str, str]) -> dict[str, Any] | None:
+            oid, role = entry
+            obj = self.tenant.users.get(oid) or self.tenant.groups.get(oid)
+            if obj is None:
+                return None
+            return {"kind": "admin#directory#member", "etag": _etag(), "id": oid,
+                    "email": obj.get("primaryEmail") or obj.get("email"), "role": role,
+                    "type": "USER" if oid in self.tenant.users else "GROUP", "status": "ACTIVE"}
+
+        return self._list(req, "members", "admin#directory#members", "members", items, member)
 
     def list_roles(self, req, m):
         if not self._customer_ok(m["customer"]):

@@ -265,8 +265,8 @@ class GraphServer(VendorServer):
         return super().dispatch(req)
 
     # -- collections -----------------------------------------------------------------------------------
-    def _collection(self, req: SeenRequest, items: list[dict[str, Any]], context: str, max_top: int = 999,
-                    default_top: int = 100) -> Reply:
+    def _collection(self, req: SeenRequest, items: list[Any], context: str, max_top: int = 999,
+                    default_top: int = 100, build: Any = None) -> Reply:
         q = req.query
         try:
             top = int(q.get("$top", default_top))
@@ -283,7 +283,10 @@ class GraphServer(VendorServer):
                 return self.error(400, "Directory_ExpiredPageToken", "The specified page token value has expired "
                                   "and can no longer be included in your request.")
         select = [s for s in q.get("$select", "").split(",") if s]
-        page = [self._project(i, select) for i in items[start:start + top]]
+        chosen = items[start:start + top]
+        if build is not None:  # only the page's items are built: a 50,000-member group costs a page
+            chosen = [b for b in (build(i) for i in chosen) if b is not None]
+        page = [self._project(i, select) for i in chosen]
         body: dict[str, Any] = {"@odata.context": f"https://graph.microsoft.com/v1.0/$metadata#{context}",
                                 "value": page}
         if start + top < len(items):
@@ -335,15 +338,17 @@ class GraphServer(VendorServer):
                 return self.error(404, "Request_ResourceNotFound",
                                   f"Resource '{m['id']}' does not exist or one of its queried reference-property "
                                   "objects are not present.")
-            items = []
-            for oid in self.tenant.members.get(m["id"], []):
-                kind = self.tenant.kind_of(oid)
-                if kind is None:
-                    continue
-                obj = {"user": self.tenant.users, "group": self.tenant.groups,
-                       "servicePrincipal": self.tenant.service_principals}[kind][oid]
-                items.append({"@odata.type": f"#microsoft.graph.{kind}", **obj})
-        return self._collection(req, items, "directoryObjects")
+            items = [oid for oid in self.tenant.members.get(m["id"], []) if self.tenant.kind_of(oid)]
+
+        def member(oid: str) -> dict[str, Any] | None:
+            kind = self.tenant.kind_of(oid)
+            if kind is None:
+                return None
+            obj = {"user": self.tenant.users, "group": self.tenant.groups,
+                   "servicePrincipal": self.tenant.service_principals}[kind][oid]
+            return {"@odata.type": f"#microsoft.graph.{kind}", **obj}
+
+        return self._collection(req, items, "directoryObjects", build=member)
 
     def list_role_definitions(self, req, m):
         with self.tenant.lock:
