@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/idp.py
 	$(BIN)/python bench/cloud.py
+	$(BIN)/python bench/people.py --scale $(or $(BENCH_PEOPLE_SCALE),1)
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

@@ -1,6 +1,7 @@
 """Findings: what a reviewer should look at, computed from the current state after identity resolution.
 
-Each query yields (kind, connector, account_id, identity_id, entitlement_id, detail, key_extra); the stage
+The queries read the accounts in scope from the temp table ``_people_acc`` (one scan of the view for all
+of them). Each query yields (kind, connector, account_id, identity_id, entitlement_id, detail, key_extra); the stage
 keys a finding by kind, connector, account, entitlement and ``key_extra`` so that one that persists keeps
 its ``since``.
 
@@ -33,7 +34,7 @@ SELECT 'orphan_account' AS kind, a.connector, a.account_id, NULL::uuid AS identi
            'candidates', to_jsonb(l.candidates), 'username', a.username, 'email', a.email,
            'display_name', a.display_name, 'status', a.status)) AS detail,
        '' AS key_extra
-FROM ingest.accounts a
+FROM _people_acc a
 JOIN _people_links l USING (connector, account_id)
 WHERE l.identity_id IS NULL AND a.account_type <> 'service' AND a.status <> 'DEPROVISIONED' __SCOPE__
 """
@@ -45,7 +46,7 @@ SELECT 'leaver_with_access', a.connector, a.account_id, i.identity_id, NULL,
        ''
 FROM ingest.identities i
 JOIN ingest.identity_accounts ia ON ia.identity_id = i.identity_id
-JOIN ingest.accounts a ON a.connector = ia.connector AND a.account_id = ia.account_id
+JOIN _people_acc a ON a.connector = ia.connector AND a.account_id = ia.account_id
 WHERE i.status = 'terminated' AND a.status = 'ACTIVE' __SCOPE__
 """
 
@@ -54,7 +55,7 @@ SELECT 'dormant_account', a.connector, a.account_id, ia.identity_id, NULL,
        jsonb_strip_nulls(jsonb_build_object('last_activity_at', a.last_activity_at, 'username', a.username,
                                             'email', a.email, 'dormant_after_days', CAST(:dormant_days AS int))),
        ''
-FROM ingest.accounts a
+FROM _people_acc a
 LEFT JOIN ingest.identity_accounts ia ON ia.connector = a.connector AND ia.account_id = a.account_id
 WHERE a.status = 'ACTIVE' AND a.last_activity_at < now() - make_interval(days => CAST(:dormant_days AS int))
       __SCOPE__
@@ -86,7 +87,7 @@ FROM (
     WHERE t.start_type IS NULL OR (g.resource_type = t.start_type AND g.resource_id = t.start_resource)
     ORDER BY g.connector, g.account_id, t.target, t.resource_type, t.resource_id, t.depth, t.via
 ) r
-JOIN ingest.accounts a ON a.connector = r.connector AND a.account_id = r.account_id __SCOPE__
+JOIN _people_acc a ON a.connector = r.connector AND a.account_id = r.account_id __SCOPE__
 LEFT JOIN ingest.identity_accounts ia ON ia.connector = r.connector AND ia.account_id = r.account_id
 """
 
@@ -97,7 +98,7 @@ SELECT 'shared_service_account', a.connector, a.account_id, ia.identity_id, NULL
            'other_connectors', to_jsonb(array_remove(x.connectors, a.connector)), 'username', a.username,
            'email', a.email)),
        ''
-FROM ingest.accounts a
+FROM _people_acc a
 LEFT JOIN ingest.identity_accounts ia ON ia.connector = a.connector AND ia.account_id = a.account_id
 LEFT JOIN (SELECT name, array_agg(connector ORDER BY connector) AS connectors FROM _people_service
            GROUP BY name HAVING count(*) > 1) x ON x.name = lower(btrim(a.username))

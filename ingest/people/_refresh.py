@@ -144,6 +144,10 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
             SELECT connector, entitlement_id, resource_type, resource_id, label FROM ingest.entitlements
             WHERE (label ~ ANY (CAST(:p AS text[])) OR entitlement_id ~ ANY (CAST(:p AS text[])))
             {"" if scope is None else "AND connector = :c"}"""), {"p": list(cfg_or_default.privileged), "c": scope})
+        conn.execute(sa.text(f"""CREATE TEMP TABLE _people_acc ON COMMIT DROP AS
+            SELECT connector, account_id, email, username, display_name, status, account_type, last_activity_at
+            FROM ingest.accounts {"" if scope is None else "WHERE connector = :c"}"""), {"c": scope})
+        conn.execute(sa.text("ANALYZE _people_acc"))
         conn.execute(sa.text("""CREATE TEMP TABLE _people_service ON COMMIT DROP AS
             SELECT DISTINCT connector, lower(btrim(username)) AS name FROM ingest.accounts
             WHERE account_type = 'service' AND nullif(btrim(username), '') IS NOT NULL"""))

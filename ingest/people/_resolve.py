@@ -33,6 +33,10 @@ ACCOUNT_COLUMNS = ("connector, account_id, email, username, display_name, given_
                    "account_type, custom_attributes, extra, last_activity_at")
 
 
+_RESOLVE_COLUMNS = ("connector, account_id, email, username, display_name, given_name, family_name, status, "
+                    "account_type, custom_attributes, extra")
+
+
 def lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -89,8 +93,9 @@ def compile_resolution(cfg: IdentityConfig | None, *, at: str | None = None,
     keyed_cols = ", ".join(f"{_key_expr(cfg, k, 'a', sources)} AS k_{k}" for k in KEYS)
     ctes: list[str] = []
     if at is None:
-        where = "" if connector is None else f" WHERE connector = {lit(connector)}"
-        ctes.append(f"acc AS (SELECT {ACCOUNT_COLUMNS} FROM ingest.accounts{where})")
+        # the current versions straight from the history: resolution needs no last activity
+        where = "" if connector is None else f" AND connector = {lit(connector)}"
+        ctes.append(f"acc AS (SELECT {_RESOLVE_COLUMNS} FROM ingest.accounts_history WHERE valid_to IS NULL{where})")
     else:
         ctes.append(f"asof AS MATERIALIZED (SELECT * FROM ingest.snapshots_as_of({at}))")
         ctes.append("acc AS MATERIALIZED (SELECT a.* FROM asof s, LATERAL ingest.accounts_at(s.snapshot_id) a)")
