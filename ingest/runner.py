@@ -20,7 +20,7 @@ from ingest.config import LoadedConfig, ResolvedConnector
 from ingest.connector import CAPABILITIES, ConnectorContext
 from ingest.db import get_engine, migrate
 from ingest.errors import AlreadyRunningError, Cancelled, IngestError, ListingChangedError, MassDeletionError
-from ingest.http import CancelToken
+from ingest.http import CancelToken, using_token
 from ingest.redact import redact
 from ingest.writer import ENTITIES, SnapshotWriter
 
@@ -86,6 +86,10 @@ def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings,
     done = object()
 
     def produce() -> None:
+        with using_token(token):  # the HTTP layer (and any fetcher) in this thread obeys the run's token
+            _produce()
+
+    def _produce() -> None:
         it = iter(source)
         clock = time.perf_counter
         started = clock()

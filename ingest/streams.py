@@ -65,7 +65,7 @@ import structlog
 from pydantic import BaseModel
 
 from ingest.errors import IngestError, NotFoundError, ProtocolError
-from ingest.http import HttpClient, Paginator, SinglePage, json_path
+from ingest.http import HttpClient, Paginator, SinglePage, current_token, json_path
 from ingest.http._fetcher import Fetcher
 
 __all__ = ["Stream", "StreamReader", "render"]
@@ -168,7 +168,7 @@ class StreamReader:
             return
         width = stream.concurrency or self.http.settings.max_concurrency
         fetcher = Fetcher(lambda parent, stop: self._listing(stream, parent, stop, 1), self.parents(stream),
-                          width=width, ordered=stream.ordered, cancel=self.http.cancel,
+                          width=width, ordered=stream.ordered, cancel=current_token() or self.http.cancel,
                           name=f"ingest-stream-{stream.name}")
         with fetcher:
             for _, page in fetcher:

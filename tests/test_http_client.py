@@ -61,9 +61,11 @@ def test_exported_members() -> None:
         "RateLimiter",
         "ScimPaginator",
         "SinglePage",
+        "current_token",
         "json_path",
         "make_paginator",
         "retry_after_seconds",
+        "using_token",
     ]
     for name in ingest.http.__all__:
         member = getattr(ingest.http, name)

@@ -144,3 +144,26 @@ def test_the_run_token_stops_a_fan_out_sleeping_on_retry_after() -> None:
         with http, pytest.raises(Cancelled, match="daemon stopping"):
             list(StreamReader(http).records(MEMBER_STREAM))
         assert time.monotonic() - t0 < 5
+
+
+def test_a_hand_written_fan_out_stops_when_one_listing_fails_even_while_another_sleeps() -> None:
+    """Tasks of a Fetcher run under its token: a fetch that names no token still stops with the fetcher."""
+    from connectors._fanout import fan_out
+
+    with FakeApi() as api:
+        api.route("/a", lambda _r: Reply(429, {}, {"Retry-After": "3600"}))
+        api.route("/b", lambda _r: Reply(400, {"message": "bad parent"}))
+        # two clients: a 429 pauses the whole client it came to
+        clients = {p: HttpClient(api.base_url, settings=HttpSettings(max_retries=3)) for p in ("/a", "/b")}
+        t0 = time.monotonic()
+
+        def pages(path: str):
+            if path == "/b":
+                time.sleep(0.3)  # /a is asleep on Retry-After by now
+            yield [clients[path].get_json(path)]
+
+        with pytest.raises(FatalError, match="bad parent"):
+            list(fan_out(["/a", "/b"], pages, workers=2))
+        assert time.monotonic() - t0 < 5
+        for c in clients.values():
+            c.close()

@@ -30,7 +30,7 @@ from ingest.http._auth import (
     OAuth2ClientCredentials,
     OAuth2ClientCredentialsConfig,
 )
-from ingest.http._cancel import CancelToken
+from ingest.http._cancel import CancelToken, current_token, using_token
 from ingest.http._fetcher import Fetcher
 from ingest.http._client import HttpClient, RateLimiter, retry_after_seconds
 from ingest.http._paginators import (
@@ -73,7 +73,9 @@ __all__ = [
     "RateLimiter",
     "ScimPaginator",
     "SinglePage",
+    "current_token",
     "json_path",
     "make_paginator",
     "retry_after_seconds",
+    "using_token",
 ]

@@ -7,6 +7,12 @@
     token.cancel("interrupted (Ctrl-C)")
     child = token.child()   # cancelled with its parent, or on its own (a look-ahead that stops)
 
+The token in effect (:func:`current_token`, a context variable) is the one the
+HTTP layer obeys when a call names none: the runner sets the run's token for
+the fetch thread, and each task of a :class:`~ingest.http.Fetcher` runs under
+the fetcher's own token (a child), so a hand-written fan-out stops with the run
+and when one of its fetches fails, without passing tokens around.
+
 A token is cancelled when :meth:`cancel` is called, when its deadline
 passes, or when its parent (another token or a ``threading.Event``, such as
 the daemon's per-run cancel event) is. The HTTP layer waits through
@@ -18,14 +24,33 @@ long the source asked it to wait.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 import time
+from collections.abc import Iterator
 
 from ingest.errors import Cancelled
 
-__all__ = ["CancelToken"]
+__all__ = ["CancelToken", "current_token", "using_token"]
 
 _SLICE = 0.05  # seconds between looks at a parent or a deadline while waiting
+_CURRENT: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar("ingest_cancel_token", default=None)
+
+
+def current_token() -> CancelToken | None:
+    """The token in effect in this thread / task (see the module docstring)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def using_token(token: CancelToken | None) -> Iterator[None]:
+    """Make ``token`` the one in effect inside the block."""
+    reset = _CURRENT.set(token)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(reset)
 
 
 class CancelToken:

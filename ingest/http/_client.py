@@ -55,7 +55,7 @@ from ingest.errors import (
 )
 from ingest.errors import Cancelled
 from ingest.http._fetcher import END, Fetcher
-from ingest.http._cancel import CancelToken
+from ingest.http._cancel import CancelToken, current_token
 from ingest.http._paginators import PageRequest, Paginator, SinglePage, json_path
 from ingest.http._settings import HttpSettings, HttpStats
 from ingest.redact import redact, redact_url, register_secret
@@ -264,6 +264,11 @@ class HttpClient:
         self._slots = threading.BoundedSemaphore(s.max_concurrency)
         self.limiter = RateLimiter(s.requests_per_second)
 
+    def _token(self) -> CancelToken | None:
+        """The token a call obeys when it names none: the one in effect (a fetcher task's, the run's), else
+        the client's own."""
+        return current_token() or self.cancel
+
     def _transport(self, s: HttpSettings) -> httpx.BaseTransport:
         verify: ssl.SSLContext | bool = s.verify_ssl
         if s.verify_ssl and s.ca_bundle:
@@ -328,7 +333,7 @@ class HttpClient:
     # -- one request -------------------------------------------------------
     def _send_once(self, method: str, url: str, params: dict | None,
                    cancel: CancelToken | threading.Event | None = None, **kw: Any) -> httpx.Response:
-        cancel = cancel if cancel is not None else self.cancel
+        cancel = cancel if cancel is not None else self._token()
         try:
             target = httpx.URL(url)
             if params:  # merge: httpx would replace a query string already in the URL (a next-page link)
@@ -462,7 +467,7 @@ class HttpClient:
 
     def _with_retries(self, fn: Callable[[], Any], cancel: CancelToken | threading.Event | None = None) -> Any:
         attempts = 0
-        cancel = cancel if cancel is not None else self.cancel
+        cancel = cancel if cancel is not None else self._token()
 
         def attempt() -> Any:
             nonlocal attempts
@@ -555,7 +560,7 @@ class HttpClient:
         in-flight bound and retries apply to every page. ``cancel`` (default: the
         client's token) stops the listing.
         """
-        cancel = cancel if cancel is not None else self.cancel
+        cancel = cancel if cancel is not None else self._token()
         pager = (paginator or SinglePage()).fresh()
         request = PageRequest(self.url(path), dict(params or {}))
         pager.init_request(request)

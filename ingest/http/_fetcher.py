@@ -6,9 +6,10 @@
     fetcher.close()                                                   # or leave the loop: stopped, threads gone
 
 ``fetch(item, stop)`` returns an iterable of chunks (pages, usually; a
-single-result fetch returns ``[result]``) and should pass ``stop`` (a
-:class:`~ingest.http.CancelToken`) as the ``cancel`` of its requests, so it
-gives up once the fetcher stops. Memory is bounded whatever the sizes:
+single-result fetch returns ``[result]``). It runs with ``stop`` (a
+:class:`~ingest.http.CancelToken`, child of ``cancel`` or of the token in
+effect) in effect, so the HTTP calls it makes give up once the fetcher stops
+(passing ``stop`` as their ``cancel`` does the same explicitly). Memory is bounded whatever the sizes:
 
 - ``ordered=True`` (default): at most ``window`` items (default 2 x width) are
   started and not yet consumed, and each holds at most ``buffer`` chunks
@@ -43,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 from ingest.errors import Cancelled
-from ingest.http._cancel import CancelToken
+from ingest.http._cancel import _CURRENT, CancelToken, current_token
 
 __all__ = ["Fetcher", "END"]
 
@@ -73,7 +74,8 @@ class Fetcher(Generic[T, R]):
     def __init__(self, fetch: Callable[[T, CancelToken], Iterable[R]], items: Iterable[T], *, width: int,
                  window: int | None = None, buffer: int = 2, ordered: bool = True,
                  cancel: CancelToken | threading.Event | None = None, name: str = "ingest-fetch") -> None:
-        self.stop = CancelToken(parent=cancel)
+        # default parent: the token in effect (the run's, in a run); each task runs under self.stop
+        self.stop = CancelToken(parent=cancel if cancel is not None else current_token())
         self._fetch = fetch
         self._items = iter(items)
         self._width = max(1, width)
@@ -144,6 +146,7 @@ class Fetcher(Generic[T, R]):
             self._slots.append(slot)
 
     def _work_ordered(self, slot: _Slot) -> None:
+        _CURRENT.set(self.stop)  # this task's copy of the context: its HTTP calls obey the fetcher
         try:
             self.stop.check()
             self._drain(slot.item, slot.chunks, lambda chunk: chunk)
@@ -204,6 +207,7 @@ class Fetcher(Generic[T, R]):
 
     # -- unordered ------------------------------------------------------------------------------
     def _work_unordered(self) -> None:
+        _CURRENT.set(self.stop)
         try:
             while not self.stop.is_set():
                 with self._lock:
