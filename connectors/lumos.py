@@ -467,9 +467,6 @@ class LumosConnector(Connector):
             self._info = self.transport.info()
         return self._info
 
-    def declared(self) -> list[str]:
-        return [c for c in self.describe().get("capabilities") or [] if c in CAPABILITIES or c == "validate_credentials"]
-
     def streams(self) -> Iterator[tuple[str, Any]]:
         declared = set(self.describe().get("capabilities") or [])
         for cap, entity in CAPABILITIES.items():
