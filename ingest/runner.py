@@ -196,7 +196,6 @@ def run(
     token = CancelToken(deadline=started + timeout if timeout else None,
                         timeout_message=f"timed out after {timeout:g} s" if timeout else "timed out",
                         parent=cancel, parent_message="stopped: the daemon is shutting down")
-    check = token.check
 
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock_conn:
         got = lock_conn.execute(sa.text("SELECT pg_try_advisory_lock(:ns, hashtext(:c))"),

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from ingest.errors import FatalError, ProtocolError
+from ingest.errors import Cancelled, FatalError, ProtocolError
 from ingest.http import (
+    CancelToken,
     CursorPaginator,
     HttpClient,
     HttpSettings,
@@ -24,8 +25,6 @@ from ingest.http import (
     Paginator,
     ScimPaginator,
 )
-from ingest.errors import Cancelled
-from ingest.http import CancelToken
 from ingest.http._fetcher import Fetcher
 from tests.servers.fake_api import SCIM_LIST, FakeApi, Fault, Reply, SeenRequest
 
@@ -382,7 +381,7 @@ class TestFetcher:
 
         got = []
         with Fetcher(pages, range(8), width=2, ordered=ordered, name="ingest-pages-t") as fetcher:
-            for item, chunk in fetcher:
+            for _item, chunk in fetcher:
                 if len(got) == 10:
                     time.sleep(0.1)  # a slow consumer: fetchers wait for it
                     assert produced[0] <= 10 + 2 * 2 * 3 + 2, produced[0]

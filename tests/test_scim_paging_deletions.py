@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from tests.engine import cli, last_snapshot, output, query
 from tests.servers.scim_server import ScimServer, load_org, make_org, source_state, user_id
 

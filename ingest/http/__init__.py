@@ -31,8 +31,8 @@ from ingest.http._auth import (
     OAuth2ClientCredentialsConfig,
 )
 from ingest.http._cancel import CancelToken, current_token, using_token
-from ingest.http._fetcher import Fetcher
 from ingest.http._client import HttpClient, RateLimiter, retry_after_seconds
+from ingest.http._fetcher import Fetcher
 from ingest.http._paginators import (
     PAGINATORS,
     CursorPaginator,

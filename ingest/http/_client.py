@@ -42,6 +42,7 @@ import tenacity
 from ingest import __version__
 from ingest.errors import (
     AuthError,
+    Cancelled,
     ConfigError,
     FatalError,
     IngestError,
@@ -53,9 +54,8 @@ from ingest.errors import (
     RetryableError,
     SourceError,
 )
-from ingest.errors import Cancelled
-from ingest.http._fetcher import END, Fetcher
 from ingest.http._cancel import CancelToken, current_token
+from ingest.http._fetcher import END, Fetcher
 from ingest.http._paginators import PageRequest, Paginator, SinglePage, json_path
 from ingest.http._settings import HttpSettings, HttpStats
 from ingest.redact import redact, redact_url, register_secret
