@@ -86,6 +86,7 @@ def test_a_run_timeout_holds_while_the_source_asks_to_wait_an_hour(tmp_path, dat
     took = time.monotonic() - t0
     assert code == 1, text
     assert took < BOUND, f"took {took:.1f} s"
+    print(f"\ntimeout 2 s under Retry-After: 3600: the process ended after {took:.1f} s")
     [snap] = snapshots(database_url)
     assert snap["status"] == "failed" and "timed out after 2 s" in snap["error"]
     assert len(throttling.requests) >= 1
@@ -107,6 +108,7 @@ def test_ctrl_c_on_ingest_run_marks_the_snapshot_interrupted_and_exits_non_zero(
             proc.wait()
     assert code == 130, text
     assert took < BOUND
+    print(f"\nCtrl-C under Retry-After: 3600: exit 130 after {took:.1f} s")
     [snap] = snapshots(database_url)
     assert snap["status"] == "interrupted" and "Ctrl-C" in snap["error"], snap
 
@@ -126,6 +128,7 @@ def test_sigterm_on_the_daemon_interrupts_a_run_sleeping_on_retry_after_and_exit
     finally:
         d.stop()
     assert took < BOUND
+    print(f"\nSIGTERM (grace_period 1 s) under Retry-After: 3600: exit 0 after {took:.1f} s")
     assert [s["status"] for s in snapshots(database_url)] == ["interrupted"]
     assert d.find("shutdown_finished", stuck_runs=[])
 
