@@ -216,7 +216,7 @@ def run(
                 if result.ok:  # derived stage: people, effective access, findings
                     from ingest.people import refresh_after_commit
 
-                    refresh_after_commit(engine, loaded.config.identity, sid, name)
+                    refresh_after_commit(engine, loaded.config.identity, sid, name, cancel)
                 return result
         finally:
             try:

@@ -310,3 +310,41 @@ class TestScope:
         assert full["scope"] == "all"
         assert full["findings"] == {"opened": 0, "resolved": 0}
         assert state() == scoped
+
+
+class TestShutdown:
+    def test_a_cancelled_refresh_stops_at_once_keeps_the_previous_state_and_the_next_one_is_full(self, orgs):
+        import threading
+
+        import sqlalchemy as sa
+        from structlog.testing import capture_logs
+
+        from ingest.config import load_config
+        from ingest.db import get_engine
+        from ingest.people import refresh_after_commit
+
+        hr, app = orgs
+        run_both(hr, app)
+        before = app.query("SELECT * FROM ingest.identity_accounts ORDER BY connector, account_id")
+        engine = get_engine(app.url)
+        cfg = load_config(app.config).config.identity
+        sid = app.last_snapshot()["snapshot_id"]
+        cancel = threading.Event()
+        with engine.connect() as blocker:  # hold the people lock so the refresh waits inside its transaction
+            blocker.execute(sa.text("SELECT pg_advisory_lock(hashtext('ingest:people'))"))
+            threading.Timer(0.5, cancel.set).start()
+            with capture_logs() as logs:
+                assert refresh_after_commit(engine, cfg, sid, "app", cancel) is False
+            blocker.execute(sa.text("SELECT pg_advisory_unlock(hashtext('ingest:people'))"))
+            blocker.commit()
+        assert [e["event"] for e in logs] == ["people_refresh_failed"]
+        assert "canceling statement" in logs[0]["error"]
+        assert app.query("SELECT * FROM ingest.identity_accounts ORDER BY connector, account_id") == before
+        assert app.query("SELECT snapshot_id FROM ingest.people_state")[0]["snapshot_id"] is None
+        # already cancelled: skipped; and the next refresh recomputes everything
+        with capture_logs() as logs:
+            assert refresh_after_commit(engine, cfg, sid, "app", cancel) is False
+        assert [e["event"] for e in logs] == ["people_refresh_skipped"]
+        with capture_logs() as logs:
+            assert refresh_after_commit(engine, cfg, sid, "app") is True
+        assert [e["scope"] for e in logs if e["event"] == "people_refreshed"] == ["all"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -53,7 +54,7 @@ def _exec(conn: sa.Connection, sql: str, **params: Any) -> int:
 
 
 def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
-            connector: str | None = None) -> dict[str, Any]:
+            connector: str | None = None, on_backend: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Bring the people tables up to date after ``snapshot_id`` (of ``connector``) committed.
 
     A snapshot of an app (a connector that is not an identity source) changes neither the people nor
@@ -74,6 +75,8 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
 
     counts: dict[str, Any] = {}
     with engine.begin() as conn:
+        if on_backend is not None:  # lets a caller cancel the refresh (pg_cancel_backend) on shutdown
+            on_backend(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar())
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": _LOCK})
         conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
         previous = conn.execute(sa.text("SELECT snapshot_id FROM ingest.people_state WHERE id = 1")).scalar()
