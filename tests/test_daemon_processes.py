@@ -192,7 +192,8 @@ def test_a_daemon_killed_mid_run_loses_its_lease_and_another_finishes_the_slot(t
     snaps = snapshots(database_url, "slow")
     assert [(s["status"], s["scheduled_for"], s["pid"]) for s in snaps] == [
         ("interrupted", slot, victim.pid), ("succeeded", slot, survivor.pid)]
-    [claim] = claims(database_url)
+    # the claim is closed just after the snapshot commits and run_finished is logged: wait for it
+    [claim] = wait_db(lambda: [c for c in claims(database_url) if c["status"] != "claimed"], 30, "the closed claim")
     assert (claim["status"], claim["takeovers"], claim["snapshot_id"]) == ("succeeded", 1, snaps[1]["snapshot_id"])
     assert claim["daemon_id"] == takeover["daemon_id"] != takeover["previous_daemon"]
     assert query(database_url, "SELECT count(*) AS n FROM ingest.accounts")[0]["n"] == 20
