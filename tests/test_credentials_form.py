@@ -15,7 +15,6 @@ from ingest.credentials._form import SECTIONS
 from ingest.registry import connector_types, get_connector_class
 from tests.oidc_probe import register
 
-
 SECRET_FIELDS = {"password", "api_key", "api_secret", "bearer_token", "token", "client_secret", "private_key",
                  "service_account_json", "secret_access_key", "session_token"}
 

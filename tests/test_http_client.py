@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
