@@ -60,12 +60,12 @@ def postmaster(config: Path):
         return None
 
 
-def run(config: Path, *extra: str) -> dict:
+def run(config: Path, *extra: str, name: str = "demo") -> dict:
     """One `ingest run` process: its JSON result plus wall time, CPU and the peak RSS of its process tree."""
     pg = postmaster(config)
     pg_cpu = _cpu(_tree(pg)) if pg else 0.0
     t = time.perf_counter()
-    proc = subprocess.Popen([*INGEST, "--config", str(config), "--log-format", "json", "run", "demo", "--json", *extra],
+    proc = subprocess.Popen([*INGEST, "--config", str(config), "--log-format", "json", "run", name, "--json", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=config.parent)
     out: dict[str, str] = {}
     readers = [threading.Thread(target=lambda k=k, f=f: out.__setitem__(k, f.read()), daemon=True)
