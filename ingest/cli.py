@@ -616,6 +616,25 @@ def connector_call(
         sys.stdout.write(body + "\n")
 
 
+# -- new-connector -------------------------------------------------------------------
+
+@app.command("new-connector")
+def new_connector(
+    name: str = typer.Argument(..., metavar="NAME", help="The connector type: lowercase letters, digits, underscores."),
+    target: Optional[Path] = typer.Option(None, "--dir", "-d", help="Where to write the package (default ./ingest-NAME)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the generated files in an existing directory."),
+) -> None:
+    """Scaffold a connector plugin package (entry point, declarative streams, a fake server, a conformance test)."""
+    from ingest.scaffold import new_connector as scaffold
+
+    made = scaffold(name, target, force=force)
+    out.print(Text.assemble("wrote ", (made.package, "bold"), f" into {made.root}:"))
+    for path in made.files:
+        out.print(f"  {path.relative_to(made.root)}", highlight=False)
+    out.print(f"next: cd {made.root} && pip install -e '.[test]' && pytest   (then: ingest info {name})",
+              highlight=False)
+
+
 # -- daemon -------------------------------------------------------------------------
 
 @app.command()
