@@ -26,7 +26,6 @@ from ingest.registry import get_connector_class
 from ingest.scaffold import FILES, NAME_RULE
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = "from ingest.cli import main; main()"
 
 
 @dataclass
@@ -85,17 +84,21 @@ class TestTheGeneratedPackage:
 
     def test_ingest_lists_it_once_installed(self, plugin, tmp_path):
         """`ingest info` and `ingest connectors` see the new type through the installed entry point only."""
-        info = plugin.run("-c", CLI, "info", "acme_hr", "--json", cwd=tmp_path)
-        assert info.returncode == 0, info.stderr
-        doc = json.loads(info.stdout)
+        both = plugin.run("-c", "import json; from typer.testing import CliRunner; from ingest.cli import app; "
+                          "r = [CliRunner().invoke(app, a) for a in (['info', 'acme_hr', '--json'], "
+                          "['connectors', '--json'])]; print(json.dumps([(x.exit_code, x.output) for x in r]))",
+                          cwd=tmp_path)
+        assert both.returncode == 0, both.stderr[-3000:]
+        (info_rc, info), (listed_rc, listed) = json.loads(both.stdout)
+        assert info_rc == 0, info
+        doc = json.loads(info)
         assert (doc["app_id"], doc["user_friendly_name"]) == ("acme_hr", "Acme Hr")
         assert doc["capabilities"] == ["validate_credentials", "list_accounts", "list_entitlements",
                                        "find_entitlement_associations"]
         assert doc["authentication_schema"]["properties"]["bearer_token"]["writeOnly"] is True
         assert "base_url" in doc["request_settings_schema"]["properties"]
-        listed = plugin.run("-c", CLI, "connectors", "--json", cwd=tmp_path)
-        assert listed.returncode == 0, listed.stderr
-        [row] = [r for r in json.loads(listed.stdout) if r["type"] == "acme_hr"]
+        assert listed_rc == 0, listed
+        [row] = [r for r in json.loads(listed) if r["type"] == "acme_hr"]
         assert row["error"] is None and "list_accounts" in row["capabilities"]
         with pytest.raises(ConfigError, match="unknown connector type 'acme_hr'"):
             get_connector_class("acme_hr")  # this process has no such entry point: the install made the difference
