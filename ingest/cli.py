@@ -620,7 +620,7 @@ def connector_call(
 
 @app.command("new-connector")
 def new_connector(
-    name: str = typer.Argument(..., metavar="NAME", help="The connector type: lowercase letters, digits, underscores."),
+    name: str = typer.Argument(..., metavar="NAME", help="The connector type: lowercase letters and digits, words joined by single underscores (acme_hr)."),
     target: Optional[Path] = typer.Option(None, "--dir", "-d", help="Where to write the package (default ./ingest-NAME)."),
     force: bool = typer.Option(False, "--force", help="Overwrite the generated files in an existing directory."),
 ) -> None:

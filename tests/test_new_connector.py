@@ -115,7 +115,7 @@ class TestTheCommand:
 
     @pytest.mark.parametrize(("name", "why"), [
         ("Acme", NAME_RULE), ("acme-hr", "e.g. 'acme_hr'"), ("1acme", NAME_RULE), ("acme hr", NAME_RULE),
-        ("ac.me", NAME_RULE), ("a" * 41, "at most 40 characters"), ("class", "Python keyword"),
+        ("ac.me", NAME_RULE), ("acme_", "e.g. 'acme'"), ("ac__me", "e.g. 'ac_me'"), ("a" * 41, "at most 40 characters"), ("class", "Python keyword"),
         ("scim", "built-in connector type"), ("", NAME_RULE),
     ])
     def test_a_bad_name_is_refused_with_the_rule_and_writes_nothing(self, tmp_path, name, why):

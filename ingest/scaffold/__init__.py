@@ -28,8 +28,9 @@ from ingest.errors import ConfigError
 
 __all__ = ["ScaffoldError", "Scaffold", "check_name", "new_connector", "FILES"]
 
-NAME_RULE = "lowercase letters, digits and underscores, starting with a letter, at most 40 characters"
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+NAME_RULE = ("lowercase letters and digits, words joined by single underscores, starting with a letter, "
+             "at most 40 characters")
+_NAME = re.compile(r"(?=.{1,40}$)[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 
 # template -> path in the generated package ({name} is the connector type name)
 FILES: dict[str, str] = {
@@ -64,7 +65,7 @@ def check_name(name: str) -> str:
     from ingest.registry import BUILTIN
 
     if not _NAME.fullmatch(name):
-        hint = re.sub(r"[^a-z0-9_]+", "_", name.strip().lower()).strip("_")
+        hint = re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
         hint = hint if _NAME.fullmatch(hint) else ""
         raise ScaffoldError(f"connector name {name!r}: must be {NAME_RULE}"
                             + (f" (e.g. {hint!r})" if hint and hint != name else ""))
