@@ -114,6 +114,10 @@ class Connector:
     Auth: ClassVar[type[BaseModel]] = NoAuth
     resource_types: ClassVar[list[ResourceType]] = []
     entitlement_types: ClassVar[list[EntitlementType]] = []
+    # Requests other than GET/HEAD that only read: (method, path regex[, body regex]), matched with re.search,
+    # e.g. ("POST", r"/\.search$") or an OAuth token endpoint ("POST", r"/oauth2/v2\.0/token$"). The
+    # conformance kit (ingest.testing) lets these, and only these, reach the source besides GET/HEAD.
+    read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     def __init__(self, ctx: ConnectorContext) -> None:
         self.ctx = ctx

@@ -20,8 +20,10 @@ def demo_source(tmp_path):
     api = DemoApi(OrgSpec(users=60, groups=8, workspaces=4), token="demo-secret-4b3a2c1d")
     with Serving(make_server("127.0.0.1", 0, api)) as running:
         yield Source("demo", settings={"base_url": running.root_url, "day": 0, "state_dir": str(tmp_path),
-                                       "page_size": 25},
-                     auth={"api_token": "demo-secret-4b3a2c1d"}, bad_auth={"api_token": "wrong-token-9z8y7x"})
+                                       "page_size": 25,
+                                       "users": 60, "groups": 8, "workspaces": 4},
+                     auth={"api_token": "demo-secret-4b3a2c1d"}, bad_auth={"api_token": "wrong-token-9z8y7x"},
+                     url_settings=("base_url",), must_recover=True)
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +58,14 @@ def scim_source():
     with ScimServer(token="scim-conformance-5e6f7a8b") as server:
         load_org(server, make_org(n_users=40, n_teams=4, big_group_size=30))
         yield Source("scim", settings={"base_url": server.base_url, "page_size": 15},
-                     auth={"bearer_token": "scim-conformance-5e6f7a8b"}, bad_auth={"bearer_token": "wrong-1a2b3c4d"})
+                     auth={"bearer_token": "scim-conformance-5e6f7a8b"}, bad_auth={"bearer_token": "wrong-1a2b3c4d"},
+                     url_settings=("base_url",), must_recover=True)
 
 
 TestDemoConformance = conformance_tests("demo_source")
 TestScimConformance = conformance_tests("scim_source")
-TestLumosConformance = conformance_tests("lumos_source")
+TestLumosConformance = conformance_tests(
+    "lumos_source", no_http="connector-py fetches with its own httpx client, pointed by proxy_settings, not settings")
 
 
 @pytest.mark.parametrize("type_name", ["demo", "scim", "ldap", "lumos", "rest"])
