@@ -31,7 +31,8 @@ def github_source():
     with GithubServer(make_org(n_members=40, n_repos=6, n_teams=4), token) as server:
         yield Source("github", settings={"org": server.org.login, "base_url": server.root_url, "per_page": 10,
                                          **FAST},
-                     auth={"bearer_token": token}, bad_auth={"bearer_token": "ghp_" + uuid.uuid4().hex})
+                     auth={"bearer_token": token}, bad_auth={"bearer_token": "ghp_" + uuid.uuid4().hex},
+                     url_settings=("base_url",))
 
 
 @pytest.fixture
@@ -39,7 +40,8 @@ def pagerduty_source():
     key = "u+" + uuid.uuid4().hex
     with PagerDutyServer(make_account(n_users=40, n_teams=3), key) as server:
         yield Source("pagerduty", settings={"base_url": server.root_url, "page_size": 15, **FAST},
-                     auth={"api_key": key}, bad_auth={"api_key": "u+" + uuid.uuid4().hex})
+                     auth={"api_key": key}, bad_auth={"api_key": "u+" + uuid.uuid4().hex},
+                     url_settings=("base_url",))
 
 
 @pytest.fixture
@@ -48,7 +50,8 @@ def jira_source():
     with JiraServer(make_site(n_users=60, n_groups=3, n_projects=3), email, token) as server:
         yield Source("jira", settings={"base_url": server.root_url, "page_size": 25, **FAST},
                      auth={"username": email, "api_key": token},
-                     bad_auth={"username": email, "api_key": "ATATT" + uuid.uuid4().hex})
+                     bad_auth={"username": email, "api_key": "ATATT" + uuid.uuid4().hex},
+                     url_settings=("base_url",))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,8 @@ def aws_iam_source(iam_account):
     return Source("aws_iam", settings={"endpoint_url": moto.url, "max_retries": 1, "credential_report_wait": 10},
                   auth={"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]},
                   bad_auth={"access_key_id": "AKIA" + uuid.uuid4().hex[:16].upper(),
-                            "secret_access_key": uuid.uuid4().hex})
+                            "secret_access_key": uuid.uuid4().hex},
+                  url_settings=("endpoint_url",))
 
 
 TestGithubConformance = conformance_tests("github_source")

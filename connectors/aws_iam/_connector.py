@@ -62,6 +62,10 @@ class AwsIamConnector(Connector):
     )
     Settings: ClassVar[type[BaseModel]] = AwsIamSettings
     Auth: ClassVar[type[BaseModel]] = AwsAuth
+    # IAM speaks the query protocol: every call is a POST of a form; these Actions only read (see _client)
+    read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("POST", r"^/$", r"(?:^|&)Action=(?:List[A-Z]\w*|Get[A-Z]\w*|GenerateCredentialReport)(?:&|$)"),
+    )
     entitlement_types: ClassVar[list[EntitlementType]] = [
         EntitlementType(type_id="group", type_label="IAM group"),
         EntitlementType(type_id="managed_policy", type_label="Managed policy"),

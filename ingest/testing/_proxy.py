@@ -26,9 +26,11 @@ Which requests get a fault is decided two ways, both deterministic:
   arrival order, so a connector fetching concurrently meets the same faults on every run.
 - ``rate``: a share of the other requests, drawn from ``random.Random(seed)`` (arrival order).
 
-Answers are rewritten on the way back: every origin in ``rewrite`` (by default the upstream's, to
-the proxy's own) is replaced in the headers (``Location``, ``Link``) and in uncompressed bodies, so
-next-page links lead back through the proxy; requests get the reverse rewrite.
+The ``Host`` header is forwarded as the client sent it (so signed requests, e.g. AWS SigV4, stay
+valid, and a fake that builds links from ``Host`` builds them to the proxy). Answers are rewritten on
+the way back: every origin in ``rewrite`` (by default the upstream's, to the proxy's own) is replaced
+in the headers (``Location``, ``Link``) and in uncompressed bodies, so next-page links lead back
+through the proxy; request lines, headers other than ``Host`` and bodies get the reverse rewrite.
 
 ``injected`` counts the faults of each kind, ``forwarded`` the requests that reached the upstream
 unharmed, ``requests`` holds every request seen (:class:`SeenRequest`, the fault it got or None).
@@ -120,8 +122,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         proxy = self.server.proxy
+        # Host stays as the client sent it (a signed request, AWS SigV4, covers it), so a fake building
+        # links from Host builds them to the proxy; other headers get the reverse rewrite
         headers = {k: proxy._to_upstream(v) for k, v in self.headers.items() if k.lower() not in _HOP}
-        headers["Host"] = proxy.upstream_netloc
+        headers["Host"] = self.headers.get("Host") or proxy.upstream_netloc
         if proxy.upstream_scheme == "https":
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 proxy.upstream_host, proxy.upstream_port, timeout=60, context=ssl._create_unverified_context())
