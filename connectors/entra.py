@@ -311,6 +311,8 @@ class EntraConnector(Connector):
     )
     Settings: ClassVar[type[BaseModel]] = EntraSettings
     Auth: ClassVar[type[BaseModel]] = EntraAuth
+    # the token request at the Microsoft identity platform is the one POST, and it only reads
+    read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = (("POST", r"/oauth2/v2\.0/token$"),)
     resource_types: ClassVar[list[ResourceType]] = [
         ResourceType(type_id="service_principal", type_label="Enterprise application")]
     entitlement_types: ClassVar[list[EntitlementType]] = [

@@ -248,6 +248,8 @@ class GoogleWorkspaceConnector(Connector):
     )
     Settings: ClassVar[type[BaseModel]] = GoogleWorkspaceSettings
     Auth: ClassVar[type[BaseModel]] = GoogleServiceAccount
+    # the service account's token request (the key file's token_uri) is the one POST, and it only reads
+    read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = (("POST", r"/token$"),)
     entitlement_types: ClassVar[list[EntitlementType]] = [
         EntitlementType(type_id="group", type_label="Group"),
         EntitlementType(type_id="admin_role", type_label="Admin role"),

@@ -350,6 +350,8 @@ class OktaConnector(Connector):
     logo_url: ClassVar[str | None] = None
     Settings: ClassVar[type[BaseModel]] = OktaSettings
     Auth: ClassVar[type[BaseModel]] = OktaAuth
+    # the OAuth service app's token request (client credentials) is the one POST, and it only reads
+    read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = (("POST", r"/oauth2/v1/token$"),)
     resource_types: ClassVar[list[ResourceType]] = [ResourceType(type_id="app", type_label="Application")]
     entitlement_types: ClassVar[list[EntitlementType]] = [
         EntitlementType(type_id="group", type_label="Group"),
