@@ -30,7 +30,7 @@ def okta_source() -> Iterator[Source]:
     tenant = okta_server.make_tenant(n_users=40, n_groups=5, n_apps=2, big_group=30)
     with okta_server.OktaServer(tenant, api_tokens={token: None}) as fake:
         yield Source("okta", settings={"domain": fake.root_url}, auth={"api_key": token},
-                     bad_auth={"api_key": "ssws-" + uuid.uuid4().hex})
+                     bad_auth={"api_key": "ssws-" + uuid.uuid4().hex}, url_settings=("domain",))
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def okta_app_source(okta_keys) -> Iterator[Source]:
     with okta_server.OktaServer(tenant, api_tokens={}, oauth_clients={"0oaservice1": (public, OKTA_SCOPES)}) as fake:
         yield Source("okta", settings={"domain": fake.root_url},
                      auth={"client_id": "0oaservice1", "private_key": private, "key_id": "k1"},
-                     bad_auth={"client_id": "0oaservice1", "private_key": other, "key_id": "k1"})
+                     bad_auth={"client_id": "0oaservice1", "private_key": other, "key_id": "k1"},
+                     url_settings=("domain",))
 
 
 @pytest.fixture
@@ -50,7 +51,8 @@ def entra_source() -> Iterator[Source]:
     with graph_server.GraphServer(tenant, clients={"app-1": (secret, graph_server.ALL_PERMISSIONS)}) as fake:
         settings = {"tenant_id": tenant.tenant_id, "graph_url": fake.root_url, "authority": fake.root_url}
         yield Source("entra", settings=settings, auth={"client_id": "app-1", "client_secret": secret},
-                     bad_auth={"client_id": "app-1", "client_secret": "entra-" + uuid.uuid4().hex})
+                     bad_auth={"client_id": "app-1", "client_secret": "entra-" + uuid.uuid4().hex},
+                     url_settings=("graph_url", "authority"))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,8 @@ def google_source(google_keys) -> Iterator[Source]:
         admin = f"user0@{tenant.domain}"
         yield Source("google_workspace", settings={"api_url": fake.root_url},
                      auth={"service_account_json": json.dumps(key), "subject": admin},
-                     bad_auth={"service_account_json": json.dumps(unknown), "subject": admin})
+                     bad_auth={"service_account_json": json.dumps(unknown), "subject": admin},
+                     url_settings=("api_url",), url_auth=("service_account_json.token_uri",))
 
 
 TestOktaConformance = conformance_tests("okta_source")

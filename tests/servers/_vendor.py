@@ -79,6 +79,12 @@ class VendorServer(LoopbackServer):
     def url(self, path: str = "") -> str:
         return self.root_url + path
 
+    def addressed(self, req: SeenRequest, path: str = "") -> str:
+        """The URL the client addressed (its ``Host`` header): what a token endpoint checks an assertion's
+        ``aud`` against; the same as :meth:`url` unless a proxy (the conformance kit's) stands between."""
+        host = req.header("Host")
+        return f"http://{host}{path}" if host else self.url(path)
+
     # -- serving ---------------------------------------------------------------------------------------
     def _injected_reply(self, path: str) -> Reply | None:
         with self._lock:

@@ -218,7 +218,7 @@ class GoogleDirectoryServer(VendorServer):
         if key is None:
             return refuse(401, "invalid_client", "The OAuth client was not found.")
         try:
-            claims = jwt.decode(assertion, key, algorithms=["RS256"], audience=self.token_uri,
+            claims = jwt.decode(assertion, key, algorithms=["RS256"], audience=self.addressed(req, "/token"),
                                 issuer=unverified["iss"], options={"require": ["exp", "iat", "iss", "aud"]})
         except jwt.InvalidSignatureError:
             return refuse(400, "invalid_grant", "Invalid JWT Signature.")

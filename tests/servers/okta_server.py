@@ -316,7 +316,7 @@ class OktaServer(VendorServer):
             return refuse(401, "invalid_client", "The client_id is not valid.")
         try:
             claims = jwt.decode(form.get("client_assertion", ""), client[0], algorithms=["RS256"],
-                                audience=self.url("/oauth2/v1/token"), issuer=form["client_id"],
+                                audience=self.addressed(req, "/oauth2/v1/token"), issuer=form["client_id"],
                                 options={"require": ["exp", "iat", "iss", "sub", "aud", "jti"]})
         except jwt.InvalidTokenError as e:
             return refuse(401, "invalid_client", f"The client_assertion token is invalid: {e}")
