@@ -1,5 +1,7 @@
-"""The conformance kit (ingest.testing) run over built-in connectors: demo (its own API in a thread) and lumos
-(the connector-py scaffold made real, against its loopback fake)."""
+"""The conformance kit (ingest.testing) run over built-in connectors: demo (its own API in a thread), scim
+(scim2-server), rest (the Acme fake of tests/servers/rest_api.py), ldap (a real slapd with a small
+organisation) and lumos (the connector-py scaffold made real, against its loopback fake). ldap and lumos
+are not routed through the kit's HTTP proxies, each with its reason."""
 
 from __future__ import annotations
 
@@ -62,8 +64,41 @@ def scim_source():
                      url_settings=("base_url",), must_recover=True)
 
 
+@pytest.fixture
+def rest_source():
+    from tests.servers.fake_api import FakeApi
+    from tests.servers.rest_api import CONFIG, TOKEN, make_org, serve
+
+    with FakeApi() as api:
+        serve(api, make_org(n_users=40, n_groups=4))
+        yield Source("rest", settings={"base_url": api.base_url, **CONFIG}, auth={"bearer_token": TOKEN},
+                     bad_auth={"bearer_token": "acme-revoked-0000"}, url_settings=("base_url",), must_recover=True)
+
+
+@pytest.fixture(scope="module")
+def slapd(tmp_path_factory):
+    from tests.servers.ldap_data import OPENLDAP_SUFFIX, openldap_org
+    from tests.servers.slapd import Database, Slapd
+
+    ldif, _ = openldap_org(n_users=40, big_group_size=20, n_project_groups=4, reader_password="reader-conformance")
+    with Slapd(tmp_path_factory.mktemp("slapd"), [Database(OPENLDAP_SUFFIX, ldif)]) as server:
+        yield server
+
+
+@pytest.fixture
+def ldap_source(slapd):
+    from tests.servers.ldap_data import OPENLDAP_SUFFIX, READER_DN
+
+    return Source("ldap", settings={"host": "127.0.0.1", "port": slapd.port, "base_dn": OPENLDAP_SUFFIX,
+                                    "allow_plaintext": True, "max_retries": 1, "backoff_initial": 0},
+                  auth={"bind_dn": READER_DN, "password": "reader-conformance"},
+                  bad_auth={"bind_dn": READER_DN, "password": "wrong-password-31"})
+
+
 TestDemoConformance = conformance_tests("demo_source")
 TestScimConformance = conformance_tests("scim_source")
+TestRestConformance = conformance_tests("rest_source")
+TestLdapConformance = conformance_tests("ldap_source", no_http="LDAP, a protocol of its own over TCP, not HTTP")
 TestLumosConformance = conformance_tests(
     "lumos_source", no_http="connector-py fetches with its own httpx client, pointed by proxy_settings, not settings")
 
