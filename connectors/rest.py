@@ -341,6 +341,7 @@ class RestConnector(Connector):
                                   "for_each), paged, fanned out and checked by ingest's engine.")
     Settings: ClassVar[type[BaseModel]] = RestSettings
     Auth: ClassVar[type[BaseModel]] = credentials(*KINDS)
+    resumable: ClassVar[bool] = True  # every capability is declared streams (parents listed again)
 
     @functools.cached_property
     def http(self) -> HttpClient:

@@ -336,6 +336,7 @@ class ScimConnector(Connector):
     )
     Settings: ClassVar[type[BaseModel]] = ScimSettings
     Auth: ClassVar[type[BaseModel]] = ScimAuth
+    resumable: ClassVar[bool] = True  # users and groups start over, members go on per group done
     entitlement_types: ClassVar[list[EntitlementType]] = [EntitlementType(type_id="group", type_label="Group")]
 
     def __init__(self, ctx) -> None:

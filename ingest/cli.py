@@ -193,8 +193,13 @@ def run(
     all_: bool = typer.Option(False, "--all", help="Every enabled connector."),
     allow_mass_delete: bool = typer.Option(False, "--allow-mass-delete", help="Accept a run that removes more than max_deletion_ratio."),
     json_out: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over: do not continue an interrupted or failed "
+                               "run of the connector from what it had staged."),
 ) -> None:
-    """Take one snapshot of each named connector now."""
+    """Take one snapshot of each named connector now.
+
+    A run that died (interrupted, failed) less than 12 hours ago with the same settings is continued
+    from what it had staged, for connectors that checkpoint their streams (README "Resume")."""
     from ingest.runner import run as run_one
 
     st = _state(ctx)
@@ -214,9 +219,9 @@ def run(
             if display:
                 with display.bars:
                     result = run_one(loaded, name, database_url=url, allow_mass_delete=allow_mass_delete,
-                                     progress=display.update)
+                                     progress=display.update, fresh=fresh)
             else:
-                result = run_one(loaded, name, database_url=url, allow_mass_delete=allow_mass_delete)
+                result = run_one(loaded, name, database_url=url, allow_mass_delete=allow_mass_delete, fresh=fresh)
         except KeyboardInterrupt:  # Ctrl-C: the runner marked the snapshot interrupted
             err.print(f"{name}: interrupted", style="yellow", markup=False, highlight=False)
             raise typer.Exit(130) from None

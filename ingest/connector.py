@@ -118,6 +118,10 @@ class Connector:
     # e.g. ("POST", r"/\.search$") or an OAuth token endpoint ("POST", r"/oauth2/v2\.0/token$"). The
     # conformance kit (ingest.testing) lets these, and only these, reach the source besides GET/HEAD.
     read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    # The run checkpoints each stream and a later attempt continues from what was staged (ingest.checkpoints).
+    # Set it only when every capability reads declared streams (ingest.streams) record by record as it
+    # yields them, and none relies on what another capability read in the same process.
+    resumable: ClassVar[bool] = False
 
     def __init__(self, ctx: ConnectorContext) -> None:
         self.ctx = ctx

@@ -16,13 +16,15 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
+from ingest import checkpoints
+from ingest.checkpoints import Checkpoint, Position, ResumeRefused
 from ingest.config import LoadedConfig, ResolvedConnector
 from ingest.connector import CAPABILITIES, ConnectorContext
 from ingest.db import get_engine, migrate
 from ingest.errors import AlreadyRunningError, Cancelled, IngestError, ListingChangedError, MassDeletionError
 from ingest.http import CancelToken, using_token
 from ingest.redact import redact
-from ingest.writer import ENTITIES, SnapshotWriter
+from ingest.writer import SnapshotWriter
 
 __all__ = ["RunResult", "Cancelled", "run", "interrupt_stale", "Progress"]
 
@@ -30,6 +32,7 @@ log = structlog.get_logger("ingest.runner")
 _LOCK_NS = 1769  # advisory lock namespace: (1769, hashtext(connector)) = "a run of this connector"
 _BATCH = 2000
 RELISTS = 2  # a stream whose listing came back short (records deleted while paging) is listed again this often
+CHECKPOINT_SECONDS = 30.0  # a checkpointed stream commits what it staged this often (and whenever the source is slow)
 
 Progress = Callable[[str, int, int], None]  # (entity, records so far, HTTP requests so far)
 
@@ -72,46 +75,82 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings,
-                depth: int = 8) -> Iterator[list[Any]]:
+class _Batch(list):
+    """Records handed from the fetch thread to staging: ``seq`` is their page of the stream, ``mark`` the
+    stream's position once they are staged (set on the last batch of a page of a checkpointed stream)."""
+
+    __slots__ = ("seq", "mark")
+
+    def __init__(self, seq: int = 0) -> None:
+        super().__init__()
+        self.seq = seq
+        self.mark: dict[str, Any] | None = None
+
+
+_IDLE = _Batch()  # the fetch side handed nothing for a while (checkpointed streams only)
+
+
+def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings, depth: int = 8,
+                position: Position | None = None) -> Iterator[list[Any]]:
     """Run ``source`` in a thread, handing batches over a bounded queue (fetch overlaps writing).
 
     ``timings.fetch`` gets the time the thread spent inside the connector (not waiting on the queue).
     When the consumer leaves early (an error, Ctrl-C, the run's token), the run's token is cancelled so
     the thread's waits end at once, and the thread is joined.
+
+    With a ``position`` (a checkpointed stream), the reader's marks end batches: every page's last
+    batch carries the position after it (``_Batch.mark``), and ``_IDLE`` comes when nothing arrived
+    for half a second (staging may commit what it has).
     """
     check = token.check
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
+    waited = [0.0]  # seconds the fetch thread waited on the queue from inside the connector (marks)
 
     def produce() -> None:
         with using_token(token):  # the HTTP layer (and any fetcher) in this thread obeys the run's token
+            checkpoints.set_position(position)
             _produce()
+
+    def put(batch: list[Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(batch, timeout=0.2)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def _produce() -> None:
         it = iter(source)
         clock = time.perf_counter
         started = clock()
+        batch = _Batch(1 + position.seq if position is not None else 0)
+
+        def on_mark(seq: int, streams: dict[str, Any]) -> None:  # runs inside next(it): a page was handed on
+            nonlocal batch
+            t = clock()
+            batch.seq, batch.mark = seq, streams
+            if not put(batch):
+                raise Cancelled("the run stopped")
+            batch = _Batch(seq + 1)
+            waited[0] += clock() - t
+
+        if position is not None:
+            position.on_mark = on_mark
         try:
-            batch: list[Any] = []
             for item in it:
                 if stop.is_set():  # cancelled or timed out: stop fetching now, not at the end of the source
                     return
                 batch.append(item)
                 if len(batch) >= _BATCH:
-                    timings.fetch += clock() - started
-                    while not stop.is_set():
-                        try:
-                            q.put(batch, timeout=0.2)
-                            break
-                        except queue.Full:
-                            pass
-                    if stop.is_set():
+                    timings.fetch += clock() - started - waited[0]
+                    if not put(batch):
                         return
-                    batch = []
-                    started = clock()
-            timings.fetch += clock() - started
+                    batch = _Batch(batch.seq)
+                    started, waited[0] = clock(), 0.0
+            timings.fetch += clock() - started - waited[0]
             q.put(batch)
             q.put(done)
         except BaseException as e:  # handed to the consumer
@@ -133,6 +172,8 @@ def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings,
                 got = q.get(timeout=0.5)
             except queue.Empty:
                 check()
+                if position is not None:
+                    yield _IDLE
                 continue
             if got is done:
                 producer_ended = True
@@ -155,15 +196,53 @@ def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings,
             t.join(timeout=0.1)
 
 
+class _Segments:
+    """Cuts a checkpointed stream's batches into segments, each committed with its checkpoint.
+
+    A segment ends after a page's last batch once ``every`` seconds passed, or when the fetch side
+    is idle (a slow source: what is staged commits now), but only where every listing of the stream
+    could continue from the mark (a listing in progress that cannot resume gains nothing from it).
+    ``pending`` is the (seq, positions) the segment covers; ``ended`` once the stream is done.
+    """
+
+    def __init__(self, batches: Iterable[list[Any]], every: float) -> None:
+        self._it = iter(batches)
+        self.every = every
+        self.ended = False
+        self.pending: tuple[int, dict[str, Any]] | None = None
+
+    def next(self) -> Iterator[list[Any]]:
+        started = time.monotonic()
+        self.pending = None
+        last: tuple[int, dict[str, Any]] | None = None
+        at_mark = False
+        for batch in self._it:
+            if batch is _IDLE:
+                if at_mark and last is not None and checkpoints.resumable(last[1]):
+                    self.pending = last
+                    return
+                continue
+            yield batch
+            mark = getattr(batch, "mark", None)
+            if mark is not None:
+                last, at_mark = (batch.seq, mark), True
+                if checkpoints.resumable(mark) and time.monotonic() - started >= self.every:
+                    self.pending = last
+                    return
+            elif batch:
+                at_mark = False
+        self.ended = True
+
+
 def interrupt_stale(conn: sa.Connection, connector: str, reason: str | None = None) -> int:
-    """Mark ``running`` snapshots of ``connector`` as ``interrupted`` (caller holds the run lock)."""
+    """Mark ``running`` snapshots of ``connector`` as ``interrupted`` (caller holds the run lock).
+
+    Their staging stays: the next run continues from it or drops it (:mod:`ingest.checkpoints`)."""
     rows = conn.execute(sa.text(
         "UPDATE ingest.snapshots SET status = 'interrupted', finished_at = now(), "
         "error = coalesce(error, :e) WHERE connector = :c AND status = 'running' RETURNING snapshot_id"),
         {"c": connector, "e": reason or "the process running this snapshot stopped before it finished"}).all()
     for (sid,) in rows:
-        for ent in ENTITIES:
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS ingest_stage.s{sid}_{ent}"))
         log.warning("snapshot_interrupted", connector=connector, snapshot_id=sid)
     return len(rows)
 
@@ -180,8 +259,14 @@ def run(
     cancel: threading.Event | None = None,
     timeout: float | None = None,
     on_snapshot: Callable[[int], None] | None = None,
+    fresh: bool = False,
 ) -> RunResult:
     """Take one snapshot of connector ``name``; never raises for a failed run (see ``RunResult``).
+
+    For a connector that checkpoints its streams (``Connector.resumable``), the run continues the last
+    attempt that died (failed or interrupted) from what it had staged: the daemon an attempt of the
+    same slot (``scheduled_for``), ``ingest run`` one that started less than
+    :data:`ingest.checkpoints.RESUME_WITHIN` ago, with the same settings. ``fresh`` starts over.
 
     Raises :class:`AlreadyRunningError` when another run of the connector holds its lock,
     and :class:`ConfigError` for an unknown name.
@@ -204,15 +289,27 @@ def run(
             raise AlreadyRunningError(f"another run of {name!r} is in progress", connector=name)
         try:
             interrupt_stale(lock_conn, name)
+            config = checkpoints.config_hash(rc.type, rc.settings)
+            previous = None
+            if getattr(rc.cls, "resumable", False) and not fresh:
+                previous = checkpoints.previous_attempt(lock_conn, name, config, scheduled_for)
+            checkpoints.drop_staging(lock_conn, name, keep=previous)
             sid = lock_conn.execute(sa.text(
-                "INSERT INTO ingest.snapshots (connector, connector_type, trigger, scheduled_for, status, host, pid) "
-                "VALUES (:c, :t, :tr, :sf, 'running', :h, :p) RETURNING snapshot_id"),
+                "INSERT INTO ingest.snapshots (connector, connector_type, trigger, scheduled_for, status, host, pid, "
+                "config_hash) VALUES (:c, :t, :tr, :sf, 'running', :h, :p, :ch) RETURNING snapshot_id"),
                 {"c": name, "t": rc.type, "tr": trigger, "sf": scheduled_for, "h": socket.gethostname(),
-                 "p": os.getpid()}).scalar_one()
+                 "p": os.getpid(), "ch": config}).scalar_one()
+            saved: dict[str, Checkpoint] = {}
+            if previous is not None:
+                with engine.begin() as conn:
+                    saved = checkpoints.adopt(conn, previous, sid, _entities_of)
+                log.info("snapshot_resumes", connector=name, snapshot_id=sid, previous_snapshot=previous,
+                         streams={k: ("done" if v.done else v.page_seq) for k, v in saved.items()})
             if on_snapshot:
                 on_snapshot(sid)
             with structlog.contextvars.bound_contextvars(connector=name, snapshot_id=sid):
-                result = _take(rc, sid, engine, lock_conn, started, token, progress, allow_mass_delete)
+                result = _take(rc, sid, engine, lock_conn, started, token, progress, allow_mass_delete,
+                               (previous, saved))
                 if result.ok:  # derived stage: people, effective access, findings
                     from ingest.people import refresh_after_commit
 
@@ -226,9 +323,11 @@ def run(
 
 
 def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connection, started: float,
-          token: CancelToken, progress: Progress | None, allow_mass_delete: bool) -> RunResult:
+          token: CancelToken, progress: Progress | None, allow_mass_delete: bool,
+          resume: tuple[int | None, dict[str, Checkpoint]] = (None, {})) -> RunResult:
     """Fetch, stage and commit; records the outcome. Ctrl-C (KeyboardInterrupt) marks the snapshot
-    ``interrupted`` and is raised again once that is recorded."""
+    ``interrupted`` and is raised again once that is recorded. ``resume``: the attempt this one
+    continues and the checkpoints adopted from it, by stream."""
     log.info("snapshot_started", connector_type=rc.type)
     from ingest.credentials import CredentialStore
 
@@ -245,28 +344,53 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
 
     status, error, stats, keep_stage = "failed", None, {}, False
     interrupted: KeyboardInterrupt | None = None
+    tracked = getattr(rc.cls, "resumable", False)
+    previous, saved = resume
+    resumed: dict[str, Any] = {}
     try:
         check()
         with rc.cls(ctx) as connector:
             for capability, records in connector.streams():
                 check()
-                log.info("stream_started", stream=capability)
+                cp = saved.get(capability)
+                if cp is not None:
+                    for entity in _entities_of(capability):
+                        writer.restore(entity, cp.counts.get(entity, {}))
+                    resumed[capability] = {"page_seq": cp.page_seq, "done": cp.done,
+                                           "records": {e: cp.counts.get(e, {}).get("fetched", 0)
+                                                       for e in _entities_of(capability)}}
+                    if cp.done:
+                        log.info("stream_resumed", stream=capability, skipped="staged before")
+                        continue
+                position = Position(cp.positions, cp.page_seq) if cp is not None else Position() if tracked else None
+                log.info("stream_started", stream=capability, resumed_at=cp.page_seq if cp is not None else None)
                 t = time.perf_counter()
-                for attempt in range(RELISTS + 1):
+                relists = refused = 0
+                while True:
                     try:
-                        _stage_stream(writer, capability, records, token, progress, timings)
+                        _stage_stream(writer, capability, records, token, progress, timings, position,
+                                      append=cp is not None)
                         break
-                    except ListingChangedError as e:
+                    except (ListingChangedError, ResumeRefused) as e:
                         # staged rows of this stream are dropped and the stream listed again from the start:
-                        # a short listing never becomes removals
+                        # a short listing never becomes removals; a refused resume starts over
                         for entity in _entities_of(capability):
                             writer.staged.pop(entity, None)
-                        if attempt == RELISTS:
-                            e.message = f"{e.message}; still short after listing the stream {RELISTS + 1} times"
-                            e.stream = e.stream or capability
-                            raise
-                        log.warning("stream_relisted", stream=capability, attempt=attempt + 2,
-                                    received=e.received, announced=e.announced)
+                        if isinstance(e, ResumeRefused):
+                            if refused:
+                                raise
+                            refused += 1
+                            log.warning("stream_restarted", stream=capability, reason=e.message)
+                            resumed.setdefault(capability, {})["restarted"] = e.message
+                        else:
+                            if relists == RELISTS:
+                                e.message = f"{e.message}; still short after listing the stream {RELISTS + 1} times"
+                                e.stream = e.stream or capability
+                                raise
+                            relists += 1
+                            log.warning("stream_relisted", stream=capability, attempt=relists + 1,
+                                        received=e.received, announced=e.announced)
+                        cp, position = None, Position() if tracked else None
                         check()
                         records = getattr(connector, capability)()
                 elapsed = time.perf_counter() - t
@@ -282,6 +406,10 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                 timings.merge = time.perf_counter() - merge_started
                 s["timings"] = timings.as_dict()
                 s["peak_rss_mb"] = _peak_rss_mb()
+                if previous is not None:
+                    s["resumed"] = {"from_snapshot": previous, "streams": resumed}
+                c.execute(sa.text("DELETE FROM ingest.stage_checkpoints k USING ingest.snapshots p "
+                                  "WHERE p.snapshot_id = k.snapshot_id AND p.connector = :c"), {"c": rc.name})
                 c.execute(sa.text(
                     "UPDATE ingest.snapshots SET status = 'succeeded', finished_at = now(), "
                     "stats = CAST(:s AS jsonb) WHERE snapshot_id = :sid"),
@@ -312,9 +440,11 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
     stats.setdefault("timings", timings.as_dict())
     stats.setdefault("peak_rss_mb", _peak_rss_mb())
     stats["duration_s"] = round(duration, 3)
+    if previous is not None:
+        stats.setdefault("resumed", {"from_snapshot": previous, "streams": resumed})
     if status != "succeeded":
-        try:
-            writer.discard(keep=keep_stage)
+        try:  # a checkpointed run keeps its staging: the next attempt continues from it (or drops it)
+            writer.discard(keep=keep_stage or tracked)
         except Exception:
             log.warning("stage_cleanup_failed")
         try:
@@ -344,23 +474,50 @@ def _entities_of(capability: str) -> tuple[str, ...]:
 
 
 def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any], token: CancelToken,
-                  progress: Progress | None, timings: _Timings) -> None:
-    batches = _prefetched(records, token, timings)
-    if capability != "find_entitlement_associations":
-        writer.stage(CAPABILITIES[capability], batches, progress)
-        return
-    # Associations hold two entities: split them into two staging tables in one pass.
-    nested: list[Any] = []
+                  progress: Progress | None, timings: _Timings, position: Position | None = None,
+                  append: bool = False) -> None:
+    """Stage one stream: one transaction, or (``position``: checkpointed) one per segment, each with
+    its checkpoint. ``append``: staging continues an earlier attempt's."""
+    entities = _entities_of(capability)
+    segments = _Segments(_prefetched(records, token, timings, position=position),
+                         CHECKPOINT_SECONDS if position is not None else float("inf"))
+    create = not append
+    while not segments.ended:
+        aside: list[list[Any]] = []  # associations hold two entities: nested groups go to their own table
+        batches = segments.next()
+        if len(entities) > 1:
+            batches = _assignments(batches, aside)
 
-    def assignments() -> Iterator[list[Any]]:
-        for batch in batches:
-            if any(_entity_of(capability, item) == "nested_entitlement" for item in batch):
-                nested.extend(item for item in batch if _entity_of(capability, item) == "nested_entitlement")
-                batch = [item for item in batch if _entity_of(capability, item) != "nested_entitlement"]
-            yield batch
+        def then(conn: Any, create: bool = create, aside: list[list[Any]] = aside) -> None:
+            if len(entities) > 1:
+                writer.copy_into(conn, entities[1], aside, create=create)
+            if position is not None:
+                seq, streams = (position.seq, position.streams) if segments.ended else segments.pending
+                checkpoints.save(conn, writer.snapshot_id, Checkpoint(
+                    capability, seq, segments.ended, streams, {e: writer.counts(e) for e in entities}))
 
-    writer.stage("assignment", assignments(), progress)
-    writer.stage("nested_entitlement", [nested], progress)
+        writer.stage(entities[0], batches, progress, append=not create, then=then, analyze=False)
+        create = False
+        if position is not None and not segments.ended:
+            log.info("stream_checkpointed", stream=capability, page_seq=segments.pending[0],
+                     records={e: writer.staged[e].fetched for e in entities if e in writer.staged})
+    for entity in entities:
+        writer.analyze(entity)
+
+
+def _assignments(batches: Iterable[list[Any]], nested: list[list[Any]]) -> Iterator[list[Any]]:
+    """The assignments of each batch; its nested groups are appended to ``nested`` (same ``seq``)."""
+    capability = "find_entitlement_associations"
+    for batch in batches:
+        if any(_entity_of(capability, item) == "nested_entitlement" for item in batch):
+            seq = getattr(batch, "seq", 0)
+            moved, kept = _Batch(seq), _Batch(seq)
+            for item in batch:
+                (moved if _entity_of(capability, item) == "nested_entitlement" else kept).append(item)
+            nested.append(moved)
+            kept.mark = getattr(batch, "mark", None)
+            batch = kept
+        yield batch
 
 
 def _json(value: Any) -> str:

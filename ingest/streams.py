@@ -50,10 +50,16 @@ A :class:`Stream` has:
     records instead of failing the run (``stream_parent_missing`` is logged).
 
 Errors raised while reading a stream carry its name (``IngestError.stream``).
+
+When the run checkpoints the stream being read (:mod:`ingest.checkpoints`), the reader continues
+each listing from its saved position (a paginator's state, or the parents a fan-out had done; a
+listing that was done is skipped) and marks every page it hands on (a fan-out: every parent done,
+in parent order). Listings read inside a tracked one (a fan-out's parents) are not tracked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -64,13 +70,15 @@ from urllib.parse import quote
 import structlog
 from pydantic import BaseModel
 
-from ingest.errors import IngestError, NotFoundError, ProtocolError
+from ingest.checkpoints import Position, ResumeRefused, current_position
+from ingest.errors import AuthError, FatalError, IngestError, NotFoundError, ProtocolError
 from ingest.http import HttpClient, Paginator, SinglePage, current_token, json_path
 from ingest.http._fetcher import Fetcher
 
 __all__ = ["Stream", "StreamReader", "render"]
 
 log = structlog.get_logger("ingest.streams")
+_PARENT_DONE = object()  # a tracked fan-out's listing of one parent ended
 _TEMPLATE = re.compile(r"\{parent\.([^{}]+)\}")
 
 
@@ -143,6 +151,9 @@ class StreamReader:
     def pages(self, stream: Stream) -> Iterator[list[Any]]:
         """The stream's mapped records, a page at a time."""
         keep = id(stream) in self._keep
+        position = current_position()
+        if keep and position is not None and position.depth == 0 and position.saved_for(stream.name):
+            keep = False  # continued from a checkpoint: this process sees only part of it
         kept: list[Any] | None = [] if keep else None
         for page in self._pages(stream):
             if kept is not None:
@@ -163,6 +174,14 @@ class StreamReader:
 
     # -- engine -----------------------------------------------------------------------------------
     def _pages(self, stream: Stream) -> Iterator[list[Any]]:
+        position = current_position()
+        if position is not None and position.depth == 0:
+            position.depth += 1
+            try:
+                yield from self._tracked(stream, position)
+            finally:
+                position.depth -= 1
+            return
         if stream.for_each is None:
             yield from self._listing(stream, None, None, None)
             return
@@ -174,14 +193,95 @@ class StreamReader:
             for _, page in fetcher:
                 yield page
 
-    def _listing(self, stream: Stream, parent: Any, stop: Any, concurrency: int | None) -> Iterator[list[Any]]:
+    def _tracked(self, stream: Stream, position: Position) -> Iterator[list[Any]]:
+        """``_pages`` of a checkpointed stream: from its saved position, marking what it hands on."""
+        name, saved = stream.name, position.saved_for(stream.name) or {}
+        if saved.get("done"):
+            log.info("stream_resumed", stream=name, connector=self.http.connector, skipped="done before")
+            return
+        if stream.for_each is None:
+            pager = stream.paginator or self.default_paginator or SinglePage()
+            position.begin(name, resumable=pager.resumable)
+            resume = saved.get("state") if saved.get("resumable") else None
+            pages = self._listing(stream, None, None, None, resume=resume,
+                                  on_page=lambda state: position.page(name, state=state))
+            if resume is not None:
+                log.info("stream_resumed", stream=name, connector=self.http.connector, page_seq=position.seq)
+                try:
+                    first = next(pages)
+                except StopIteration:
+                    first = None
+                except FatalError as e:
+                    if isinstance(e, AuthError):
+                        raise
+                    raise ResumeRefused(f"the source refused the saved position of the listing ({e.message})",
+                                        connector=self.http.connector, stream=name, request=e.request) from None
+                if first is not None:
+                    yield first
+            yield from pages
+            position.done(name)
+            return
+        if not stream.ordered:  # pages come as they arrive: no parent is known to be done before the end
+            position.begin(name, resumable=False)
+            yield from self._fan_out(stream, self.parents(stream), lambda parent, stop: self._listing(
+                stream, parent, stop, 1), position=None)
+            position.done(name)
+            return
+        position.begin(name, resumable=True)
+        skip, last = saved.get("parents_done", 0), saved.get("last_parent")
+        if skip:
+            log.info("stream_resumed", stream=name, connector=self.http.connector, parents_done=skip)
+
+        def numbered() -> Iterator[tuple[int, Any]]:
+            i = -1
+            for i, parent in enumerate(self.parents(stream)):
+                if i < skip:
+                    if i == skip - 1 and self._identity(stream, parent) != last:
+                        raise ResumeRefused(f"parent {skip} of the fan-out is not the one the listing had done",
+                                            connector=self.http.connector, stream=name)
+                    continue
+                yield i, parent
+            if i < skip - 1:
+                raise ResumeRefused(f"the fan-out has {i + 1} parents; {skip} were done before",
+                                    connector=self.http.connector, stream=name)
+
+        def listing(item: tuple[int, Any], stop: Any) -> Iterator[Any]:
+            yield from self._listing(stream, item[1], stop, 1)
+            yield _PARENT_DONE
+
+        yield from self._fan_out(stream, numbered(), listing, position=position)
+        position.done(name)
+
+    def _fan_out(self, stream: Stream, parents: Iterable[Any], listing: Callable[[Any, Any], Iterator[Any]],
+                 position: Position | None) -> Iterator[list[Any]]:
+        width = stream.concurrency or self.http.settings.max_concurrency
+        fetcher = Fetcher(listing, parents, width=width, ordered=stream.ordered,
+                          cancel=current_token() or self.http.cancel, name=f"ingest-stream-{stream.name}")
+        with fetcher:
+            for item, page in fetcher:
+                if page is _PARENT_DONE:
+                    position.page(stream.name, parents_done=item[0] + 1,
+                                  last_parent=self._identity(stream, item[1]))
+                else:
+                    yield page
+
+    @staticmethod
+    def _identity(stream: Stream, parent: Any) -> str:
+        """What a fan-out's parent is, for a resume to check it finds the same parents (a hash: no data kept)."""
+        path = render(stream.path, parent, stream=stream.name, key="path", in_path=True)
+        params = sorted((k, str(render(v, parent, stream=stream.name))) for k, v in stream.params.items())
+        return hashlib.md5(repr((path, params)).encode()).hexdigest()
+
+    def _listing(self, stream: Stream, parent: Any, stop: Any, concurrency: int | None,
+                 resume: dict[str, Any] | None = None, on_page: Callable[[dict[str, Any]], None] | None = None
+                 ) -> Iterator[list[Any]]:
         """One listing: the stream's path (for one parent), every page, mapped."""
         try:
             path = render(stream.path, parent, stream=stream.name, key="path", in_path=True)
             params = {k: render(v, parent, stream=stream.name, key=f"params.{k}") for k, v in stream.params.items()}
             pages = self.http.paginate(path, paginator=stream.paginator or self.default_paginator or SinglePage(),
                                        selector=stream.selector, params=params, concurrency=concurrency,
-                                       cancel=stop)
+                                       cancel=stop, resume=resume, on_page=on_page)
             for raw in pages:
                 yield self._mapped(stream, raw, parent)
         except NotFoundError as e:

@@ -165,11 +165,13 @@ class SnapshotWriter:
         conn.execute(f"DROP TABLE IF EXISTS {self.stage_table(ent.name)}")
         if ent.table is None:  # last activity: not versioned, its own shape
             conn.execute(f"CREATE UNLOGGED TABLE {self.stage_table(ent.name)} (account_id text, "
-                         "last_activity_at timestamptz, event_type text, key_hash uuid, row_hash uuid)")
+                         "last_activity_at timestamptz, event_type text, key_hash uuid, row_hash uuid, "
+                         "page_seq integer)")
             return
         cols = ", ".join(ent.columns + ("key_hash", "row_hash"))
+        # page_seq: the page of its stream a row came in (checkpoints cover pages; see ingest.checkpoints)
         conn.execute(f"CREATE UNLOGGED TABLE {self.stage_table(ent.name)} AS "
-                     f"SELECT {cols} FROM ingest.{ent.table}_history WITH NO DATA")
+                     f"SELECT {cols}, 0::integer AS page_seq FROM ingest.{ent.table}_history WITH NO DATA")
 
     def row(self, ent: Entity, d: dict[str, Any]) -> tuple:
         """The staging row of a validated record's fields: columns, key hash, row hash.
@@ -217,39 +219,70 @@ class SnapshotWriter:
             return None
 
     def stage(self, entity: str, batches: Iterable[list[Any]],
-              progress: Callable[[str, int], None] | None = None) -> None:
-        """COPY batches of ``entity`` records (models or dicts) into staging, validating each one."""
-        ent = ENTITIES[entity]
-        stats = self.staged.setdefault(entity, _EntityStats())
-        cols = ", ".join(ent.columns + ("key_hash", "row_hash"))
+              progress: Callable[[str, int], None] | None = None, *, append: bool = False,
+              then: Callable[[psycopg.Connection], None] | None = None, analyze: bool = True) -> None:
+        """COPY batches of ``entity`` records (models or dicts) into staging, validating each one.
+
+        One transaction: the staging table is created (``append``: added to), filled, then ``then(conn)``
+        runs (a checkpoint commits with the rows it covers). A batch's ``seq`` attribute (default 0) is
+        its rows' ``page_seq``.
+        """
         with psycopg.connect(self._dsn(), autocommit=True) as conn:
             # created and filled in one transaction, so COPY can FREEZE: rows land frozen and
             # all-visible, and the merge's first read of them rewrites no page to set hint bits
             with conn.transaction():
-                self._create_stage(conn, ent)
-                with conn.cursor() as cur, cur.copy(
-                        f"COPY {self.stage_table(entity)} ({cols}) FROM STDIN (FREEZE)") as copy:
-                    copy_batch = self._copy_plain if entity in _FAST else self._copy_records
-                    for batch in batches:
-                        stats.fetched += len(batch)
-                        copy_batch(ent, batch, stats, copy.write_row)
-                        if progress is not None:
-                            progress(entity, stats.fetched)
-            conn.execute(f"ANALYZE {self.stage_table(entity)}")
+                self.copy_into(conn, entity, batches, create=not append, progress=progress)
+                if then is not None:
+                    then(conn)
+            if analyze:
+                conn.execute(f"ANALYZE {self.stage_table(entity)}")
         if progress is not None:
-            progress(entity, stats.fetched)
+            progress(entity, self.staged[entity].fetched)
 
-    def _copy_records(self, ent: Entity, batch: list[Any], stats: _EntityStats, write: Callable) -> None:
+    def copy_into(self, conn: psycopg.Connection, entity: str, batches: Iterable[list[Any]], *, create: bool,
+                  progress: Callable[[str, int], None] | None = None) -> None:
+        """COPY ``batches`` into ``entity``'s staging in ``conn``'s transaction (``create``: a new table)."""
+        ent = ENTITIES[entity]
+        stats = self.staged.setdefault(entity, _EntityStats())
+        cols = ", ".join(ent.columns + ("key_hash", "row_hash", "page_seq"))
+        if create:
+            self._create_stage(conn, ent)
+        with conn.cursor() as cur, cur.copy(
+                f"COPY {self.stage_table(entity)} ({cols}) FROM STDIN{' (FREEZE)' if create else ''}") as copy:
+            copy_batch = self._copy_plain if entity in _FAST else self._copy_records
+            for batch in batches:
+                stats.fetched += len(batch)
+                copy_batch(ent, batch, stats, copy.write_row, getattr(batch, "seq", 0))
+                if progress is not None:
+                    progress(entity, stats.fetched)
+
+    def analyze(self, entity: str) -> None:
+        with psycopg.connect(self._dsn(), autocommit=True) as conn:
+            conn.execute(f"ANALYZE {self.stage_table(entity)}")
+
+    def restore(self, entity: str, counts: dict[str, Any]) -> None:
+        """What an earlier attempt staged of ``entity`` (its checkpoint's counts): the stats go on from there."""
+        stats = self.staged[entity] = _EntityStats()
+        stats.fetched, stats.invalid = counts.get("fetched", 0), counts.get("invalid", 0)
+        stats.samples = list(counts.get("samples", []))
+
+    def counts(self, entity: str) -> dict[str, Any]:
+        stats = self.staged.get(entity) or _EntityStats()
+        return {"fetched": stats.fetched, "invalid": stats.invalid, "samples": stats.samples}
+
+    def _copy_records(self, ent: Entity, batch: list[Any], stats: _EntityStats, write: Callable,
+                      seq: int = 0) -> None:
         validate, row = self.validate, self.row
         for item in batch:
             fields = validate(ent, item, stats)
             if fields is not None:
                 try:
-                    write(row(ent, fields))
+                    write((*row(ent, fields), seq))
                 except ValueError as e:
                     self._invalid(ent, item, stats, str(e))
 
-    def _copy_plain(self, ent: Entity, batch: list[Any], stats: _EntityStats, write: Callable) -> None:
+    def _copy_plain(self, ent: Entity, batch: list[Any], stats: _EntityStats, write: Callable,
+                    seq: int = 0) -> None:
         """The hot loop for key-only entities (assignments, nested groups): same result as
         ``_copy_records``, without per-record function layers."""
         fast, md5, prefix = _FAST[ent.name], hashlib.md5, self.connector + "\x1f"
@@ -257,7 +290,7 @@ class SnapshotWriter:
         for item in batch:
             d = fast(item)
             if d is None:
-                self._copy_records(ent, [item], stats, write)
+                self._copy_records(ent, [item], stats, write, seq)
                 continue
             values = key(d)
             text = prefix + "\x1f".join(values)
@@ -265,7 +298,7 @@ class SnapshotWriter:
                 self._invalid(ent, item, stats, "contains a NUL character, which PostgreSQL cannot store")
                 continue
             h = md5(text.encode()).hexdigest()
-            write((*values, h, h))
+            write((*values, h, h, seq))
 
     def _dsn(self) -> str:
         url = self.engine.url

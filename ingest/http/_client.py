@@ -544,6 +544,8 @@ class HttpClient:
         params: dict[str, Any] | None = None,
         concurrency: int | None = None,
         cancel: CancelToken | None = None,
+        resume: dict[str, Any] | None = None,
+        on_page: Callable[[dict[str, Any]], None] | None = None,
     ) -> Iterator[list[Any]]:
         """Yield each page's records, in order; the paginator decides where the next page is.
 
@@ -559,14 +561,26 @@ class HttpClient:
         record. Cursors and links page one after another. Rate limits, the
         in-flight bound and retries apply to every page. ``cancel`` (default: the
         client's token) stops the listing.
+
+        ``resume``: a paginator ``state()`` saved by an earlier listing; paging continues at the page after
+        it (no look-ahead plan then). ``on_page(state)`` is called once the consumer has taken a page that
+        has a next one, with the paginator's state at that point (what a later ``resume`` continues from).
         """
         cancel = cancel if cancel is not None else self._token()
         pager = (paginator or SinglePage()).fresh()
         request = PageRequest(self.url(path), dict(params or {}))
         pager.init_request(request)
+        page = 0
+        if resume is not None:
+            first = request.url
+            pager.restore(resume)
+            pager.update_request(request)
+            if origin(request.url) != origin(first):
+                raise ProtocolError(f"the saved next-page link points to another origin ({redact_url(request.url)})",
+                                    connector=self.connector)
+            page = 1  # no look-ahead plan: that is made from the first page only
         width = self.settings.max_concurrency if concurrency is None else max(1, concurrency)
         ahead: Fetcher[PageRequest, tuple[httpx.Response, Any]] | None = None
-        page = 0
         distinct: set[int] | None = set() if pager.counted else None
         try:
             while True:
@@ -592,9 +606,11 @@ class HttpClient:
                                         name=f"ingest-pages-{self.connector or 'http'}")
                 yield records
                 if not pager.has_next:
-                    if distinct is not None:
+                    if distinct is not None and resume is None:  # a resumed listing saw only its tail
                         self._check_complete(pager, len(distinct), response)
                     return
+                if on_page is not None:
+                    on_page(pager.state())
                 previous = request.url
                 try:
                     pager.update_request(request)

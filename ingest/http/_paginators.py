@@ -29,6 +29,14 @@ source announced (:meth:`Paginator.announced_total`), raises
 :class:`~ingest.errors.ListingChangedError`: records deleted while paging
 shift later pages, so a record that still exists was never fetched.
 
+Resume (a run that died continues where it had staged, see ``ingest.runner``): ``state()`` is the
+paginator's position after the last page handed on, as JSON; ``restore(state)`` on a fresh copy
+and then ``update_request`` give the request of the next page. ``resumable`` says whether that
+continuation is exact: cursors and next links are (while the source still honours them; one it
+refuses makes the stream start over), positions counted in records or pages (offset, page number,
+SCIM ``startIndex``) are not over a list that changed in between (records deleted before the
+position shift others past it), so those streams start over.
+
 Page-size paginators (offset, page number) never stop on a page merely
 shorter than asked: many APIs cap the page size silently (ask for 500, get
 100), and stopping there would drop data without a word. They stop on an empty
@@ -101,6 +109,20 @@ class Paginator:
     has_next: bool = True
     counted: bool = False  # the source announces a total of records: the engine checks the listing against it
     id_field: str | None = None  # what makes two records the same, for that check (None: the whole record)
+
+    resumable: bool = False  # a listing may continue from ``state()`` in a later process (module docstring)
+    _state_fields: tuple[str, ...] = ()  # what ``state()`` saves and ``restore()`` sets
+
+    def state(self) -> dict[str, Any]:
+        """Where the next page is, as JSON (``restore`` on a fresh copy continues from there)."""
+        return {f: getattr(self, f) for f in self._state_fields}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from ``state()`` of an earlier listing; the engine then calls ``update_request``."""
+        for f in self._state_fields:
+            if f in state:
+                setattr(self, f, state[f])
+        self.has_next = True
 
     def fresh(self) -> Paginator:
         clone = copy.copy(self)
@@ -187,6 +209,8 @@ class OffsetPaginator(_PageSize, Paginator):
         self.counted = total_path is not None
         self._reset()
 
+    _state_fields = ("offset", "_largest")
+
     def _reset(self) -> None:
         self.offset = self.start
         self._largest = 0
@@ -229,6 +253,8 @@ class PageNumberPaginator(_PageSize, Paginator):
         self.size, self.page_param, self.size_param = size, page_param, size_param
         self.start, self.total_pages_path = start, total_pages_path
         self._reset()
+
+    _state_fields = ("page", "_largest")
 
     def _reset(self) -> None:
         self.page = self.start
@@ -273,6 +299,9 @@ class CursorPaginator(Paginator):
         self.cursor_path, self.cursor_param = cursor_path, cursor_param
         self.cursor = None
 
+    resumable = True
+    _state_fields = ("cursor",)
+
     def _reset(self):
         self.cursor = None
 
@@ -299,6 +328,9 @@ class NextUrlPaginator(Paginator):
         self.next_path = next_path
         self.next_url: str | None = None
 
+    resumable = True
+    _state_fields = ("next_url",)
+
     def _reset(self):
         self.next_url = None
 
@@ -321,6 +353,9 @@ class LinkHeaderPaginator(Paginator):
     def __init__(self, rel: str = "next") -> None:
         self.rel = rel
         self.next_url: str | None = None
+
+    resumable = True
+    _state_fields = ("next_url",)
 
     def _reset(self):
         self.next_url = None
@@ -361,6 +396,7 @@ class ScimPaginator(Paginator):
     """
 
     counted = True
+    _state_fields = ("start_index", "received", "unique")
 
     def __init__(self, count: int = 100, id_field: str = "id") -> None:
         self.count, self.id_field = count, id_field

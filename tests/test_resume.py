@@ -1,0 +1,200 @@
+"""Huge tenants resume (issue 13 item 4): ``ingest run`` killed with SIGKILL half way through a stream,
+and the next ``ingest run`` finishes from what was staged, fetching only the pages that were not, with
+exactly the snapshot a clean run takes. The loopback "Acme" API of tests/servers/rest_api.py holds one
+request open (the page the run is to die on) until the test has seen the checkpoint before it commit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.engine import cli, last_snapshot, output, query
+from tests.servers.fake_api import FakeApi, Reply, SeenRequest, _encode_cursor
+from tests.servers.rest_api import TOKEN, make_org, serve
+from tests.test_rest import NAME, expected, state, write
+
+ROOT = Path(__file__).resolve().parent.parent
+BOUND = 30.0  # seconds: a correctness bound for a condition to hold, not a performance figure
+USERS, PAGE = 200, 25  # /users: 8 cursor pages; the first run dies on page 5
+
+
+def wait_for(fn: Callable[[], Any], what: str, timeout: float = BOUND) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (got := fn()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        time.sleep(0.05)
+    return got
+
+
+class Hold:
+    """Wraps a route: the first request ``matches`` accepts waits (bounded) until ``release``."""
+
+    def __init__(self, api: FakeApi, path: str, matches: Callable[[SeenRequest], bool]) -> None:
+        self.inner = api._routes[("GET", path)]
+        self.matches, self.arrived, self.released = matches, threading.Event(), threading.Event()
+        api.route(path, self)
+
+    def __call__(self, req: SeenRequest) -> Reply:
+        if not self.arrived.is_set() and self.matches(req):
+            self.arrived.set()
+            self.released.wait(BOUND)
+        return self.inner(req)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@pytest.fixture
+def acme(monkeypatch) -> Iterator[tuple[FakeApi, Any]]:
+    monkeypatch.setenv("ACME_REST_TOKEN", TOKEN)
+    org = make_org(n_users=USERS)
+    with FakeApi() as api:
+        serve(api, org)
+        yield api, org
+
+
+@pytest.fixture
+def clean_url(pg_server_url: str) -> Iterator[str]:
+    """A second empty database: where the clean run goes, to compare with."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, q = pg_server_url.partition("?")
+    yield base.rsplit("/", 1)[0] + "/" + name + (("?" + q) if q else "")
+    from ingest.db import dispose_engines
+
+    dispose_engines()
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def ingest_run(cfg: Path, database_url: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "from ingest.cli import main; main()", "--config", str(cfg),
+                             "--database-url", database_url, "--log-format", "json", "run", NAME],
+                            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def checkpoint(database_url: str, stream: str) -> dict[str, Any] | None:
+    rows = query(database_url, "SELECT c.* FROM ingest.stage_checkpoints c JOIN ingest.snapshots s USING "
+                               "(snapshot_id) WHERE s.connector = %s AND c.stream = %s", NAME, stream)
+    return rows[0] if rows else None
+
+
+def kill_on_page_5(api: FakeApi, cfg: Path, database_url: str) -> tuple[int, dict[str, Any]]:
+    """Run ``ingest run`` in a child, hold its request for /users page 5, wait for the checkpoint of
+    pages 1-4 to commit, SIGKILL the child. Returns how many requests had been served, and the checkpoint."""
+    page5 = _encode_cursor(4 * PAGE)
+    hold = Hold(api, "/users", lambda r: r.query.get("cursor") == page5)
+    proc = ingest_run(cfg, database_url)
+    try:
+        wait_for(hold.arrived.is_set, "request for page 5 of /users")
+        cp = wait_for(lambda: (c := checkpoint(database_url, "list_accounts")) and c["page_seq"] == 4 and c,
+                      "checkpoint of pages 1-4 of /users")
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=BOUND) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        hold.release()
+    return len(api.requests), cp
+
+
+def tables(database_url: str) -> dict[str, list[tuple]]:
+    """Every current version of the connector, as a clean run would have it (snapshot ids left out)."""
+    out = {}
+    for table in ("accounts", "resources", "entitlements", "assignments", "nested_entitlements"):
+        rows = query(database_url, f"SELECT * FROM ingest.{table}_history WHERE connector = %s", NAME)
+        out[table] = sorted(tuple(sorted((k, str(v)) for k, v in r.items() if k not in ("valid_from", "valid_to")))
+                            for r in rows)
+    return out
+
+
+def counts(stats: dict[str, Any]) -> dict[str, Any]:
+    return {e: {k: v for k, v in s.items() if k in ("fetched", "invalid", "added", "modified", "removed",
+                                                     "unchanged")}
+            for e, s in stats.items() if isinstance(s, dict) and "fetched" in s}
+
+
+def test_a_run_killed_half_way_resumes_fetching_only_the_remaining_pages(tmp_path, database_url, clean_url, acme):
+    api, org = acme
+    cfg = write(tmp_path, api)
+    served, cp = kill_on_page_5(api, cfg, database_url)
+    first = query(database_url, "SELECT snapshot_id FROM ingest.snapshots WHERE connector = %s", NAME)[0]["snapshot_id"]
+    assert cp["done"] is False and cp["counts"]["account"]["fetched"] == 4 * PAGE
+    assert cp["positions"]["accounts"]["state"] == {"cursor": _encode_cursor(4 * PAGE)}
+
+    retry = cli(cfg, database_url, "run", NAME)
+    assert retry.exit_code == 0, output(retry)
+    snap = last_snapshot(database_url, NAME)
+    assert snap["status"] == "succeeded"
+    assert snap["stats"]["resumed"] == {"from_snapshot": first, "streams": {"list_accounts": {
+        "page_seq": 4, "done": False, "records": {"account": 4 * PAGE}}}}
+    statuses = query(database_url, "SELECT status FROM ingest.snapshots WHERE connector = %s ORDER BY 1", NAME)
+    assert [r["status"] for r in statuses] == ["interrupted", "succeeded"]
+
+    # the retry asked /users only for the pages that were not staged: page 5 (the one the first run died
+    # on) to page 8, by the cursor the checkpoint saved; never page 1 (no cursor) or pages 2-4
+    users = [r.query.get("cursor") for r in api.requests[served:] if r.path == "/users"]
+    assert users == [_encode_cursor(k * PAGE) for k in range(4, USERS // PAGE)]
+    before = [r.query.get("cursor") for r in api.requests[:served] if r.path == "/users"]
+    assert before == [None] + [_encode_cursor(k * PAGE) for k in range(1, 5)]
+
+    # exactly the snapshot a clean run takes
+    assert state(database_url) == expected(org)
+    clean = cli(cfg, clean_url, "run", NAME)
+    assert clean.exit_code == 0, output(clean)
+    assert tables(database_url) == tables(clean_url)
+    assert counts(snap["stats"]) == counts(last_snapshot(clean_url, NAME)["stats"])
+    assert query(database_url, "SELECT count(*) AS n FROM ingest.stage_checkpoints")[0]["n"] == 0
+    assert query(database_url, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'ingest_stage'")[0]["n"] == 0
+
+
+def test_a_resume_whose_cursor_the_source_refuses_starts_the_stream_over(tmp_path, database_url, acme):
+    api, org = acme
+    cfg = write(tmp_path, api)
+    served, cp = kill_on_page_5(api, cfg, database_url)
+    stale = cp["positions"]["accounts"]["state"]["cursor"]
+    inner = api._routes[("GET", "/users")]
+    refused: list[int] = []  # the saved cursor is refused once (the source expired it); later cursors are new
+    api.route("/users", lambda r: (refused.append(1) or Reply(400, {"error": "invalid_cursor",
+                                                                     "message": "cursor expired"}))
+              if r.query.get("cursor") == stale and not refused else inner(r))
+
+    retry = cli(cfg, database_url, "run", NAME)
+    assert retry.exit_code == 0, output(retry)
+    snap = last_snapshot(database_url, NAME)
+    assert snap["status"] == "succeeded" and len(refused) == 1
+    assert "refused" in snap["stats"]["resumed"]["streams"]["list_accounts"]["restarted"]
+    users = [r.query.get("cursor") for r in api.requests[served:] if r.path == "/users"]
+    assert users == [stale, None] + [_encode_cursor(k * PAGE) for k in range(1, USERS // PAGE)]
+    assert state(database_url) == expected(org)
+    assert snap["stats"]["account"]["fetched"] == USERS and snap["stats"]["account"]["added"] == USERS
+
+
+def test_fresh_starts_over_and_drops_what_the_dead_run_staged(tmp_path, database_url, acme):
+    api, org = acme
+    cfg = write(tmp_path, api)
+    served, _ = kill_on_page_5(api, cfg, database_url)
+    retry = cli(cfg, database_url, "run", NAME, "--fresh")
+    assert retry.exit_code == 0, output(retry)
+    snap = last_snapshot(database_url, NAME)
+    assert "resumed" not in snap["stats"]
+    users = [r.query.get("cursor") for r in api.requests[served:] if r.path == "/users"]
+    assert users[0] is None and len(users) == USERS // PAGE
+    assert state(database_url) == expected(org)
+    assert query(database_url, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'ingest_stage'")[0]["n"] == 0
