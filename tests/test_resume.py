@@ -186,15 +186,38 @@ def test_a_resume_whose_cursor_the_source_refuses_starts_the_stream_over(tmp_pat
     assert snap["stats"]["account"]["fetched"] == USERS and snap["stats"]["account"]["added"] == USERS
 
 
-def test_fresh_starts_over_and_drops_what_the_dead_run_staged(tmp_path, database_url, acme):
+def test_a_failed_run_resumes_without_the_streams_it_had_done_and_fresh_starts_over(tmp_path, database_url, acme):
+    """In process (no kill needed): a run that fails in /apps keeps the accounts it had staged."""
     api, org = acme
     cfg = write(tmp_path, api)
-    served, _ = kill_on_page_5(api, cfg, database_url)
-    retry = cli(cfg, database_url, "run", NAME, "--fresh")
+    inner, fail = api._routes[("GET", "/apps")], [2]
+    api.route("/apps", lambda r: (fail.append(fail.pop() - 1) or Reply(403, {"error": "forbidden"}))
+              if r.query.get("page") == "2" and fail[0] > 0 else inner(r))
+
+    def users_fetched(since: int) -> list[str | None]:
+        return [r.query.get("cursor") for r in api.requests[since:] if r.path == "/users"]
+
+    first = cli(cfg, database_url, "run", NAME)
+    assert first.exit_code == 1 and last_snapshot(database_url, NAME)["status"] == "failed"
+    assert checkpoint(database_url, "list_accounts")["done"] is True
+
+    # --fresh: the failed run's staging is dropped, every page fetched again (and it fails the same way)
+    served = len(api.requests)
+    fresh = cli(cfg, database_url, "run", NAME, "--fresh")
+    assert fresh.exit_code == 1 and "resumed" not in last_snapshot(database_url, NAME)["stats"]
+    assert users_fetched(served) == [None] + [_encode_cursor(k * PAGE) for k in range(1, USERS // PAGE)]
+    stage = query(database_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'ingest_stage'")
+    second = last_snapshot(database_url, NAME)["snapshot_id"]
+    assert {r["tablename"].split("_")[0] for r in stage} == {f"s{second}"}
+
+    # the next run continues the second: no request to /users at all, /apps from its first page
+    served = len(api.requests)
+    retry = cli(cfg, database_url, "run", NAME)
     assert retry.exit_code == 0, output(retry)
     snap = last_snapshot(database_url, NAME)
-    assert "resumed" not in snap["stats"]
-    users = [r.query.get("cursor") for r in api.requests[served:] if r.path == "/users"]
-    assert users[0] is None and len(users) == USERS // PAGE
+    assert users_fetched(served) == []
+    assert sorted(r.query.get("page") for r in api.requests[served:] if r.path == "/apps") == ["1", "2", "3"]
+    assert snap["stats"]["resumed"] == {"from_snapshot": second, "streams": {"list_accounts": {
+        "page_seq": USERS // PAGE, "done": True, "records": {"account": USERS}}}}
     assert state(database_url) == expected(org)
-    assert query(database_url, "SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'ingest_stage'")[0]["n"] == 0
+    assert snap["stats"]["account"]["fetched"] == USERS and snap["stats"]["account"]["added"] == USERS
