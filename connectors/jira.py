@@ -170,6 +170,8 @@ class JiraConnector(Connector):
     entitlement_types: ClassVar[list[EntitlementType]] = [
         EntitlementType(type_id="group", type_label="Group"),
         EntitlementType(type_id="project_role", type_label="Project role", resource_type_id="project")]
+    # OAuth (3LO): the refresh of an access token is a POST to the token endpoint
+    read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = (("POST", r"/oauth/token$"),)
 
     @functools.cached_property
     def http(self) -> HttpClient:

@@ -142,3 +142,71 @@ class TestPaging:
             {"account_id": f"AIDA{3:016d}", "entitlement_id": "AGPA000000000000001", "resource_type": "", "resource_id": ""},
             {"entitlement_id": "arn:aws:iam::aws:policy/ReadOnlyAccess", "member_entitlement_id": "AGPA000000000000001"},
         ]
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_):
+        yield self.body
+
+
+ALIASES = (b'<ListAccountAliasesResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><ListAccountAliasesResult>'
+           b'<AccountAliases><member>acme</member></AccountAliases><IsTruncated>false</IsTruncated>'
+           b'</ListAccountAliasesResult></ListAccountAliasesResponse>')
+
+
+class TestUnreadableAnswers:
+    """botocore raises ResponseParserError on a body it cannot parse and never retries it; the client does."""
+
+    def client(self, answers: list[tuple[int, bytes]], max_retries: int):
+        from botocore.awsrequest import AWSResponse
+
+        client = read_only_client(boto3.Session(aws_access_key_id="AKIAX", aws_secret_access_key="s"),
+                                  region="us-east-1", endpoint_url="https://iam.invalid", max_retries=max_retries)
+        sent = []
+
+        def answer(request, **_):
+            sent.append(request.body)
+            status, body = answers.pop(0)
+            return AWSResponse(request.url, status, {"Content-Type": "text/xml"}, _Raw(body))
+
+        client.meta.events.register("before-send.iam", answer)
+        return client, sent
+
+    def test_a_gateway_page_and_a_cut_body_are_retried_until_a_readable_answer(self, monkeypatch):
+        monkeypatch.setattr("connectors.aws_iam._client.time.sleep", lambda s: None)
+        client, sent = self.client([(502, b"<html><body>Bad Gateway</body></html"), (200, ALIASES[:60]),
+                                    (200, ALIASES)], max_retries=2)
+        assert client.list_account_aliases()["AccountAliases"] == ["acme"]
+        assert len(sent) == 3
+
+    def test_it_fails_as_a_retryable_ingest_error_once_retries_are_spent(self, monkeypatch):
+        from ingest.errors import RetryableError
+
+        monkeypatch.setattr("connectors.aws_iam._client.time.sleep", lambda s: None)
+        settings = AwsIamSettings(credential_report=False, endpoint_url="https://iam.invalid", max_retries=1)
+        conn = AwsIamConnector(ConnectorContext(name="aws", settings=settings, auth=AwsAuth.model_validate(
+            {"access_key_id": "AKIAX", "secret_access_key": "s"})))
+        conn.__dict__["iam"], sent = self.client([(500, b'{"oops": 1}'), (500, b'{"oops": 1}')], max_retries=1)
+        with pytest.raises(RetryableError, match="unreadable"):
+            conn.validate_credentials()
+        assert len(sent) == 2
+
+
+class TestDeclaredReadOnlyRequests:
+    """The conformance kit lets through the POSTs a connector declares read-only: for IAM's query
+    protocol that declaration must agree with the client's own rule, Action by Action."""
+
+    @pytest.mark.parametrize("op", ["ListUsers", "GetAccountAuthorizationDetails", "GetCredentialReport",
+                                    "GenerateCredentialReport", "GetPolicyVersion", "DeleteUser", "CreateAccessKey",
+                                    "Listen", "Getaway", "GenerateServiceLastAccessedDetails",
+                                    "GenerateCredentialReportX"])
+    def test_the_declaration_matches_is_read_only(self, op):
+        import re
+
+        body = f"Version=2010-05-08&Action={op}&MaxItems=100"
+        declared = any(method == "POST" and re.search(path, "/") and re.search(rx, body)
+                       for method, path, rx in AwsIamConnector.read_only_requests)
+        assert declared == is_read_only(op)

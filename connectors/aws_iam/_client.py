@@ -11,17 +11,25 @@ Two botocore event hooks, both before anything is signed or sent:
   a request that reached the wire by another path is refused too.
 
 The hooks also count requests and retries into the snapshot's HTTP stats.
+
+One gap of botocore's retries is closed here: an answer it cannot parse (a gateway's HTML 502, a
+body cut short with a consistent length) raises ``ResponseParserError`` straight out of the call,
+never retried. The client's calls retry it too, up to ``max_retries`` with backoff, so a paginator
+resumes at the page that failed rather than failing the run.
 """
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
 import boto3
 import botocore.config
 import botocore.credentials
+import botocore.parsers
 import botocore.session
 import structlog
 
@@ -131,6 +139,23 @@ def read_only_client(session: boto3.Session, *, region: str, endpoint_url: str |
                 stats.add("throttled")
                 log.info("aws_throttled", connector=connector)
 
+    call = client._make_api_call  # what every operation method and paginator page goes through
+
+    def make_api_call(operation: str, params: dict[str, Any]) -> Any:
+        for attempt in range(max_retries + 1):
+            try:
+                return call(operation, params)
+            except botocore.parsers.ResponseParserError:
+                if attempt == max_retries:
+                    raise
+                delay = min(5.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                stats.add("retries")
+                log.info("aws_unreadable_answer_retry", connector=connector, operation=operation,
+                         attempt=attempt + 1, sleep=round(delay, 3))
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    client._make_api_call = make_api_call  # the generated methods call self._make_api_call
     events = client.meta.events
     events.register_first("before-parameter-build.iam", check_operation)
     events.register_last("before-send.iam", check_request)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import botocore.exceptions
+import botocore.parsers
 from pydantic import BaseModel
 
 from connectors.aws_iam._client import read_only_client, session_for
@@ -73,6 +74,11 @@ class AwsIamConnector(Connector):
         EntitlementType(type_id="role", type_label="Assume IAM role"),
     ]
 
+    # IAM speaks the query protocol: every call is a POST of a form to /; these are the reads (the client
+    # refuses every other Action before it is signed, see _client.py)
+    read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("POST", r"^/$", r"(^|&)Action=(List[A-Z]\w*|Get[A-Z]\w*|GenerateCredentialReport)(&|$)"),)
+
     report_poll: ClassVar[tuple[float, float]] = (0.5, 5.0)  # first and longest wait for a credential report
 
     @functools.cached_property
@@ -113,6 +119,9 @@ class AwsIamConnector(Connector):
         if isinstance(e, botocore.exceptions.NoCredentialsError):
             return AuthError("no AWS credentials: set auth.access_key_id and auth.secret_access_key, or run "
                              "where the default credential chain finds some", **where)
+        if isinstance(e, botocore.parsers.ResponseParserError):
+            return RetryableError(f"IAM kept answering {operation} with something unreadable after retries: "
+                                  f"{redact(str(e))[:300]}", **where)
         if isinstance(e, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError,
                           botocore.exceptions.ReadTimeoutError)):
             return RetryableError(f"cannot reach IAM: {redact(str(e))}", **where)

@@ -93,6 +93,9 @@ class GithubConnector(Connector):
         EntitlementType(type_id="repository_permission", type_label="Repository permission",
                         resource_type_id="repository"),
     ]
+    # a GitHub App buys its installation token with a POST (ingest.testing lets it, and only it, through)
+    read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("POST", r"/app/installations/[^/]+/access_tokens$"),)
 
     @functools.cached_property
     def http(self) -> HttpClient:
