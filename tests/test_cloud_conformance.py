@@ -4,7 +4,8 @@ their loopback fakes, aws_iam against moto's real IAM server with IAM authentica
 Each Source has a working credential and a refused one. For aws_iam the working one is an IAM user
 whose only policy is the least-privilege one the README gives (``iam:List*``, ``iam:Get*``,
 ``iam:GenerateCredentialReport``), so the kit's full read also proves that policy is enough; the
-refused one is an access key IAM does not know (``InvalidClientTokenId``). moto starts once for the
+refused one is an access key IAM does not know (``InvalidClientTokenId``). Every Source must recover
+from each of the kit's faults (``must_recover``): all four retry them away and read the exact data. moto starts once for the
 module (its start-up is the slow part) and its authentication is switched off again afterwards.
 """
 
@@ -32,7 +33,7 @@ def github_source():
         yield Source("github", settings={"org": server.org.login, "base_url": server.root_url, "per_page": 10,
                                          **FAST},
                      auth={"bearer_token": token}, bad_auth={"bearer_token": "ghp_" + uuid.uuid4().hex},
-                     url_settings=("base_url",))
+                     url_settings=("base_url",), must_recover=True)
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def pagerduty_source():
     with PagerDutyServer(make_account(n_users=40, n_teams=3), key) as server:
         yield Source("pagerduty", settings={"base_url": server.root_url, "page_size": 15, **FAST},
                      auth={"api_key": key}, bad_auth={"api_key": "u+" + uuid.uuid4().hex},
-                     url_settings=("base_url",))
+                     url_settings=("base_url",), must_recover=True)
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def jira_source():
         yield Source("jira", settings={"base_url": server.root_url, "page_size": 25, **FAST},
                      auth={"username": email, "api_key": token},
                      bad_auth={"username": email, "api_key": "ATATT" + uuid.uuid4().hex},
-                     url_settings=("base_url",))
+                     url_settings=("base_url",), must_recover=True)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def aws_iam_source(iam_account):
                   auth={"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]},
                   bad_auth={"access_key_id": "AKIA" + uuid.uuid4().hex[:16].upper(),
                             "secret_access_key": uuid.uuid4().hex},
-                  url_settings=("endpoint_url",))
+                  url_settings=("endpoint_url",), must_recover=True)
 
 
 TestGithubConformance = conformance_tests("github_source")

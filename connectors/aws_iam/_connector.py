@@ -74,11 +74,6 @@ class AwsIamConnector(Connector):
         EntitlementType(type_id="role", type_label="Assume IAM role"),
     ]
 
-    # IAM speaks the query protocol: every call is a POST of a form to /; these are the reads (the client
-    # refuses every other Action before it is signed, see _client.py)
-    read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = (
-        ("POST", r"^/$", r"(^|&)Action=(List[A-Z]\w*|Get[A-Z]\w*|GenerateCredentialReport)(&|$)"),)
-
     report_poll: ClassVar[tuple[float, float]] = (0.5, 5.0)  # first and longest wait for a credential report
 
     @functools.cached_property
