@@ -42,15 +42,19 @@ def wait_for(fn: Callable[[], Any], what: str, timeout: float = BOUND) -> Any:
 class Hold:
     """Wraps a route: the first request ``matches`` accepts waits (bounded) until ``release``."""
 
-    def __init__(self, api: FakeApi, path: str, matches: Callable[[SeenRequest], bool]) -> None:
+    def __init__(self, api: FakeApi, path: str, matches: Callable[[SeenRequest], bool],
+                 answer: Reply | None = None) -> None:
         self.inner = api._routes[("GET", path)]
         self.matches, self.arrived, self.released = matches, threading.Event(), threading.Event()
+        self.answer = answer  # what the held request gets (default: the route's answer)
         api.route(path, self)
 
     def __call__(self, req: SeenRequest) -> Reply:
         if not self.arrived.is_set() and self.matches(req):
             self.arrived.set()
             self.released.wait(BOUND)
+            if self.answer is not None:
+                return self.answer
         return self.inner(req)
 
     def release(self) -> None:
@@ -221,3 +225,36 @@ def test_a_failed_run_resumes_without_the_streams_it_had_done_and_fresh_starts_o
         "page_seq": USERS // PAGE, "done": True, "records": {"account": USERS}}}}
     assert state(database_url) == expected(org)
     assert snap["stats"]["account"]["fetched"] == USERS and snap["stats"]["account"]["added"] == USERS
+
+
+def test_a_fan_out_resumes_after_the_last_parent_it_had_done(tmp_path, database_url, acme):
+    """Members are listed per group (offset pages, in group order): the run fails while the members of
+    grp-5 are being fetched; the retry lists the groups again (its parents) and the members of grp-5 on."""
+    api, org = acme
+    cfg = write(tmp_path, api)
+    hold = Hold(api, "/groups/grp-5/members", lambda r: True, answer=Reply(403, {"error": "forbidden"}))
+    first: list[Any] = []
+    runner = threading.Thread(target=lambda: first.append(cli(cfg, database_url, "run", NAME)))
+    runner.start()
+    try:
+        wait_for(hold.arrived.is_set, "request for the members of grp-5")
+        cp = wait_for(lambda: (c := checkpoint(database_url, "find_entitlement_associations"))
+                      and c["positions"]["assignments"].get("parents_done") == 5 and c,
+                      "checkpoint of the members of grp-0 to grp-4")
+    finally:
+        hold.release()
+        runner.join(BOUND)
+    assert not runner.is_alive() and first[0].exit_code == 1, output(first[0])
+    assert cp["counts"]["assignment"]["fetched"] == sum(len(org.members[f"grp-{k}"]) for k in range(5))
+
+    served = len(api.requests)
+    retry = cli(cfg, database_url, "run", NAME)
+    assert retry.exit_code == 0, output(retry)
+    members = {r.path.split("/")[2] for r in api.requests[served:] if r.path.endswith("/members")}
+    assert members == {f"grp-{k}" for k in range(5, len(org.groups))}
+    assert [r.path for r in api.requests[served:] if r.path == "/users"] == []
+    assert len([r for r in api.requests[served:] if r.path == "/groups"]) == 3  # the parents, listed again
+    assert state(database_url) == expected(org)
+    snap = last_snapshot(database_url, NAME)
+    assert snap["stats"]["resumed"]["streams"]["find_entitlement_associations"]["page_seq"] == cp["page_seq"]
+    assert snap["stats"]["assignment"]["fetched"] == sum(len(v) for v in org.members.values())
