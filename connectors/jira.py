@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ingest.connector import Connector, EntitlementType, ResourceType
-from ingest.credentials import OAuth2AuthorizationCode, credentials
+from ingest.credentials import ConsentRequired, OAuth2AuthorizationCode, credentials
 from ingest.credentials._kinds import Setting
 from ingest.errors import AuthError
 from ingest.http import HttpClient, HttpSettings, OffsetPaginator, Paginator
@@ -207,8 +207,10 @@ class JiraConnector(Connector):
             raise self._auth_error(e) from None
 
     def _auth_error(self, e: AuthError) -> AuthError:
+        if isinstance(e, ConsentRequired):
+            return e  # it says what to do (run `ingest auth NAME`)
         field = "auth.username / auth.api_key" if getattr(self.auth, "kind", "") == "username_api_key" \
-            else "the OAuth consent (ingest auth NAME)"
+            else f"the OAuth consent (ingest auth {self.ctx.name})"
         return AuthError(f"Jira refused the request (HTTP {e.status_code}); check {field}: the account needs the "
                          f"Browse users and groups global permission and Administer Jira to read project roles "
                          f"[{e.message}]", connector=self.ctx.name, request=e.request, status_code=e.status_code)

@@ -1,6 +1,7 @@
 """The jira connector against the loopback Jira Cloud fake: a site read exactly (a bare-array listing
 whose maxResults the server caps, page beans whose maxResults is read back), two days of exact
-changes, 429 with Retry-After, and refused credentials."""
+changes, 429 with Retry-After, refused credentials, and OAuth 2.0 (3LO) with Atlassian's rotating
+refresh tokens end to end on the real PostgreSQL fixture."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 import structlog
 
@@ -15,7 +17,7 @@ from connectors.jira import JiraAuth, JiraConnector, JiraSettings
 from ingest.connector import ConnectorContext
 from tests import engine
 from tests.engine import cli, output, query
-from tests.servers.jira_server import JiraServer, JiraSite, make_site
+from tests.servers.jira_server import AtlassianAuth, JiraServer, JiraSite, make_site
 
 NAME = "jira"
 EMAIL = "auditor@example.com"
@@ -141,3 +143,99 @@ class TestOAuth:
                                                         "https://auth.atlassian.com/oauth/token")
         assert "offline_access" in auth.scopes and auth.authorize_params["audience"] == "api.atlassian.com"
         assert JiraAuth.model_validate({"username": EMAIL, "api_key": "t0ken-value"}).kind == "username_api_key"
+
+
+class TestRotatingRefreshTokens:
+    CLIENT, CLOUD = "jira-oauth-client", "11223344-a1b2-c3d4-e5f6-a1b2c3d4e5f6"
+
+    def test_a_mid_run_expiry_refreshes_once_the_rotated_token_is_stored_and_serves_the_next_run(
+            self, tmp_path, database_url, monkeypatch):
+        import base64
+        import secrets
+
+        import sqlalchemy as sa
+        import yaml
+
+        from ingest.config import load_config
+        from ingest.credentials import CredentialStore
+        from ingest.credentials._consent import authorization_request, code_from_redirect, exchange
+        from ingest.credentials._token import Token
+        from ingest.db import get_engine, migrate
+        from ingest.runner import run
+
+        client_secret = "jira-secret-" + secrets.token_hex(8)
+        monkeypatch.setenv("INGEST_SECRET_KEY", base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        monkeypatch.setenv("JIRA_OAUTH_SECRET", client_secret)
+        site = make_site(n_users=120, n_groups=4, n_projects=4)
+        with AtlassianAuth(self.CLIENT, client_secret) as auth, \
+                JiraServer(site, EMAIL, "no-api-token-here", oauth=auth, latency=0.02) as server:
+            path = tmp_path / "schedules.yaml"
+            path.write_text(yaml.safe_dump({"database_url": database_url, "connectors": {NAME: {
+                "type": "jira", "settings": {"base_url": f"{server.root_url}/ex/jira/{self.CLOUD}", "max_retries": 2,
+                                             "backoff_initial": 0.01, "backoff_max": 0.05},
+                "auth": {"client_id": self.CLIENT, "client_secret": "${JIRA_OAUTH_SECRET}",
+                         "authorize_url": auth.url("/authorize"), "token_url": auth.url("/oauth/token")}}}}))
+            # consent, as `ingest auth jira` gives it: the first refresh token goes to the credential store
+            loaded = load_config(path)
+            cred = loaded.connector(NAME).auth.credential
+            request = authorization_request(cred)
+            assert "read%3Ajira-user" in request.url and "offline_access" in request.url
+            db = get_engine(database_url)
+            migrate(db)
+            store = CredentialStore(db)
+            exchange(cred, request, code_from_redirect(request, auth.sign_in(request.url)), connector=NAME,
+                     store=store)
+            binding = cred.grant(NAME).binding
+
+            def stored() -> Token:
+                return store.load(NAME, "oauth2_authorization_code", binding)
+
+            def token_posts() -> int:
+                return auth.count(r"/oauth/token", "POST")
+
+            first = stored().refresh_token
+            assert token_posts() == 1 and first in auth.refresh_tokens
+
+            # day one: the access token expires after 25 API calls, mid-run
+            auth.expire_after(25)
+            with structlog.testing.capture_logs() as logs:
+                day1 = run(loaded, NAME, database_url=database_url)
+            assert day1.status == "succeeded", day1.error
+            assert token_posts() == 2  # one refresh, however many requests met the 401
+            assert any(e["event"] == "token_rejected" for e in logs)  # requests met the expiry (401)
+            assert [e["rotated"] for e in logs if e["event"] == "token_refreshed"] == [True]
+            second = stored().refresh_token
+            assert second != first and first in auth.disabled and second in auth.refresh_tokens
+            accounts = {r["account_id"] for r in query(
+                database_url, "SELECT account_id FROM ingest.accounts WHERE connector = %s", NAME)}
+            assert accounts == set(site.users)
+
+            # day two, a new process state (nothing in memory) after a night (every access token expired):
+            # the stored, rotated refresh token is the one used, and it rotates again
+            auth.expire_all()
+            day2 = run(load_config(path), NAME, database_url=database_url)
+            assert day2.status == "succeeded", day2.error
+            assert token_posts() == 3
+            third = stored().refresh_token
+            assert third not in (first, second) and second in auth.disabled
+
+            # the old one is refused, as Atlassian does (403 invalid_grant) ...
+            refused = httpx.post(auth.url("/oauth/token"), json={
+                "grant_type": "refresh_token", "client_id": self.CLIENT, "client_secret": client_secret,
+                "refresh_token": first})
+            assert refused.status_code == 403 and refused.json()["error"] == "invalid_grant"
+            # ... and a run left holding it says what to do
+            store.save(NAME, "oauth2_authorization_code", binding,
+                       Token(access_token="expired-" + secrets.token_hex(4), expires_at=0.0, refresh_token=first))
+            day3 = run(load_config(path), NAME, database_url=database_url)
+            assert day3.status == "failed"
+            assert day3.error.startswith("the consent for jira has expired or was revoked (invalid_grant): run "
+                                         f"`ingest auth {NAME}` again"), day3.error
+
+            # no token or secret in the logs or in clear anywhere in the database
+            with db.connect() as conn:
+                payloads = conn.execute(sa.text("SELECT payload FROM ingest.credentials WHERE connector = :c"),
+                                        {"c": NAME}).scalars().all()
+            dumped = json.dumps(logs, default=str) + repr([bytes(p) for p in payloads]) + str(day3.error)
+            for secret in (first, second, third, client_secret):
+                assert secret not in dumped

@@ -245,7 +245,7 @@ class RefreshGrant(Grant):
         return _post(self.token_url, form, headers)
 
     def parse(self, response: httpx.Response, current: Token | None) -> Token:
-        if response.status_code in (400, 401):
+        if response.status_code in (400, 401, 403):  # Atlassian refuses a spent refresh token with a 403
             err = token_error(response, self.what, self.token_url)
             if getattr(err, "oauth_error", None) == "invalid_grant":
                 raise ConsentRequired(

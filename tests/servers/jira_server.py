@@ -9,7 +9,10 @@ Atlassian's reference:
     GET /rest/api/3/project/{id}/role                       {"<role name>": "<absolute URL of the role>"}
     GET /rest/api/3/project/{id}/role/{roleId}              ProjectRole with actors
 
-Auth: HTTP Basic e-mail:API token (401 ``{"errorMessages": ["..."], "errors": {}}`` otherwise).
+Auth: HTTP Basic e-mail:API token (401 ``{"errorMessages": ["..."], "errors": {}}`` otherwise); or,
+with ``oauth=`` an :class:`AtlassianAuth`, an OAuth 2.0 (3LO) access token it issued
+(``Authorization: Bearer``), the paths then under ``/ex/jira/{cloudId}`` as on api.atlassian.com
+(401 ``{"code": 401, "message": "Unauthorized"}`` for an expired or unknown one).
 Page beans carry ``startAt``, ``maxResults`` (the capped value), ``total``, ``isLast``, ``values``.
 429 with ``Retry-After`` (seconds) and ``X-RateLimit-*``/``RateLimit-Reason`` is injected with
 :meth:`throttle`.
@@ -18,13 +21,16 @@ Page beans carry ``startAt``, ``maxResults`` (the capped value), ``total``, ``is
 from __future__ import annotations
 
 import base64
+import hashlib
+import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tests.servers._vendor import Reply, SeenRequest, VendorServer
 
-__all__ = ["JiraServer", "JiraSite", "make_site"]
+__all__ = ["AtlassianAuth", "JiraServer", "JiraSite", "make_site"]
 
 
 @dataclass
@@ -59,13 +65,15 @@ class JiraServer(VendorServer):
     thread_name = "jira-fake"
     CAPS = {"users/search": 100, "group/bulk": 50, "group/member": 50, "project/search": 50}
 
-    def __init__(self, site: JiraSite, email: str, token: str, latency: float = 0.0) -> None:
+    def __init__(self, site: JiraSite, email: str, token: str, latency: float = 0.0,
+                 oauth: AtlassianAuth | None = None) -> None:
         self.site = site
         self.basic = "Basic " + base64.b64encode(f"{email}:{token}".encode()).decode()
+        self.oauth = oauth
         super().__init__(latency=latency)
 
     def routes(self):
-        a = r"/rest/api/3"
+        a = r"(?:/ex/jira/[0-9a-f-]+)?/rest/api/3"  # the site's own host, or api.atlassian.com/ex/jira/<cloud id>
         return [("GET", a + r"/myself", self.myself), ("GET", a + r"/users/search", self.users_search),
                 ("GET", a + r"/group/bulk", self.group_bulk), ("GET", a + r"/group/member", self.group_member),
                 ("GET", a + r"/project/search", self.project_search),
@@ -78,6 +86,11 @@ class JiraServer(VendorServer):
             "RateLimit-Reason": "jira-burst-based"})])
 
     def dispatch(self, req: SeenRequest) -> Reply:
+        bearer = (req.header("authorization") or "").removeprefix("Bearer ")
+        if self.oauth is not None and bearer != req.header("authorization"):
+            if not self.oauth.accepts(bearer):
+                return Reply(401, {"code": 401, "message": "Unauthorized"})
+            return super().dispatch(req)
         if req.header("authorization") != self.basic:
             return Reply(401, {"errorMessages": ["Client must be authenticated to access this resource."],
                                "errors": {}})
@@ -159,3 +172,95 @@ class JiraServer(VendorServer):
             rid = m.group("r")
             return Reply(200, {"self": f"{self.root_url}{req.path}", "name": self.site.roles[rid], "id": int(rid),
                                "description": f"{self.site.roles[rid]} of the project", "actors": actors})
+
+
+class AtlassianAuth(VendorServer):
+    """auth.atlassian.com's OAuth 2.0 (3LO) token endpoint, with ROTATING refresh tokens (Atlassian's
+    "Implementing the Refresh Token Flow"):
+
+        POST /oauth/token   {"grant_type": "authorization_code", "client_id", "client_secret", "code",
+                             "redirect_uri", "code_verifier"}                       (JSON, or a form)
+        POST /oauth/token   {"grant_type": "refresh_token", "client_id", "client_secret", "refresh_token"}
+        -> 200 {"access_token", "refresh_token", "expires_in", "scope", "token_type": "Bearer"}
+
+    Every refresh returns a NEW refresh token and disables the one used: using it again is
+    ``403 {"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}``.
+    A wrong client is ``401 {"error": "access_denied", ...}``. :meth:`sign_in` stands for the
+    browser consent at ``/authorize`` (audience api.atlassian.com, PKCE S256 checked at the code
+    exchange). :meth:`expire_after` makes every access token issued so far expire after that many
+    more API calls (mid-run); :meth:`expire_all` expires them now (a night passed)."""
+
+    thread_name = "atlassian-auth-fake"
+
+    def __init__(self, client_id: str, client_secret: str, *, expires_in: int = 3600) -> None:
+        self.client_id, self.client_secret, self.expires_in = client_id, client_secret, expires_in
+        self.codes: dict[str, dict[str, str]] = {}
+        self.refresh_tokens: dict[str, str] = {}  # live refresh token -> scope
+        self.disabled: set[str] = set()           # refresh tokens rotated out
+        self.access_tokens: set[str] = set()      # live access tokens
+        self.api_calls = 0
+        self._expire_at: int | None = None
+        self._tokens = threading.Lock()
+        super().__init__()
+
+    def routes(self):
+        return [("POST", r"/oauth/token", self.token)]
+
+    # -- test controls --------------------------------------------------------------------------------
+    def sign_in(self, authorize_url: str) -> str:
+        """The redirect a consenting user's browser follows (``?code=...&state=...``)."""
+        q = dict(parse_qsl(urlsplit(authorize_url).query))
+        assert q.get("client_id") == self.client_id and q.get("response_type") == "code", q
+        assert q.get("audience") == "api.atlassian.com" and q.get("code_challenge_method") == "S256", q
+        code = secrets.token_urlsafe(16)
+        with self._tokens:
+            self.codes[code] = {"redirect_uri": q["redirect_uri"], "challenge": q["code_challenge"],
+                                "scope": q.get("scope", "")}
+        return f"{q['redirect_uri']}?{urlencode({'code': code, 'state': q['state']})}"
+
+    def expire_after(self, api_calls: int) -> None:
+        with self._tokens:
+            self._expire_at = self.api_calls + api_calls
+
+    def expire_all(self) -> None:
+        with self._tokens:
+            self.access_tokens.clear()
+
+    def accepts(self, access_token: str) -> bool:
+        """Whether the API takes this access token (counts an API call)."""
+        with self._tokens:
+            self.api_calls += 1
+            if self._expire_at is not None and self.api_calls > self._expire_at:
+                self.access_tokens.clear()
+                self._expire_at = None
+            return access_token in self.access_tokens
+
+    # -- the endpoint ---------------------------------------------------------------------------------
+    def token(self, req: SeenRequest, m) -> Reply:
+        json_body = (req.header("content-type") or "").startswith("application/json")
+        form = {k: str(v) for k, v in (req.json() if json_body else req.form()).items()}
+        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+            return Reply(401, {"error": "access_denied", "error_description": "Unauthorized"})
+        with self._tokens:
+            if form.get("grant_type") == "authorization_code":
+                code = self.codes.pop(form.get("code", ""), None)
+                verifier = form.get("code_verifier", "").encode()
+                challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").decode()
+                if code is None or code["redirect_uri"] != form.get("redirect_uri") or code["challenge"] != challenge:
+                    return Reply(403, {"error": "invalid_grant", "error_description": "Invalid authorization code"})
+                return self._issue(code["scope"])
+            if form.get("grant_type") == "refresh_token":
+                scope = self.refresh_tokens.pop(form.get("refresh_token", ""), None)
+                if scope is None:
+                    return Reply(403, {"error": "invalid_grant",
+                                       "error_description": "Unknown or invalid refresh token."})
+                self.disabled.add(form["refresh_token"])
+                return self._issue(scope)
+        return Reply(400, {"error": "unsupported_grant_type", "error_description": "Unsupported grant type"})
+
+    def _issue(self, scope: str) -> Reply:
+        access, refresh = "eyJ" + secrets.token_urlsafe(24), secrets.token_urlsafe(32)
+        self.access_tokens.add(access)
+        self.refresh_tokens[refresh] = scope
+        return Reply(200, {"access_token": access, "refresh_token": refresh, "expires_in": self.expires_in,
+                           "scope": scope, "token_type": "Bearer"})
