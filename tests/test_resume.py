@@ -258,3 +258,47 @@ def test_a_fan_out_resumes_after_the_last_parent_it_had_done(tmp_path, database_
     snap = last_snapshot(database_url, NAME)
     assert snap["stats"]["resumed"]["streams"]["find_entitlement_associations"]["page_seq"] == cp["page_seq"]
     assert snap["stats"]["assignment"]["fetched"] == sum(len(v) for v in org.members.values())
+
+
+def test_which_attempt_a_run_continues(database_url):
+    """The daemon continues an attempt of the same slot; ``ingest run`` a recent one; both only with the same
+    settings, with checkpoints, and only the latest attempt when nothing succeeded since."""
+    import sqlalchemy as sa
+
+    from ingest.checkpoints import previous_attempt
+    from ingest.db import get_engine, migrate
+
+    engine = get_engine(database_url)
+    migrate(engine)
+    slot = "2026-12-01T03:30:00+00:00"
+
+    def attempt(status: str, *, config: str = "h1", scheduled: str | None = slot, age_h: float = 1,
+                checkpoint: bool = True) -> int:
+        with engine.begin() as c:
+            sid = c.execute(sa.text(
+                "INSERT INTO ingest.snapshots (connector, connector_type, trigger, scheduled_for, status, config_hash, "
+                "started_at) VALUES ('a', 'rest', 'schedule', CAST(:s AS timestamptz), :st, :h, "
+                "now() - make_interval(secs => :age)) RETURNING snapshot_id"),
+                {"s": scheduled, "st": status, "h": config, "age": age_h * 3600}).scalar_one()
+            if checkpoint:
+                c.execute(sa.text("INSERT INTO ingest.stage_checkpoints VALUES (:s, 'list_accounts', 1, false, "
+                                  "'{}', '{}')"), {"s": sid})
+        return sid
+
+    def pick(scheduled: str | None, config: str = "h1") -> int | None:
+        from datetime import datetime
+
+        with engine.connect() as c:
+            return previous_attempt(c, "a", config, datetime.fromisoformat(scheduled) if scheduled else None)
+
+    sid = attempt("interrupted")
+    assert pick(slot) == sid and pick(None) == sid
+    assert pick("2026-12-02T03:30:00+00:00") is None  # the daemon's next slot starts over
+    assert pick(slot, config="h2") is None  # the settings changed
+    old = attempt("failed", scheduled=None, age_h=13)
+    assert pick(None) is None and old > sid  # ingest run: older than 12 hours
+    attempt("failed", checkpoint=False)
+    assert pick(slot) is None  # nothing staged to continue
+    attempt("succeeded")
+    attempt("rejected")
+    assert pick(slot) is None
