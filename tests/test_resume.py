@@ -118,6 +118,25 @@ def kill_on_page_5(api: FakeApi, cfg: Path, database_url: str) -> tuple[int, dic
     return len(api.requests), cp
 
 
+def fail_while_held(api: FakeApi, cfg: Path, database_url: str, path: str, matches: Callable[[SeenRequest], bool],
+                    checkpointed: Callable[[], Any]) -> Any:
+    """``ingest run`` in process, its request ``matches`` held until ``checkpointed()`` holds, then answered
+    403: the run fails (cheaper than a child process to kill). Returns what ``checkpointed`` returned."""
+    hold = Hold(api, path, matches, answer=Reply(403, {"error": "forbidden"}))
+    first: list[Any] = []
+    runner = threading.Thread(target=lambda: first.append(cli(cfg, database_url, "run", NAME)))
+    runner.start()
+    try:
+        wait_for(hold.arrived.is_set, f"request for {path}")
+        got = wait_for(checkpointed, "the checkpoint")
+    finally:
+        hold.release()
+        runner.join(BOUND)
+    assert not runner.is_alive() and first[0].exit_code == 1, output(first[0])
+    assert last_snapshot(database_url, NAME)["status"] == "failed"
+    return got
+
+
 def tables(database_url: str) -> dict[str, list[tuple]]:
     """Every current version of the connector, as a clean run would have it (snapshot ids left out)."""
     out = {}
@@ -171,8 +190,10 @@ def test_a_run_killed_half_way_resumes_fetching_only_the_remaining_pages(tmp_pat
 def test_a_resume_whose_cursor_the_source_refuses_starts_the_stream_over(tmp_path, database_url, acme):
     api, org = acme
     cfg = write(tmp_path, api)
-    served, cp = kill_on_page_5(api, cfg, database_url)
-    stale = cp["positions"]["accounts"]["state"]["cursor"]
+    stale = _encode_cursor(4 * PAGE)
+    fail_while_held(api, cfg, database_url, "/users", lambda r: r.query.get("cursor") == stale,
+                    lambda: (c := checkpoint(database_url, "list_accounts")) and c["page_seq"] == 4)
+    served = len(api.requests)
     inner = api._routes[("GET", "/users")]
     refused: list[int] = []  # the saved cursor is refused once (the source expired it); later cursors are new
     api.route("/users", lambda r: (refused.append(1) or Reply(400, {"error": "invalid_cursor",
@@ -232,19 +253,9 @@ def test_a_fan_out_resumes_after_the_last_parent_it_had_done(tmp_path, database_
     grp-5 are being fetched; the retry lists the groups again (its parents) and the members of grp-5 on."""
     api, org = acme
     cfg = write(tmp_path, api)
-    hold = Hold(api, "/groups/grp-5/members", lambda r: True, answer=Reply(403, {"error": "forbidden"}))
-    first: list[Any] = []
-    runner = threading.Thread(target=lambda: first.append(cli(cfg, database_url, "run", NAME)))
-    runner.start()
-    try:
-        wait_for(hold.arrived.is_set, "request for the members of grp-5")
-        cp = wait_for(lambda: (c := checkpoint(database_url, "find_entitlement_associations"))
-                      and c["positions"]["assignments"].get("parents_done") == 5 and c,
-                      "checkpoint of the members of grp-0 to grp-4")
-    finally:
-        hold.release()
-        runner.join(BOUND)
-    assert not runner.is_alive() and first[0].exit_code == 1, output(first[0])
+    cp = fail_while_held(api, cfg, database_url, "/groups/grp-5/members", lambda r: True,
+                         lambda: (c := checkpoint(database_url, "find_entitlement_associations"))
+                         and c["positions"]["assignments"].get("parents_done") == 5 and c)
     assert cp["counts"]["assignment"]["fetched"] == sum(len(org.members[f"grp-{k}"]) for k in range(5))
 
     served = len(api.requests)
