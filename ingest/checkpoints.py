@@ -41,7 +41,7 @@ import structlog
 from ingest.errors import SourceError
 
 __all__ = ["Checkpoint", "Position", "ResumeRefused", "adopt", "config_hash", "current_position",
-           "drop_staging", "previous_attempt", "save"]
+           "drop_staging", "forget_connector", "previous_attempt", "resumable", "save", "set_position"]
 
 log = structlog.get_logger("ingest.checkpoints")
 RESUME_WITHIN = timedelta(hours=12)  # ``ingest run``: an unfinished attempt older than this starts over
@@ -241,6 +241,7 @@ def save_sa(conn: sa.Connection, sid: int, cp: Checkpoint) -> None:
     conn.exec_driver_sql(_UPSERT, _params(sid, cp))
 
 
-def forget(conn: Any, sid: int, stream: str) -> None:
-    """A stream that starts over has no checkpoint (psycopg connection, in the transaction that drops its rows)."""
-    conn.execute("DELETE FROM ingest.stage_checkpoints WHERE snapshot_id = %s AND stream = %s", (sid, stream))
+def forget_connector(conn: sa.Connection, connector: str) -> None:
+    """Every checkpoint of ``connector`` (in the transaction that commits a snapshot of it)."""
+    conn.execute(sa.text("DELETE FROM ingest.stage_checkpoints k USING ingest.snapshots s "
+                         "WHERE s.snapshot_id = k.snapshot_id AND s.connector = :c"), {"c": connector})

@@ -32,7 +32,8 @@ log = structlog.get_logger("ingest.runner")
 _LOCK_NS = 1769  # advisory lock namespace: (1769, hashtext(connector)) = "a run of this connector"
 _BATCH = 2000
 RELISTS = 2  # a stream whose listing came back short (records deleted while paging) is listed again this often
-CHECKPOINT_SECONDS = 30.0  # a checkpointed stream commits what it staged this often (and whenever the source is slow)
+# a checkpointed stream commits what it staged this often (and whenever the source is slow to answer)
+CHECKPOINT_SECONDS = float(os.environ.get("INGEST_CHECKPOINT_SECONDS", "30"))
 
 Progress = Callable[[str, int, int], None]  # (entity, records so far, HTTP requests so far)
 
@@ -408,8 +409,7 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                 s["peak_rss_mb"] = _peak_rss_mb()
                 if previous is not None:
                     s["resumed"] = {"from_snapshot": previous, "streams": resumed}
-                c.execute(sa.text("DELETE FROM ingest.stage_checkpoints k USING ingest.snapshots p "
-                                  "WHERE p.snapshot_id = k.snapshot_id AND p.connector = :c"), {"c": rc.name})
+                checkpoints.forget_connector(c, rc.name)  # committed: nothing of this connector to continue
                 c.execute(sa.text(
                     "UPDATE ingest.snapshots SET status = 'succeeded', finished_at = now(), "
                     "stats = CAST(:s AS jsonb) WHERE snapshot_id = :sid"),

@@ -313,3 +313,52 @@ def test_which_attempt_a_run_continues(database_url):
     attempt("succeeded")
     attempt("rejected")
     assert pick(slot) is None
+
+
+@pytest.mark.parametrize("style, paginator, resumable", [
+    ("cursor", {"type": "cursor", "cursor_path": "next_cursor", "cursor_param": "cursor"}, True),
+    ("next_url", {"type": "next_url", "next_path": "next"}, True),
+    ("link", {"type": "link_header"}, True),
+    ("offset", {"type": "offset", "limit": 10, "total_path": "total"}, False),
+    ("page", {"type": "page_number", "size": 10, "total_pages_path": "total_pages"}, False),
+    ("scim", {"type": "scim", "count": 10}, False),
+])
+def test_a_listing_continues_from_its_saved_state(style, paginator, resumable):
+    """Each paginator's ``state()`` once page 1 was taken (reported when the consumer asks for more: here
+    while page 2 is handed on), restored in another listing, continues at page 2 exactly;
+    ``resumable`` says which may (the others' positions shift when the list changes in between)."""
+    from ingest.http import HttpClient, HttpSettings, make_paginator
+
+    rows = [{"id": i} for i in range(35)]
+    with FakeApi() as api:
+        api.serve_records("/items", rows, style=style, page_size=10)
+        selector = {"cursor": "data", "next_url": "results", "link": None, "offset": "items", "page": "data",
+                    "scim": "Resources"}[style]
+        http = HttpClient(api.base_url, settings=HttpSettings(max_concurrency=1))
+        states: list[dict[str, Any]] = []
+        pages = http.paginate("/items", paginator=make_paginator(paginator), selector=selector,
+                              on_page=states.append)
+        first_two = [next(pages), next(pages)]
+        pages.close()
+        served = len(api.requests)
+        rest = list(http.paginate("/items", paginator=make_paginator(paginator), selector=selector,
+                                  resume=states[-1]))
+        assert make_paginator(paginator).resumable is resumable
+        assert len(states) == 1
+        assert [r["id"] for page in first_two[:1] + rest for r in page] == list(range(35))
+        assert len(api.requests) - served == 3  # pages 2 to 4 only
+        http.close()
+
+
+def test_a_saved_next_link_to_another_origin_is_not_followed():
+    from ingest.errors import ProtocolError
+    from ingest.http import HttpClient, LinkHeaderPaginator
+
+    with FakeApi() as api:
+        api.serve_records("/items", [{"id": i} for i in range(5)], style="link", page_size=2)
+        http = HttpClient(api.base_url)
+        with pytest.raises(ProtocolError, match="another origin"):
+            next(http.paginate("/items", paginator=LinkHeaderPaginator(),
+                               resume={"next_url": "http://127.0.0.2:9/items?page=2"}))
+        assert api.requests == []
+        http.close()
