@@ -1,6 +1,8 @@
 """The conformance kit (:mod:`ingest.testing`) over the identity providers: okta (API token and OAuth
 service app), entra (client secret) and google_workspace (service account), each against its loopback
-fake with a small tenant (tens of users, a few groups) so the whole file stays cheap."""
+fake with a small tenant (tens of users, a few groups) so the whole file stays cheap. Every Source is
+``must_recover``: the kit's injected faults (500, 429, resets, drops, cut bodies, a stall) are all retried
+away, token requests included, and the read ends with exactly the clean read's records."""
 
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def okta_source() -> Iterator[Source]:
     tenant = okta_server.make_tenant(n_users=40, n_groups=5, n_apps=2, big_group=30)
     with okta_server.OktaServer(tenant, api_tokens={token: None}) as fake:
         yield Source("okta", settings={"domain": fake.root_url}, auth={"api_key": token},
-                     bad_auth={"api_key": "ssws-" + uuid.uuid4().hex}, url_settings=("domain",))
+                     bad_auth={"api_key": "ssws-" + uuid.uuid4().hex}, must_recover=True,
+                     url_settings=("domain",))
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def okta_app_source(okta_keys) -> Iterator[Source]:
         yield Source("okta", settings={"domain": fake.root_url},
                      auth={"client_id": "0oaservice1", "private_key": private, "key_id": "k1"},
                      bad_auth={"client_id": "0oaservice1", "private_key": other, "key_id": "k1"},
-                     url_settings=("domain",))
+                     must_recover=True, url_settings=("domain",))
 
 
 @pytest.fixture
@@ -52,7 +55,7 @@ def entra_source() -> Iterator[Source]:
         settings = {"tenant_id": tenant.tenant_id, "graph_url": fake.root_url, "authority": fake.root_url}
         yield Source("entra", settings=settings, auth={"client_id": "app-1", "client_secret": secret},
                      bad_auth={"client_id": "app-1", "client_secret": "entra-" + uuid.uuid4().hex},
-                     url_settings=("graph_url", "authority"))
+                     must_recover=True, url_settings=("graph_url", "authority"))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def google_source(google_keys) -> Iterator[Source]:
         yield Source("google_workspace", settings={"api_url": fake.root_url},
                      auth={"service_account_json": json.dumps(key), "subject": admin},
                      bad_auth={"service_account_json": json.dumps(unknown), "subject": admin},
-                     url_settings=("api_url",), url_auth=("service_account_json.token_uri",))
+                     must_recover=True, url_settings=("api_url",), url_auth=("service_account_json.token_uri",))
 
 
 TestOktaConformance = conformance_tests("okta_source")
