@@ -3,7 +3,10 @@ members and group-in-group nesting, directory roles and who holds them, enterpri
 principals) with their app role assignments, and sign-in activity when the tenant is licensed.
 
 Token: OAuth 2.0 client credentials at ``{authority}/{tenant_id}/oauth2/v2.0/token`` with scope
-``https://graph.microsoft.com/.default`` (refreshed before it expires and once on a 401). What it
+``https://graph.microsoft.com/.default``, the app proving itself with a client secret or with a
+certificate (a client assertion, RFC 7523: PS256 or RS256, the certificate's thumbprints in ``x5t#S256``
+/ ``x5t``, ``aud`` the token endpoint, ``iss`` = ``sub`` = the client id, a fresh ``jti``, five
+minutes long); refreshed before it expires and once on a 401. What it
 reads, all with GET, ``$top=999`` where Graph pages, ``$select`` only what is mapped, following
 ``@odata.nextLink`` whole::
 
@@ -31,16 +34,19 @@ role id ``00000000-…`` is the same in every app). Mapping: :func:`map_user`, :
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ingest.connector import Connector, EntitlementType, ResourceType
+from ingest.credentials import OAuth2ClientCredentials, check_key_matches_certificate
 from ingest.errors import AuthError
-from ingest.http import HttpClient, HttpSettings, NextUrlPaginator, OAuth2ClientCredentials
+from ingest.http import HttpClient, HttpSettings, NextUrlPaginator
 from ingest.records import AccountStatus
 from ingest.streams import Stream, StreamReader
 
@@ -111,25 +117,81 @@ class EntraSettings(HttpSettings):
         return v
 
 
-class EntraAuth(BaseModel):
-    """An app registration's client id and client secret (application permissions, admin-consented)."""
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
 
-    model_config = ConfigDict(extra="forbid")
+
+def pem_blocks(text: str) -> dict[str, str]:
+    """The PEM blocks of a text by label (``PRIVATE KEY``, ``RSA PRIVATE KEY``, ``CERTIFICATE``; the first of each)."""
+    out: dict[str, str] = {}
+    for m in _PEM_BLOCK.finditer(text):
+        out.setdefault(m.group(1), m.group(0) + "\n")
+    return out
+
+
+class EntraAuth(BaseModel):
+    """An app registration's client id (application permissions, admin-consented) with either a client
+    secret, or a certificate: ``private_key`` (PEM) of a certificate uploaded to the app registration
+    and ``certificate`` (PEM; may be left out when the private key's PEM file holds it too, as
+    ``az ad sp create-for-rbac --create-cert`` writes it). With a certificate the token request carries
+    a client assertion signed with the key (RFC 7523; ``algorithm`` PS256, or RS256) that names the
+    certificate by its thumbprints (``x5t#S256``, ``x5t``) - no secret travels."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["client_secret"]}, {"required": ["private_key"]}]})
 
     client_id: str = Field(description="Application (client) id of the app registration.")
-    client_secret: SecretStr = Field(description="A client secret of the app registration.",
-                                     json_schema_extra={"writeOnly": True})
+    client_secret: SecretStr | None = Field(None, description="A client secret of the app registration.",
+                                            json_schema_extra={"writeOnly": True})
+    private_key: SecretStr | None = Field(None, description="PEM private key of a certificate uploaded to the app "
+                                          "registration (Certificates & secrets), instead of a client secret.",
+                                          json_schema_extra={"writeOnly": True})
+    certificate: str | None = Field(None, description="That certificate (PEM), unless the private_key PEM holds it.")
+    algorithm: Literal["PS256", "RS256"] = Field("PS256", description="Signature of the client assertion "
+                                                 "(Microsoft recommends PS256).")
 
-    @field_validator("client_secret")
-    @classmethod
-    def _not_blank(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().strip():
-            raise ValueError("client_secret is empty (is its environment variable set?)")
-        return v
+    @model_validator(mode="after")
+    def _one_kind(self) -> EntraAuth:
+        if (self.client_secret is None) == (self.private_key is None):
+            raise ValueError("give client_secret, or private_key (+ certificate) of an uploaded certificate, not both")
+        if self.client_secret is not None:
+            if not self.client_secret.get_secret_value().strip():
+                raise ValueError("client_secret is empty (is its environment variable set?)")
+            if self.certificate is not None:
+                raise ValueError("certificate goes with private_key, not with client_secret")
+            return self
+        blocks = pem_blocks(self.private_key.get_secret_value())
+        key = next((v for k, v in blocks.items() if k.endswith("PRIVATE KEY")), None)
+        if key is None:
+            raise ValueError("private_key holds no PEM private key (-----BEGIN PRIVATE KEY-----)")
+        if self.certificate is None:
+            if "CERTIFICATE" not in blocks:
+                raise ValueError("give certificate (PEM): the private_key PEM does not hold it")
+            self.certificate = blocks["CERTIFICATE"]
+        check_key_matches_certificate(key, self.certificate)
+        return self
 
     @property
     def kind(self) -> str:
-        return "client secret"
+        return "client secret" if self.client_secret is not None else "certificate"
+
+    @property
+    def fields(self) -> str:
+        if self.client_secret is not None:
+            return "auth.client_id / auth.client_secret (expired secrets are refused)"
+        return ("auth.client_id / auth.private_key / auth.certificate (the certificate must be uploaded to this app "
+                "registration and not expired)")
+
+    def httpx_auth(self, token_url: str) -> httpx.Auth:
+        """Client credentials at ``token_url`` for Graph: with the secret, or a certificate-signed assertion."""
+        if self.client_secret is not None:
+            cred = OAuth2ClientCredentials(client_id=self.client_id, token_url=token_url, scopes=[GRAPH_SCOPE],
+                                           client_secret=self.client_secret.get_secret_value().strip())
+        else:
+            key = next(v for k, v in pem_blocks(self.private_key.get_secret_value()).items()
+                       if k.endswith("PRIVATE KEY"))
+            cred = OAuth2ClientCredentials(client_id=self.client_id, token_url=token_url, scopes=[GRAPH_SCOPE],
+                                           private_key=key, certificate=self.certificate, algorithm=self.algorithm)
+        return cred.httpx_auth()
 
 
 # -- mapping (pure functions) -------------------------------------------------------------------------
@@ -330,9 +392,7 @@ class EntraConnector(Connector):
     def http(self) -> HttpClient:
         s, a = self.settings, self.auth
         token_url = f"{s.authority}/{quote(s.tenant_id, safe='')}/oauth2/v2.0/token"
-        auth = OAuth2ClientCredentials(token_url, a.client_id, a.client_secret.get_secret_value().strip(),
-                                       GRAPH_SCOPE)
-        return self.ctx.http_client(f"{s.graph_url}/v1.0", auth=auth)
+        return self.ctx.http_client(f"{s.graph_url}/v1.0", auth=a.httpx_auth(token_url))
 
     # -- errors ------------------------------------------------------------------------------------
     def _auth_error(self, e: AuthError, what: str | None = None) -> AuthError:
@@ -341,9 +401,8 @@ class EntraConnector(Connector):
             text = (f"Microsoft Graph refused the request: the app lacks the application permission {need} "
                     f"(granted with admin consent) ({e.message})")
         elif "token endpoint" in e.message:
-            text = (f"Microsoft Entra refused the client credentials for tenant {self.settings.tenant_id} "
-                    f"({e.message}); check auth.client_id / auth.client_secret (expired secrets are refused) and "
-                    "settings.tenant_id")
+            text = (f"Microsoft Entra refused the app's {self.auth.kind} for tenant {self.settings.tenant_id} "
+                    f"({e.message}); check {self.auth.fields} and settings.tenant_id")
         else:
             text = f"Microsoft Graph refused the access token (HTTP {e.status_code}) ({e.message})"
         return AuthError(text, connector=self.ctx.name, request=e.request, status_code=e.status_code)

@@ -4,17 +4,23 @@ signInActivity on an unlicensed tenant, throttling, tokens expiring mid-run, ``c
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import structlog
+import structlog.testing
 
 from connectors.entra import (
     DEFAULT_ACCESS,
+    GRAPH_SCOPE,
     EntraAuth,
     EntraConnector,
     EntraSettings,
@@ -29,9 +35,17 @@ from connectors.entra import (
 from ingest.connector import ConnectorContext
 from ingest.errors import AuthError
 from ingest.records import Account, Entitlement, Resource
+from ingest.redact import structlog_processor
 from tests import engine
 from tests.engine import cli, output, query
-from tests.servers.graph_server import ALL_PERMISSIONS, GraphServer, GraphTenant, make_tenant
+from tests.servers.graph_server import (
+    ALL_PERMISSIONS,
+    CLIENT_ASSERTION,
+    GraphServer,
+    GraphTenant,
+    make_tenant,
+    self_signed_certificate,
+)
 
 NAME = "entra"
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
@@ -300,3 +314,132 @@ class TestAgainstTheFake:
                 c.validate_credentials()
         assert "RoleManagement.Read.Directory" in str(e.value) and "Application.Read.All" in str(e.value)
         assert "User.Read.All" not in str(e.value)
+
+
+# -- client credentials with a certificate ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def certs() -> dict[str, tuple[str, str]]:
+    """(private key PEM, certificate PEM): the app's uploaded one, one Entra does not know, an expired one."""
+    return {"app": self_signed_certificate(), "other": self_signed_certificate(),
+            "expired": self_signed_certificate(days=-1)}
+
+
+def thumbprint(cert_pem: str, digest: str) -> str:
+    der = base64.b64decode("".join(cert_pem.strip().splitlines()[1:-1]))
+    return base64.urlsafe_b64encode(hashlib.new(digest, der).digest()).decode().rstrip("=")
+
+
+def cert_connector(server: GraphServer, private: str, cert: str | None, **auth: Any) -> EntraConnector:
+    s = EntraSettings(tenant_id=server.tenant.tenant_id, graph_url=server.root_url, authority=server.root_url, **FAST)
+    return EntraConnector(ConnectorContext(NAME, s, EntraAuth(client_id="app-1", private_key=private,
+                                                              certificate=cert, **auth)))
+
+
+class TestCertificate:
+    """Client credentials with a certificate: a client assertion (RFC 7523) the Graph fake verifies."""
+
+    @pytest.mark.parametrize("algorithm", ["PS256", "RS256"])
+    def test_a_certificate_app_reads_the_tenant_and_renews_an_expired_token(self, certs, algorithm):
+        private, cert = certs["app"]
+        t = make_tenant(n_users=30, n_groups=4, n_apps=1, big_group=20)
+        with GraphServer(t, clients={"app-1": (None, ALL_PERMISSIONS)}, certificates={"app-1": [cert]}) as server:
+            with structlog.testing.capture_logs(processors=[structlog_processor]) as logs, \
+                    cert_connector(server, private, cert, algorithm=algorithm) as c:
+                accounts = list(c.list_accounts())
+                server.expire_tokens()
+                entitlements = list(c.list_entitlements())
+            token_url = server.url(f"/{t.tenant_id}/oauth2/v2.0/token")
+            bodies = [r.body.decode() for r in server.requests if r.method == "POST"]
+        assert {a["account_id"] for a in accounts} == set(t.users)
+        assert {e["entitlement_id"] for e in entitlements} >= set(t.groups)
+        assert server.token_requests == 2 and len(server.assertions) == 2
+        for header, claims in server.assertions:
+            assert header["alg"] == algorithm and header["typ"] == "JWT"
+            assert header["x5t#S256"] == thumbprint(cert, "sha256") and header["x5t"] == thumbprint(cert, "sha1")
+            assert claims["aud"] == token_url and claims["iss"] == claims["sub"] == "app-1"
+            assert 0 < claims["exp"] - claims["nbf"] <= 600
+        assert len({claims["jti"] for _, claims in server.assertions}) == 2
+        assert all("client_secret" not in b and "client_assertion=" in b for b in bodies)
+        key_body = "".join(private.strip().splitlines()[1:-1])
+        assert key_body[100:164] not in json.dumps(logs, default=str)
+
+    def test_one_pem_holding_key_and_certificate_is_enough(self, certs):
+        private, cert = certs["app"]
+        auth = EntraAuth(client_id="app-1", private_key=private + cert)
+        assert auth.kind == "certificate" and auth.certificate.strip() == cert.strip()
+
+    @pytest.mark.parametrize("given, problem", [
+        ({"certificate": "other"}, "not the key of certificate"),
+        ({}, "give certificate"),
+        ({"client_secret": "s3cret"}, "not both"),
+    ])
+    def test_a_bad_certificate_configuration_is_refused_without_quoting_the_key(self, certs, given, problem):
+        from pydantic import ValidationError
+
+        private, _ = certs["app"]
+        auth = {"client_id": "app-1", "private_key": private, **given}
+        if "certificate" in auth:
+            auth["certificate"] = certs[auth["certificate"]][1]
+        with pytest.raises(ValidationError) as e:
+            EntraAuth.model_validate(auth)
+        assert problem in str(e.value)
+        assert "".join(private.strip().splitlines()[1:-1])[100:164] not in str(e.value)
+
+    def test_a_certificate_entra_does_not_know_fails_check_with_aadsts700027_and_no_key(self, certs):
+        private, cert = certs["other"]
+        t = make_tenant(n_users=5, n_groups=2, n_apps=1)
+        with GraphServer(t, clients={"app-1": (None, ALL_PERMISSIONS)},
+                         certificates={"app-1": [certs["app"][1]]}) as server:
+            with structlog.testing.capture_logs(processors=[structlog_processor]) as logs, \
+                    cert_connector(server, private, cert) as c, pytest.raises(AuthError) as e:
+                c.validate_credentials()
+        text = str(e.value)
+        assert "AADSTS700027" in text and "auth.private_key" in text and "certificate" in text
+        key_body = "".join(private.strip().splitlines()[1:-1])
+        for chunk in (key_body[100:164], key_body[-64:]):
+            assert chunk not in text and chunk not in json.dumps(logs, default=str)
+
+    @pytest.mark.parametrize("case, code", [
+        ("audience", 700023), ("expired", 700024), ("issuer", 700021), ("signature", 700027),
+        ("no_jti", 50027), ("expired_certificate", 700027), ("unknown_certificate", 700027),
+    ])
+    def test_the_fake_refuses_a_bad_assertion_as_entra_does(self, certs, case, code):
+        import jwt
+
+        (private, cert), (other_key, other_cert) = certs["app"], certs["other"]
+        t = GraphTenant()
+        uploaded = [cert, certs["expired"][1]]
+        with GraphServer(t, clients={"app-1": (None, ALL_PERMISSIONS)}, certificates={"app-1": uploaded}) as server:
+            url = server.url(f"/{t.tenant_id}/oauth2/v2.0/token")
+            now = int(time.time())
+            claims = {"aud": url, "iss": "app-1", "sub": "app-1", "jti": uuid.uuid4().hex, "nbf": now,
+                      "exp": now + 300}
+            key, signed_for = private, cert
+            if case == "audience":
+                claims["aud"] = "https://login.microsoftonline.com/other/oauth2/v2.0/token"
+            elif case == "expired":
+                claims.update(nbf=now - 900, exp=now - 600)
+            elif case == "issuer":
+                claims["iss"] = "app-2"
+            elif case == "signature":
+                key = other_key  # names the uploaded certificate, signed with another key
+            elif case == "no_jti":
+                del claims["jti"]
+            elif case == "expired_certificate":
+                key, signed_for = certs["expired"]
+            elif case == "unknown_certificate":
+                key, signed_for = other_key, other_cert
+            assertion = jwt.encode(claims, key, algorithm="PS256",
+                                   headers={"x5t#S256": thumbprint(signed_for, "sha256")})
+            good = jwt.encode({**claims, "aud": url, "iss": "app-1", "jti": "j", "nbf": now, "exp": now + 300},
+                              private, algorithm="PS256", headers={"x5t#S256": thumbprint(cert, "sha256")})
+            form = {"grant_type": "client_credentials", "client_id": "app-1", "scope": GRAPH_SCOPE,
+                    "client_assertion_type": CLIENT_ASSERTION}
+            refused = httpx.post(url, data={**form, "client_assertion": assertion}, timeout=10)
+            accepted = httpx.post(url, data={**form, "client_assertion": good}, timeout=10)
+        body = refused.json()
+        assert refused.status_code == 401 and body["error"] == "invalid_client", body
+        assert body["error_codes"] == [code] and body["error_description"].startswith(f"AADSTS{code}: ")
+        assert {"timestamp", "trace_id", "correlation_id"} <= set(body)
+        assert accepted.status_code == 200 and accepted.json()["access_token"]

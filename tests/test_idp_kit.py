@@ -1,5 +1,5 @@
 """The conformance kit (:mod:`ingest.testing`) over the identity providers: okta (API token and OAuth
-service app), entra (client secret) and google_workspace (service account), each against its loopback
+service app), entra (client secret and certificate) and google_workspace (service account), each against its loopback
 fake with a small tenant (tens of users, a few groups) so the whole file stays cheap. Every Source is
 ``must_recover``: the kit's injected faults (500, 429, resets, drops, cut bodies, a stall) are all retried
 away, token requests included, and the read ends with exactly the clean read's records."""
@@ -59,6 +59,24 @@ def entra_source() -> Iterator[Source]:
 
 
 @pytest.fixture(scope="module")
+def entra_certificates() -> tuple[tuple[str, str], tuple[str, str]]:
+    """The certificate (key, cert PEM) uploaded to the app, and one Entra does not know."""
+    return graph_server.self_signed_certificate(), graph_server.self_signed_certificate()
+
+
+@pytest.fixture
+def entra_certificate_source(entra_certificates) -> Iterator[Source]:
+    (key, cert), (other_key, other_cert) = entra_certificates
+    tenant = graph_server.make_tenant(n_users=40, n_groups=5, n_apps=2, big_group=30)
+    with graph_server.GraphServer(tenant, clients={"app-1": (None, graph_server.ALL_PERMISSIONS)},
+                                  certificates={"app-1": [cert]}) as fake:
+        settings = {"tenant_id": tenant.tenant_id, "graph_url": fake.root_url, "authority": fake.root_url}
+        yield Source("entra", settings=settings, auth={"client_id": "app-1", "private_key": key, "certificate": cert},
+                     bad_auth={"client_id": "app-1", "private_key": other_key, "certificate": other_cert},
+                     must_recover=True, url_settings=("graph_url", "authority"))
+
+
+@pytest.fixture(scope="module")
 def google_keys() -> tuple[dict, dict]:
     """A service account key the fake trusts and one it does not (RSA keys cost a little: made once)."""
     return gds.service_account_key("http://placeholder/token"), gds.service_account_key("http://placeholder/token")
@@ -80,4 +98,5 @@ def google_source(google_keys) -> Iterator[Source]:
 TestOktaConformance = conformance_tests("okta_source")
 TestOktaServiceAppConformance = conformance_tests("okta_app_source")
 TestEntraConformance = conformance_tests("entra_source")
+TestEntraCertificateConformance = conformance_tests("entra_certificate_source")
 TestGoogleWorkspaceConformance = conformance_tests("google_source")

@@ -27,6 +27,7 @@ from ingest.credentials._kinds import (
     OAuth2ClientCredentials,
     ServiceAccount,
     UsernameApiKey,
+    check_key_matches_certificate,
     credentials,
 )
 from ingest.credentials._store import KEY_ENV, CredentialStore, StoredCredential, load_secret_key
@@ -56,6 +57,7 @@ __all__ = [
     "Token",
     "TokenAuth",
     "UsernameApiKey",
+    "check_key_matches_certificate",
     "credentials",
     "load_secret_key",
     "sigv4_sign",

@@ -57,6 +57,7 @@ __all__ = [
     "Aws",
     "GitHubApp",
     "credentials",
+    "check_key_matches_certificate",
     "Secret",
 ]
 
@@ -163,6 +164,26 @@ class UsernameApiKey(Credential):
 _METHODS = {"post": "client_secret_post", "basic": "client_secret_basic"}
 
 
+def check_key_matches_certificate(private_key_pem: str, certificate_pem: str) -> None:
+    """ValueError (quoting neither) unless the PEM private key is the one the PEM certificate certifies."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem.strip().encode())
+    except ValueError:
+        raise ValueError("certificate is not a PEM X.509 certificate (-----BEGIN CERTIFICATE-----)") from None
+    try:
+        key = serialization.load_pem_private_key(private_key_pem.strip().encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError("private_key is not an unencrypted PEM private key") from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if (key.public_key().public_bytes(serialization.Encoding.DER, spki)
+            != cert.public_key().public_bytes(serialization.Encoding.DER, spki)):
+        raise ValueError("private_key is not the key of certificate (their public keys differ): give the "
+                         "certificate's own private key")
+
+
 class OAuth2ClientCredentials(Credential):
     """``auth: {client_id, client_secret, token_url, scopes}``, or ``private_key`` + ``key_id`` (RFC 7523 assertion)."""
 
@@ -173,6 +194,9 @@ class OAuth2ClientCredentials(Credential):
     client_secret: SecretStr | None = Secret("OAuth client secret.", None)
     private_key: SecretStr | None = Secret("PEM private key for private_key_jwt (instead of a secret).", None)
     key_id: str | None = Setting(None, "kid of the private key, as registered with the provider.")
+    certificate: str | None = Setting(None, "PEM X.509 certificate of the private key, when the provider knows the "
+                                      "key by its certificate (Microsoft Entra): its thumbprints go in the "
+                                      "assertion's header (x5t, x5t#S256).", "advanced")
     token_url: str = Setting(description="Token endpoint.", section="advanced")
     scopes: list[str] = Setting([], "Scopes to ask for.", "additional")
     auth_method: Literal["client_secret_post", "client_secret_basic", "private_key_jwt", "post", "basic"] | None = \
@@ -198,6 +222,10 @@ class OAuth2ClientCredentials(Credential):
             raise ValueError("give client_secret, or private_key (+ key_id) for private_key_jwt")
         if self.private_key is not None and self.method != "private_key_jwt":
             raise ValueError("private_key goes with auth_method private_key_jwt")
+        if self.certificate is not None:
+            if self.private_key is None:
+                raise ValueError("certificate goes with private_key (private_key_jwt)")
+            check_key_matches_certificate(self.private_key.get_secret_value(), self.certificate)
         return self
 
     @property
@@ -210,7 +238,7 @@ class OAuth2ClientCredentials(Credential):
         client = _ClientAuth(self.client_id, self.client_secret.get_secret_value() if self.client_secret else None,
                              self.method, self.token_url,
                              self.private_key.get_secret_value() if self.private_key else None, self.key_id,
-                             self.algorithm)
+                             self.algorithm, self.certificate)
         grant = ClientCredentialsGrant(self.token_url, client, " ".join(self.scopes) or None, self.extra)
         return TokenAuth(grant, store=store, connector=connector)
 

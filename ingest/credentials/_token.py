@@ -160,13 +160,38 @@ class Grant:
         request.headers["Authorization"] = f"Bearer {token.access_token}"
 
 
+def certificate_thumbprints(certificate_pem: str) -> dict[str, str]:
+    """The JWS header parameters naming an X.509 certificate by thumbprint (RFC 7515 §4.1.7-8):
+    ``x5t`` (base64url SHA-1 of the DER encoding) and ``x5t#S256`` (SHA-256), as Microsoft Entra
+    reads them to find which uploaded certificate signed a client assertion."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+
+    def b64(digest: bytes) -> str:
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    return {"x5t": b64(cert.fingerprint(hashes.SHA1())), "x5t#S256": b64(cert.fingerprint(hashes.SHA256()))}
+
+
 class _ClientAuth:
-    """How an OAuth client proves itself at the token endpoint (RFC 6749 §2.3, RFC 7523 §2.2)."""
+    """How an OAuth client proves itself at the token endpoint (RFC 6749 §2.3, RFC 7523 §2.2).
+
+    With ``certificate`` (PEM) a private_key_jwt assertion names it by thumbprint in its header
+    (``x5t``, ``x5t#S256``), and ``nbf`` is set: Microsoft Entra's certificate credentials."""
 
     def __init__(self, client_id: str, client_secret: str | None, method: str, token_url: str,
-                 private_key: str | None = None, key_id: str | None = None, algorithm: str = "RS256") -> None:
+                 private_key: str | None = None, key_id: str | None = None, algorithm: str = "RS256",
+                 certificate: str | None = None) -> None:
         self.client_id, self.client_secret, self.method = client_id, client_secret, method
         self.token_url, self.private_key, self.key_id, self.algorithm = token_url, private_key, key_id, algorithm
+        self.header: dict[str, str] = {"kid": key_id} if key_id else {}
+        if certificate:
+            self.header.update(certificate_thumbprints(certificate))
+        self.certificate = certificate
         register_secret(client_secret)
         register_secret(private_key)
 
@@ -175,8 +200,10 @@ class _ClientAuth:
             now = int(time.time())
             claims = {"iss": self.client_id, "sub": self.client_id, "aud": self.token_url, "iat": now,
                       "exp": now + 300, "jti": uuid.uuid4().hex}
+            if self.certificate:
+                claims["nbf"] = now
             assertion = jwt.encode(claims, self.private_key, algorithm=self.algorithm,
-                                   headers={"kid": self.key_id} if self.key_id else None)
+                                   headers=self.header or None)
             register_secret(assertion)
             form.update(client_id=self.client_id, client_assertion_type=CLIENT_ASSERTION, client_assertion=assertion)
         elif self.method == "client_secret_basic" and self.client_secret is not None:

@@ -1,7 +1,8 @@
 """A loopback fake of Microsoft Graph v1.0 (the directory reads ingest uses) and of the Microsoft
 identity platform's token endpoint, after the v1.0 reference:
 
-    POST /{tenant}/oauth2/v2.0/token                      client credentials (client_secret)
+    POST /{tenant}/oauth2/v2.0/token                      client credentials: client_secret, or a client
+                                                          assertion signed with an uploaded certificate
     GET  /v1.0/organization                               the tenant
     GET  /v1.0/users?$select=…&$top=                      users; signInActivity only when selected, and then
                                                           403 Authentication_RequestFromNonPremiumTenantOrB2CTenant
@@ -30,15 +31,20 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from tests.servers._vendor import Reply, SeenRequest, VendorServer
 
-__all__ = ["GraphServer", "GraphTenant", "make_tenant", "PERMISSIONS", "DEFAULT_ACCESS"]
+__all__ = ["GraphServer", "GraphTenant", "make_tenant", "self_signed_certificate", "PERMISSIONS", "DEFAULT_ACCESS"]
 
 DEFAULT_ACCESS = "00000000-0000-0000-0000-000000000000"
+CLIENT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # what each listing needs (any one of): Graph application permissions, least privileged first
 PERMISSIONS = {
     "organization": ("Organization.Read.All", "Directory.Read.All"),
@@ -172,15 +178,43 @@ def make_tenant(n_users: int = 2000, n_groups: int = 40, n_apps: int = 6, big_gr
     return t
 
 
+def self_signed_certificate(days: int = 365, name: str = "ingest-graph-reader") -> tuple[str, str]:
+    """(private key PEM, certificate PEM) of a fresh RSA key and a self-signed certificate for it, as
+    ``New-SelfSignedCertificate`` or ``openssl req -x509`` make one to upload to an app registration;
+    ``days`` < 0 makes one that has expired."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(days=1), now + timedelta(days=days)) if days > 0 else \
+        (now + timedelta(days=days - 1), now + timedelta(days=days))
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+            .sign(key, hashes.SHA256()))
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return private, cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
 class GraphServer(VendorServer):
     """The fake. ``clients`` maps client_id -> (client_secret, granted application permissions)."""
 
     thread_name = "graph-fake"
 
-    def __init__(self, tenant: GraphTenant, clients: dict[str, tuple[str, frozenset[str]]] | None = None,
-                 token_lifetime: int = 3599, latency: float = 0.0) -> None:
+    def __init__(self, tenant: GraphTenant, clients: dict[str, tuple[str | None, frozenset[str]]] | None = None,
+                 token_lifetime: int = 3599, latency: float = 0.0,
+                 certificates: dict[str, list[str]] | None = None) -> None:
         self.tenant = tenant
         self.clients = clients if clients is not None else {"app-1": ("s3cret-1", ALL_PERMISSIONS)}
+        # client_id -> the certificates (PEM) uploaded to the app registration, by SHA-1 / SHA-256 thumbprint
+        self.certificates: dict[str, dict[str, Any]] = {}
+        for client_id, pems in (certificates or {}).items():
+            for pem in pems:
+                self.upload_certificate(client_id, pem)
+        self.assertions: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (header, claims) of accepted ones
         self.token_lifetime = token_lifetime
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (client_id, expires at)
         self.token_requests = 0
@@ -215,15 +249,24 @@ class GraphServer(VendorServer):
         with self._lock:
             self.tokens = {t: (c, 0.0) for t, (c, _) in self.tokens.items()}
 
+    def upload_certificate(self, client_id: str, certificate_pem: str) -> None:
+        """Certificates & secrets > Upload certificate, on the app registration ``client_id``."""
+        cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+        for digest in (hashes.SHA1(), hashes.SHA256()):
+            thumb = base64.urlsafe_b64encode(cert.fingerprint(digest)).decode().rstrip("=")
+            self.certificates.setdefault(client_id, {})[thumb] = cert
+
     # -- token endpoint --------------------------------------------------------------------------------
+    @staticmethod
+    def aad(status: int, error: str, code: int, text: str) -> Reply:
+        """The Microsoft identity platform's error body: ``AADSTS<code>: <text>`` with trace and correlation ids."""
+        return Reply(status, {"error": error, "error_description": f"AADSTS{code}: {text}",
+                              "error_codes": [code], "timestamp": datetime.now(UTC).isoformat(),
+                              "trace_id": str(uuid.uuid4()), "correlation_id": str(uuid.uuid4())})
+
     def token(self, req: SeenRequest, m) -> Reply:
         form = req.form()
-
-        def aad(status: int, error: str, code: int, text: str) -> Reply:
-            return Reply(status, {"error": error, "error_description": f"AADSTS{code}: {text}",
-                                  "error_codes": [code], "timestamp": datetime.now(UTC).isoformat(),
-                                  "trace_id": str(uuid.uuid4()), "correlation_id": str(uuid.uuid4())})
-
+        aad = self.aad
         if m["tenant"] != self.tenant.tenant_id:
             return aad(400, "invalid_request", 90002, f"Tenant '{m['tenant']}' not found.")
         if form.get("grant_type") != "client_credentials":
@@ -233,7 +276,14 @@ class GraphServer(VendorServer):
         client = self.clients.get(form.get("client_id", ""))
         if client is None:
             return aad(400, "unauthorized_client", 700016, "Application was not found in the directory.")
-        if form.get("client_secret") != client[0]:
+        if "client_assertion" in form or "client_assertion_type" in form:
+            refused = self._verify_assertion(req, form)
+            if refused is not None:
+                return refused
+        elif "client_secret" not in form:
+            return aad(401, "invalid_client", 7000218, "The request body must contain the following parameter: "
+                       "'client_assertion' or 'client_secret'.")
+        elif client[0] is None or form["client_secret"] != client[0]:
             return aad(401, "invalid_client", 7000215, "Invalid client secret provided.")
         token = base64.urlsafe_b64encode(uuid.uuid4().bytes * 2).decode().rstrip("=")
         with self._lock:
@@ -241,6 +291,55 @@ class GraphServer(VendorServer):
             self.tokens[token] = (form["client_id"], time.time() + self.token_lifetime)
         return Reply(200, {"token_type": "Bearer", "expires_in": self.token_lifetime,
                            "ext_expires_in": self.token_lifetime, "access_token": token})
+
+    def _verify_assertion(self, req: SeenRequest, form: dict[str, str]) -> Reply | None:
+        """A certificate credential (Microsoft identity platform, "certificate credentials"): a JWT signed
+        (RS256 or PS256) with the key of a certificate uploaded to the app, named in its header by
+        ``x5t#S256`` or ``x5t``; ``aud`` the token endpoint the client addressed, ``iss`` = ``sub`` = the
+        client id, ``exp`` / ``nbf`` around now, a ``jti``. Refusals carry Entra's AADSTS codes. (Entra
+        does not refuse a reused ``jti``: MSAL reuses an assertion for minutes; neither does the fake.)"""
+        aad, client_id = self.aad, form["client_id"]
+        if form.get("client_assertion_type") != CLIENT_ASSERTION:
+            return aad(401, "invalid_client", 7000218, "The request body must contain the following parameter: "
+                       "'client_assertion_type'.")
+        assertion = form.get("client_assertion", "")
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.InvalidTokenError:
+            return aad(401, "invalid_client", 50027, "JWT token is invalid or malformed.")
+        thumb = header.get("x5t#S256") or header.get("x5t")
+        cert = self.certificates.get(client_id, {}).get(str(thumb))
+        if cert is None:
+            return aad(401, "invalid_client", 700027, "The certificate with identifier used to sign the client "
+                       "assertion is not registered on application. [Reason - The key was not found., Thumbprint "
+                       f"of key used by client: '{thumb}', Please visit the Azure Portal, Graph Explorer or directly "
+                       "use MS Graph to see configured keys for app Id "
+                       f"'{client_id}'.]")
+        if cert.not_valid_after_utc < datetime.now(UTC):
+            return aad(401, "invalid_client", 700027, "Client assertion contains an invalid signature. "
+                       "[Reason - The key used is expired.]")
+        token_url = self.addressed(req, req.path)
+        try:
+            claims = jwt.decode(assertion, cert.public_key(), algorithms=["RS256", "PS256"], audience=token_url,
+                                options={"require": ["aud", "exp", "iss", "sub", "jti"]}, leeway=60)
+        except jwt.InvalidSignatureError:
+            return aad(401, "invalid_client", 700027, "Client assertion contains an invalid signature. "
+                       "[Reason - The provided signature value did not match the expected signature value.]")
+        except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError):
+            return aad(401, "invalid_client", 700024, "Client assertion is not within its valid time range.")
+        except jwt.InvalidAudienceError:
+            return aad(401, "invalid_client", 700023, "Client assertion audience claim does not match Realm "
+                       f"issuer. Review the documentation at https://aka.ms/certCreds. [Expected: {token_url}]")
+        except jwt.InvalidTokenError:
+            return aad(401, "invalid_client", 50027, "JWT token is invalid or malformed.")
+        if claims["iss"] != client_id or claims["sub"] != client_id:
+            return aad(401, "invalid_client", 700021, "Client assertion application identifier doesn't match "
+                       "'client_id' parameter. Review the documentation at https://aka.ms/certCreds.")
+        if not isinstance(claims["jti"], str) or not claims["jti"]:
+            return aad(401, "invalid_client", 50027, "JWT token is invalid or malformed.")
+        with self._lock:
+            self.assertions.append((header, claims))
+        return None
 
     # -- dispatch: auth, permissions -------------------------------------------------------------------
     def dispatch(self, req: SeenRequest) -> Reply:
