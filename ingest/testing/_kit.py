@@ -43,6 +43,8 @@ class Source:
     settings of the fault test's reads (default: :data:`FAULT_SETTINGS`, for the fields the
     connector's Settings has). ``must_recover``: every injected fault must be retried away (exact
     data); else a clean :class:`~ingest.errors.IngestError` passes too. ``seed`` picks the faults.
+    ``honours_retry_after``: a request answered 429 with ``Retry-After: 1`` is not sent again sooner
+    (False for a source whose protocol throttles otherwise, e.g. AWS's error codes).
     """
 
     type: str
@@ -56,6 +58,7 @@ class Source:
     fault_settings: dict[str, Any] | None = None
     must_recover: bool = False
     seed: int = 0
+    honours_retry_after: bool = True
 
 
 def _properties(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -262,6 +265,18 @@ class Routing:
     def injected(self) -> Counter[str]:
         return sum((proxy.injected for proxy in self.proxies.values()), Counter())
 
+    def early_retries(self) -> list[str]:
+        """Requests sent again sooner after a 429 than its Retry-After said (the proxies' arrival times;
+        a lower bound, so a loaded machine cannot make a patient client look early)."""
+        early = []
+        for proxy in self.proxies.values():
+            for i, r in enumerate(proxy.requests):
+                if r.fault == "429" and r.retry_after:
+                    again = next((n for n in proxy.requests[i + 1:] if n.key == r.key), None)
+                    if again is not None and again.at - r.at < float(r.retry_after) * 0.95:
+                        early.append(f"{r.key}: Retry-After {r.retry_after}, again after {again.at - r.at:.2f} s")
+        return early
+
     def plan_faults(self, seed: int = 0, faults: tuple[str, ...] = FAULTS) -> dict[str, list[str]]:
         """Arm every proxy with one of each fault, on distinct requests the proxies have seen (a seeded
         choice among the sorted request lines: the same faults on every run, however the connector
@@ -338,8 +353,9 @@ def conformance_tests(source_fixture: str, *, no_http: str | None = None) -> typ
     class HttpTests:
         def test_faults_lead_to_the_exact_data_or_a_clean_failure(self, request, tmp_path):
             """One of each fault (500, 429 + Retry-After, reset, drop, truncated body, cut JSON, stall) on
-            requests chosen with the Source's seed: the read returns exactly the clean read's records, or
-            raises an IngestError that quotes no secret; never another exception, never fewer records."""
+            requests chosen with the Source's seed: the read returns exactly the clean read's records (and
+            waited out the Retry-After), or raises an IngestError that quotes no secret; never another
+            exception, never fewer records."""
             src = _with_fault_settings(source(request))
             with Routing(src, retry_after=("1",)) as routing:
                 clean = canonical(read_all(routing.source, str(tmp_path / "clean")))
@@ -364,6 +380,10 @@ def conformance_tests(source_fixture: str, *, no_http: str | None = None) -> typ
             assert sum(injected.values()), f"{src.type}: none of the planned faults was met: {plan}"
             assert faulty == clean, (f"{src.type}: under faults {dict(injected)} the read succeeded with other "
                                      f"data: {_differences(clean, faulty)}")
+            if src.honours_retry_after:
+                early = routing.early_retries()
+                assert not early, (f"{src.type}: retried before the Retry-After it was given: {early} "
+                                   "(or Source(honours_retry_after=False) with the reason)")
 
         def test_only_reads_reach_the_source(self, request, tmp_path):
             """Through a recording proxy, `check` and a full read send only GET/HEAD, or requests the

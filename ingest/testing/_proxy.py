@@ -70,6 +70,8 @@ class SeenRequest(NamedTuple):
     target: str
     body: bytes
     fault: str | None
+    at: float = 0.0  # time.monotonic() when it arrived
+    retry_after: str | None = None  # the Retry-After a 429 fault answered with
 
     @property
     def key(self) -> str:
@@ -177,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "429":
             self._send(429, b'{"status": "429", "detail": "slow down"}',
-                       [("Content-Type", "application/json"), ("Retry-After", proxy.retry_after())])
+                       [("Content-Type", "application/json"), ("Retry-After", proxy.retry_after(self.path))])
             return
         if fault == "reset":
             self._reset()
@@ -262,12 +264,14 @@ class FaultProxy(LoopbackServer):
                 fault = self.random.choice(self.faults)
             if fault is not None:
                 self.injected[fault] += 1
-            self.requests.append(SeenRequest(method, target, body, fault))
+            wait = self.random.choice(self._retry_after) if fault == "429" else None
+            self.requests.append(SeenRequest(method, target, body, fault, time.monotonic(), wait))
             return fault
 
-    def retry_after(self) -> str:
+    def retry_after(self, target: str) -> str:
+        """The Retry-After the latest 429 on ``target`` was drawn with."""
         with self.lock:
-            return self.random.choice(self._retry_after)
+            return next(r.retry_after for r in reversed(self.requests) if r.target == target and r.fault == "429")
 
     # -- rewriting -------------------------------------------------------------------------------------
     def _to_client(self, value):
