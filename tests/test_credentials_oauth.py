@@ -239,3 +239,18 @@ class TestRefresh:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1
         assert "ingest auth probe" in err and "Traceback" not in err
+
+
+def test_a_token_endpoints_429_carries_its_retry_after() -> None:
+    """The HTTP layer waits what a rate-limited token request was told (the conformance kit found token
+    requests retried 0.04 s after a ``Retry-After: 1``)."""
+    import httpx
+
+    from ingest.credentials._token import token_error
+    from ingest.errors import RateLimitedError
+
+    request = httpx.Request("POST", "https://login.example.com/t/oauth2/v2.0/token")
+    err = token_error(httpx.Response(429, headers={"Retry-After": "7"}, request=request), "client credentials",
+                      str(request.url))
+    assert isinstance(err, RateLimitedError) and err.retry_after == 7
+    assert token_error(httpx.Response(429, request=request), "client credentials", str(request.url)).retry_after is None

@@ -239,6 +239,14 @@ class TestTheKitCatches:
             _run(FAULT_TEST, src, tmp_path)
         _run(FAULT_TEST, src.__class__(**{**src.__dict__, "must_recover": False}), tmp_path / "lenient")
 
+    def test_a_retry_sooner_than_the_retry_after_it_was_given(self, demo_api, tmp_path, monkeypatch):
+        src = _source("demo", demo_api, tmp_path, monkeypatch, url_settings=("base_url",),
+                      settings={"max_retry_after": 0})  # the client caps every wait at 0 s
+        with pytest.raises(AssertionError, match="retried before the Retry-After it was given: .*Retry-After 1, "
+                                                 "again after 0"):
+            _run(FAULT_TEST, src, tmp_path)
+        _run(FAULT_TEST, src.__class__(**{**src.__dict__, "honours_retry_after": False}), tmp_path / "exempt")
+
     def test_a_post_that_is_not_declared_read_only(self, demo_api, tmp_path, monkeypatch):
         src = _source("posting_demo", demo_api, tmp_path, monkeypatch, url_settings=("base_url",))
         with pytest.raises(AssertionError, match=r"other than GET/HEAD reached the source: \['POST /api/search'\]"):
@@ -310,6 +318,6 @@ def test_the_kits_public_names_are_pinned():
     assert sorted(ingest.testing.__all__) == sorted([
         "FAULTS", "FAULT_SETTINGS", "FaultProxy", "LoopbackServer", "READ_METHODS", "Routing", "SeenRequest",
         "Serving", "Source", "canonical", "check_info", "conformance_tests", "is_declared_read_only", "read_all",
-        "recording_proxy", "secrets_of"])
+        "recording_proxy", "request_key", "secrets_of"])
     for name in ingest.testing.__all__:
         assert getattr(ingest.testing, name) is not None

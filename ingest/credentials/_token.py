@@ -95,7 +95,10 @@ def token_error(response: httpx.Response, what: str, url: str) -> Exception:
     where = _where(response.request.method if response._request else "POST", url, response)
     code = response.status_code
     if code == 429:
-        return RateLimitedError(f"the token endpoint rate limited us ({what})", **where)
+        from ingest.http._client import retry_after_seconds
+
+        return RateLimitedError(f"the token endpoint rate limited us ({what})",
+                                retry_after=retry_after_seconds(response), **where)
     if code >= 500:
         return RetryableError(f"the token endpoint failed ({what})", **where)
     reason = ""

@@ -23,8 +23,9 @@ The class checks what every connector owes its users:
 - no secret reaches the logs;
 - faults (a :class:`FaultProxy` between the connector and its source: 500, 429 + Retry-After, a reset,
   a dropped connection, a truncated body, cut JSON, a stall; one of each, on requests picked with
-  ``Source.seed``) lead to exactly the records of a clean read, or to a clean ``IngestError``: never
-  another exception, never a partial result returned as success (``must_recover=True``: only the former);
+  ``Source.seed``) lead to exactly the records of a clean read, with the 429's ``Retry-After: 1``
+  waited out, or to a clean ``IngestError``: never another exception, never a partial result returned
+  as success (``must_recover=True``: only the former);
 - only reads reach the source: through a recording proxy, ``check`` and a full read send GET/HEAD, or
   requests the connector class declares read-only (``read_only_requests``, below).
 
@@ -56,7 +57,7 @@ without importing them. ``-p no:ingest`` turns it off.
 
 Public names: :class:`Source`, :func:`conformance_tests`, :func:`check_info`, :func:`read_all`,
 :func:`secrets_of`, :func:`canonical`, :class:`Routing`, :func:`is_declared_read_only`,
-:class:`FaultProxy` (and :func:`recording_proxy`, :class:`SeenRequest`, :data:`FAULTS`),
+:class:`FaultProxy` (and :func:`recording_proxy`, :class:`SeenRequest`, :func:`request_key`, :data:`FAULTS`),
 :class:`LoopbackServer` / :class:`Serving` (the lifecycle of a loopback test server, for a package's
 own fake). jsonschema is needed (it is in ingest's test extra).
 """
@@ -76,7 +77,7 @@ from ingest.testing._kit import (
     secrets_of,
 )
 from ingest.testing._loopback import LoopbackServer, Serving
-from ingest.testing._proxy import FAULTS, FaultProxy, SeenRequest, recording_proxy
+from ingest.testing._proxy import FAULTS, FaultProxy, SeenRequest, recording_proxy, request_key
 
 __all__ = [
     "FAULTS",
@@ -94,6 +95,7 @@ __all__ = [
     "is_declared_read_only",
     "read_all",
     "recording_proxy",
+    "request_key",
     "secrets_of",
 ]
 

@@ -22,8 +22,9 @@ instead:
 Which requests get a fault is decided two ways, both deterministic:
 
 - ``plan``: ``{"GET /users?page=2": ["500"], ...}``, the faults for the 1st, 2nd, ... occurrence of
-  that request line (method, path and query as the client sent them). Keyed by request, not by
-  arrival order, so a connector fetching concurrently meets the same faults on every run.
+  that request (method, path and query as the client sent them, and a digest of a body: see
+  :func:`request_key`). Keyed by request, not by arrival order, so a connector fetching
+  concurrently meets the same faults on every run.
 - ``rate``: a share of the other requests, drawn from ``random.Random(seed)`` (arrival order).
 
 The ``Host`` header is forwarded as the client sent it (so signed requests, e.g. AWS SigV4, stay
@@ -41,6 +42,7 @@ unharmed, ``requests`` holds every request seen (:class:`SeenRequest`, the fault
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import random
 import select
@@ -56,7 +58,7 @@ from urllib.parse import urlsplit
 
 from ingest.testing._loopback import LoopbackServer
 
-__all__ = ["FAULTS", "FaultProxy", "SeenRequest", "recording_proxy"]
+__all__ = ["FAULTS", "FaultProxy", "SeenRequest", "recording_proxy", "request_key"]
 
 FAULTS = ("500", "429", "reset", "drop", "truncate", "cut_json", "stall")
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -75,11 +77,18 @@ class SeenRequest(NamedTuple):
 
     @property
     def key(self) -> str:
-        return f"{self.method} {self.target}"
+        return request_key(self.method, self.target, self.body)
 
     @property
     def path(self) -> str:
         return urlsplit(self.target).path
+
+
+def request_key(method: str, target: str, body: bytes = b"") -> str:
+    """A request's identity in plans and in ``SeenRequest.key``: ``"GET /users?page=2"``; a request with a
+    body adds the first 8 hex digits of its SHA-256 (``"POST / #1f2e3d4c"``: AWS's query-protocol calls
+    differ only in their bodies)."""
+    return f"{method} {target}" + (f" #{hashlib.sha256(body).hexdigest()[:8]}" if body else "")
 
 
 class _Server(ThreadingHTTPServer):
@@ -254,7 +263,7 @@ class FaultProxy(LoopbackServer):
                 self.rate = rate
 
     def _draw(self, method: str, target: str, body: bytes) -> str | None:
-        key = f"{method} {target}"
+        key = request_key(method, target, body)
         with self.lock:
             n = self._seen[key]
             self._seen[key] += 1
