@@ -72,13 +72,15 @@ def run(config: Path, *extra: str, name: str = "demo") -> dict:
                for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
     for r in readers:
         r.start()
-    root, peak, cpu = psutil.Process(proc.pid), 0, {}
+    root, peak, cpu, peaks = psutil.Process(proc.pid), 0, {}, {}
     while proc.poll() is None:
         tree = _tree(root)
         rss = 0
         for p in tree:
             try:
-                rss += p.memory_info().rss
+                m = p.memory_info().rss
+                rss += m
+                peaks[p.pid] = max(peaks.get(p.pid, 0), m)
                 c = p.cpu_times()
                 cpu[p.pid] = c.user + c.system
             except psutil.Error:
@@ -95,6 +97,8 @@ def run(config: Path, *extra: str, name: str = "demo") -> dict:
     result["wall_s"] = wall
     result["tree_peak_rss_mb"] = peak / 2**20
     result["cpu_s"] = sum(cpu.values())
+    result["cpu_by_process_s"] = [round(v, 1) for v in cpu.values()]  # the run's process first
+    result["peak_rss_by_process_mb"] = [round(v / 2**20) for v in peaks.values()]
     result["pg_cpu_s"] = (_cpu(_tree(pg)) - pg_cpu) if pg else float("nan")
     return result
 

@@ -271,6 +271,10 @@ def main() -> None:
         print(line(label, rs) + f"  server CPU {statistics.median(r['server_cpu_s'] for r in rs):5.1f} s")
     for day, label in ((1, "day 1"), (2, "day 2")):
         print(merge_line(label, [r[day] for r in runs]))
+    for day, label in ((1, "day 1"), (2, "day 2")):
+        r = sorted((r[day] for r in runs), key=lambda r: r["duration_s"])[len(runs) // 2]
+        print(f"  processes of {label}: CPU s {r['cpu_by_process_s']}, peak RSS MB {r['peak_rss_by_process_mb']} "
+              "(the run's process first, then its staging workers; the median run)")
 
 
 if __name__ == "__main__":

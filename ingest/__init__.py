@@ -7,30 +7,60 @@ implementation. Connectors subclass :class:`Connector`, yield the records of
 
 __version__ = "0.1.0"
 
-from ingest.connector import Connector, ConnectorContext, EntitlementType, ResourceType  # noqa: E402
-from ingest.errors import (  # noqa: E402
-    AuthError,
-    ConfigError,
-    FatalError,
-    IngestError,
-    NotFoundError,
-    ProtocolError,
-    RetryableError,
-    SourceError,
-)
-from ingest.http import HttpClient, HttpSettings  # noqa: E402
-from ingest.records import (  # noqa: E402
-    Account,
-    AccountStatus,
-    AccountType,
-    Assignment,
-    CustomAttribute,
-    Entitlement,
-    Expense,
-    LastActivity,
-    NestedEntitlement,
-    Resource,
-)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ingest.connector import Connector, ConnectorContext, EntitlementType, ResourceType
+    from ingest.errors import (
+        AuthError,
+        ConfigError,
+        FatalError,
+        IngestError,
+        NotFoundError,
+        ProtocolError,
+        RetryableError,
+        SourceError,
+    )
+    from ingest.http import HttpClient, HttpSettings
+    from ingest.records import (
+        Account,
+        AccountStatus,
+        AccountType,
+        Assignment,
+        CustomAttribute,
+        Entitlement,
+        Expense,
+        LastActivity,
+        NestedEntitlement,
+        Resource,
+    )
+
+# Loaded on first use, so a process that needs one part of ingest (a staging worker) does not pay
+# for all of it (pydantic models, the HTTP layer, the connector base).
+_HOME = {
+    **dict.fromkeys(("Connector", "ConnectorContext", "EntitlementType", "ResourceType"), "ingest.connector"),
+    **dict.fromkeys(("AuthError", "ConfigError", "FatalError", "IngestError", "NotFoundError", "ProtocolError",
+                     "RetryableError", "SourceError"), "ingest.errors"),
+    **dict.fromkeys(("HttpClient", "HttpSettings"), "ingest.http"),
+    **dict.fromkeys(("Account", "AccountStatus", "AccountType", "Assignment", "CustomAttribute", "Entitlement",
+                     "Expense", "LastActivity", "NestedEntitlement", "Resource"), "ingest.records"),
+}
+
+
+def __getattr__(name: str):
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'ingest' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "Account",

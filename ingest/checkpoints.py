@@ -170,8 +170,8 @@ def drop_staging(conn: sa.Connection, connector: str, keep: int | None = None) -
         "WHERE s.connector = :c AND s.status IN ('failed', 'interrupted') AND s.snapshot_id IS DISTINCT FROM :k"),
         {"c": connector, "k": keep}).scalars().all()
     for sid in sids:
-        for table in _stage_tables(conn, sid):
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}"'))
+        for table in _stage_tables(conn, sid):  # CASCADE: an entity's table takes its worker segments along
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}" CASCADE'))
         conn.execute(sa.text("DELETE FROM ingest.stage_checkpoints WHERE snapshot_id = :s"), {"s": sid})
     return len(sids)
 
@@ -208,13 +208,18 @@ def adopt(conn: sa.Connection, old: int, new: int, entities: Callable[[str], tup
         if why is not None:
             log.warning("resume_stream_restarts", stream=cp.stream, previous_snapshot=old, reason=why)
             for ent in ents:
-                conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."s{old}_{ent}"'))
+                conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."s{old}_{ent}" CASCADE'))
             continue
         for ent in ents:
             conn.execute(sa.text(f'ALTER TABLE ingest_stage."s{old}_{ent}" RENAME TO "s{new}_{ent}"'))
+            for child in conn.execute(sa.text(  # segments staged by worker processes move along
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": f'ingest_stage."s{new}_{ent}"'}).scalars():
+                conn.execute(sa.text(f'ALTER TABLE ingest_stage."{child}" RENAME TO '
+                                     f'"s{new}_{child.removeprefix(f"s{old}_")}"'))
         kept[cp.stream] = cp
     for table in set(_stage_tables(conn, old)):  # staging of streams without a checkpoint
-        conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}"'))
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}" CASCADE'))
     conn.execute(sa.text("DELETE FROM ingest.stage_checkpoints WHERE snapshot_id = :o"), {"o": old})
     for cp in kept.values():
         save_sa(conn, new, cp)

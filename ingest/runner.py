@@ -335,7 +335,7 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
     check = token.check
     ctx = ConnectorContext(name=rc.name, settings=rc.settings, auth=rc.auth, state_dir=str(rc.data_dir),
                            credentials=CredentialStore.for_engine(engine, rc.data_dir), cancel=token)
-    writer = SnapshotWriter(engine, rc.name, sid)
+    writer = SnapshotWriter(engine, rc.name, sid, workers=rc.stage_workers)
     timings = _Timings()
     if progress is not None:
         report = progress
@@ -496,7 +496,7 @@ def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any
                 checkpoints.save(conn, writer.snapshot_id, Checkpoint(
                     capability, seq, segments.ended, streams, {e: writer.counts(e) for e in entities}))
 
-        writer.stage(entities[0], batches, progress, append=not create, then=then, analyze=False)
+        writer.stage(entities[0], batches, progress, append=not create, then=then, analyze=False, check=token.check)
         create = False
         if position is not None and not segments.ended:
             log.info("stream_checkpointed", stream=capability, page_seq=segments.pending[0],

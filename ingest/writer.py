@@ -14,131 +14,34 @@ the connector and requires its snapshot to still be ``running``.
 
 from __future__ import annotations
 
-import enum
-import hashlib
-import operator
+import itertools
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import psycopg
 import sqlalchemy as sa
 import structlog
-from pydantic import BaseModel, ValidationError
 
 from ingest.errors import MassDeletionError, SnapshotError
-from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
+from ingest.staging import (
+    ENTITIES,
+    MAX_INVALID_SAMPLES,
+    PARALLEL_MIN,
+    Entity,
+    StagePool,
+    Stager,
+    _EntityStats,
+    default_workers,
+    stage_schema,
+)
 
-__all__ = ["ENTITIES", "Entity", "SnapshotWriter", "stage_schema"]
+__all__ = ["ENTITIES", "Entity", "SnapshotWriter", "drop_staging", "stage_schema"]
 
 log = structlog.get_logger("ingest.writer")
-MAX_INVALID_SAMPLES = 20
 MERGE_WORK_MEM = "128MB"
 BULK_LOAD = True  # a first load into an empty history table builds its indexes after the insert
 COMMIT_LOCK_NS = 1770  # advisory lock namespace: (1770, hashtext(connector)) = "a commit of this connector"
-
-
-@dataclass(frozen=True)
-class Entity:
-    name: str                    # as in changes.entity
-    table: str | None            # ingest.<table>_history; None for last_activity (folded into accounts)
-    model: type[BaseModel]
-    key: tuple[str, ...]
-    values: tuple[str, ...]      # hashed into row_hash
-    extra_cols: tuple[str, ...] = ()  # staged, neither hashed nor versioned (last activity)
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self.key + self.values + self.extra_cols
-
-    @property
-    def versioned(self) -> tuple[str, ...]:
-        """The columns a version stores in ``*_history``."""
-        return self.key + self.values
-
-
-ENTITIES: dict[str, Entity] = {
-    e.name: e
-    for e in (
-        Entity("account", "accounts", Account, ("account_id",),
-               ("email", "username", "display_name", "given_name", "family_name", "status", "account_type",
-                "custom_attributes", "extra"), ("last_activity_at",)),
-        Entity("resource", "resources", Resource, ("resource_type", "resource_id"),
-               ("label", "description", "parent_resource_type", "parent_resource_id", "extra")),
-        Entity("entitlement", "entitlements", Entitlement, ("resource_type", "resource_id", "entitlement_id"),
-               ("entitlement_type", "label", "description", "is_assignable", "extra")),
-        Entity("assignment", "assignments", Assignment,
-               ("account_id", "entitlement_id", "resource_type", "resource_id"), ()),
-        Entity("nested_entitlement", "nested_entitlements", NestedEntitlement,
-               ("entitlement_id", "member_entitlement_id"), ()),
-        Entity("expense", "expenses", Expense, ("expense_id",),
-               ("account_id", "amount", "currency", "merchant", "occurred_at", "category", "extra")),
-        Entity("last_activity", None, LastActivity, ("account_id",), (), ("last_activity_at", "event_type")),
-    )
-}
-
-
-def stage_schema() -> str:
-    return "ingest_stage"
-
-
-_JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-
-
-def _cell(v: Any) -> Any:
-    """A value as COPY should see it: enums by value, dicts and lists as JSON text."""
-    t = type(v)
-    if t is str or v is None:
-        return v
-    if t is dict or t is list:
-        return orjson.dumps(v, option=_JSON_OPTS, default=str).decode() if v else ("{}" if t is dict else "[]")
-    if isinstance(v, enum.Enum):
-        return v.value
-    return v
-
-
-class _PlainStrings:
-    """Accepts a dict for a model whose fields are all plain strings without running pydantic.
-
-    Assignments and nested groups are most of the rows of a large source; this
-    checks exactly what their models check (types, required, length, no extra
-    keys). Anything it does not accept goes through pydantic, which gives the reason.
-    """
-
-    def __init__(self, model: type[BaseModel]) -> None:
-        fields = model.model_fields
-        self.usable = all(f.annotation is str for f in fields.values())
-        self.allowed = frozenset(fields)
-        self.defaults = {n: f.default for n, f in fields.items() if not f.is_required()}
-        self.limits = {}
-        for n, f in fields.items():
-            lo = next((m.min_length for m in f.metadata if hasattr(m, "min_length")), 0)
-            hi = next((m.max_length for m in f.metadata if hasattr(m, "max_length")), None)
-            self.limits[n] = (lo, hi if hi is not None else 1 << 62)
-
-    def __call__(self, item: Any) -> dict[str, Any] | None:
-        if type(item) is not dict or not (item.keys() <= self.allowed):
-            return None
-        d = {**self.defaults, **item} if len(item) < len(self.allowed) else item
-        for n, (lo, hi) in self.limits.items():
-            v = d[n]
-            if type(v) is not str or not lo <= len(v) <= hi:
-                return None
-        return d
-
-
-_FAST = {name: f for name, e in ENTITIES.items() if (f := _PlainStrings(e.model)).usable}
-
-
-class _EntityStats:
-    __slots__ = ("fetched", "invalid", "samples")
-
-    def __init__(self) -> None:
-        self.fetched = 0
-        self.invalid = 0
-        self.samples: list[dict[str, str]] = []
 
 
 class SnapshotWriter:
@@ -148,10 +51,15 @@ class SnapshotWriter:
     all staged entities in one transaction; ``discard()`` drops the staging.
     """
 
-    def __init__(self, engine: sa.Engine, connector: str, snapshot_id: int) -> None:
+    def __init__(self, engine: sa.Engine, connector: str, snapshot_id: int, *, workers: int | None = None,
+                 parallel_min: int = PARALLEL_MIN) -> None:
         self.engine = engine
         self.connector = connector
         self.snapshot_id = snapshot_id
+        self.workers = workers if workers is not None else default_workers()  # staging processes
+        self.parallel_min = parallel_min
+        self._stager = Stager(connector, snapshot_id)
+        self._pool: StagePool | None = None
         self.staged: dict[str, _EntityStats] = {}
         self.duplicates: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self.merge_timings: dict[str, float] = {}
@@ -160,101 +68,76 @@ class SnapshotWriter:
     def stage_table(self, entity: str) -> str:
         return f"ingest_stage.{self._prefix}{entity}"
 
-    # -- staging -------------------------------------------------------------
-    def _create_stage(self, conn: psycopg.Connection, ent: Entity) -> None:
-        conn.execute(f"DROP TABLE IF EXISTS {self.stage_table(ent.name)}")
-        if ent.table is None:  # last activity: not versioned, its own shape
-            conn.execute(f"CREATE UNLOGGED TABLE {self.stage_table(ent.name)} (account_id text, "
-                         "last_activity_at timestamptz, event_type text, key_hash uuid, row_hash uuid, "
-                         "page_seq integer)")
-            return
-        cols = ", ".join(ent.columns + ("key_hash", "row_hash"))
-        # page_seq: the page of its stream a row came in (checkpoints cover pages; see ingest.checkpoints)
-        conn.execute(f"CREATE UNLOGGED TABLE {self.stage_table(ent.name)} AS "
-                     f"SELECT {cols}, 0::integer AS page_seq FROM ingest.{ent.table}_history WITH NO DATA")
-
+    # -- staging (how records get in: ingest.staging) ------------------------------------------
     def row(self, ent: Entity, d: dict[str, Any]) -> tuple:
-        """The staging row of a validated record's fields: columns, key hash, row hash.
-
-        ``row_hash`` is the md5 of the canonical JSON of the hashed columns (sorted keys).
-        Raises ValueError for text PostgreSQL cannot store (NUL).
-        """
-        key = [d[c] for c in ent.key]
-        key_text = "\x1f".join([self.connector, *key])
-        if "\x00" in key_text:
-            raise ValueError("contains a NUL character, which PostgreSQL cannot store")
-        key_hash = hashlib.md5(key_text.encode()).hexdigest()
-        extra = [d[c] for c in ent.extra_cols]
-        if not ent.values:
-            return (*key, *extra, key_hash, key_hash)
-        values = [d[c] for c in ent.values]
-        blob = orjson.dumps(values, option=_JSON_OPTS, default=str)
-        if b"\\u0000" in blob:
-            raise ValueError("contains a NUL character, which PostgreSQL cannot store")
-        return (*key, *map(_cell, values), *extra, key_hash, hashlib.md5(blob).hexdigest())
-
-    def _invalid(self, ent: Entity, item: Any, stats: _EntityStats, reason: str) -> None:
-        stats.invalid += 1
-        key = item.get(ent.key[0]) if isinstance(item, dict) else getattr(item, ent.key[0], None)
-        if len(stats.samples) < MAX_INVALID_SAMPLES:
-            stats.samples.append({"key": str(key)[:200], "reason": reason})
-        log.warning("record_invalid", entity=ent.name, key=str(key)[:200], reason=reason)
+        return self._stager.row(ent, d)
 
     def validate(self, ent: Entity, item: Any, stats: _EntityStats) -> dict[str, Any] | None:
-        """The record's fields when ``item`` is valid; otherwise counts it as invalid and returns None."""
-        if isinstance(item, ent.model):
-            return item.__dict__
-        fast = _FAST.get(ent.name)
-        if fast is not None:
-            d = fast(item)
-            if d is not None:
-                return d
-        try:
-            if isinstance(item, BaseModel):
-                item = item.model_dump()
-            return ent.model.model_validate(item).__dict__
-        except ValidationError as e:
-            err = e.errors()[0]
-            self._invalid(ent, item, stats, f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}")
-            return None
+        return self._stager.validate(ent, item, stats)
 
     def stage(self, entity: str, batches: Iterable[list[Any]],
               progress: Callable[[str, int], None] | None = None, *, append: bool = False,
-              then: Callable[[psycopg.Connection], None] | None = None, analyze: bool = True) -> None:
+              then: Callable[[psycopg.Connection], None] | None = None, analyze: bool = True,
+              check: Callable[[], None] | None = None) -> None:
         """COPY batches of ``entity`` records (models or dicts) into staging, validating each one.
 
-        One transaction: the staging table is created (``append``: added to), filled, then ``then(conn)``
-        runs (a checkpoint commits with the rows it covers). A batch's ``seq`` attribute (default 0) is
-        its rows' ``page_seq``.
+        The staging table is created (``append``: added to) and filled, then ``then(conn)`` runs in
+        the transaction that makes the rows part of the staging (a checkpoint commits with the rows
+        it covers). A batch's ``seq`` attribute (default 0) is its rows' ``page_seq``.
+
+        A call that reaches ``parallel_min`` records is staged by ``workers`` processes
+        (:class:`~ingest.staging.StagePool`); ``check`` is called while waiting on them (the run's
+        cancellation). Otherwise one transaction here: created (or added to) and filled, so a
+        new table is COPYed with FREEZE.
         """
-        with psycopg.connect(self._dsn(), autocommit=True) as conn:
-            # created and filled in one transaction, so COPY can FREEZE: rows land frozen and
-            # all-visible, and the merge's first read of them rewrites no page to set hint bits
-            with conn.transaction():
-                self.copy_into(conn, entity, batches, create=not append, progress=progress)
-                if then is not None:
-                    then(conn)
-            if analyze:
-                conn.execute(f"ANALYZE {self.stage_table(entity)}")
+        ent = ENTITIES[entity]
+        stats = self.staged.setdefault(entity, _EntityStats())
+        table = self.stage_table(entity)
+        batches = iter(batches)
+        head: list[list[Any]] = []
+        parallel = False
+        if self.workers > 1:
+            n = 0
+            for batch in batches:
+                head.append(batch)
+                n += len(batch)
+                if n >= self.parallel_min:
+                    parallel = True
+                    break
+        stream = itertools.chain(head, batches)
+        if parallel:
+            if self._pool is None:
+                self._pool = StagePool(self._dsn(), self.connector, self.snapshot_id, self.workers)
+            try:
+                self._pool.stage(ent, table, stream, stats, progress, check, create=not append, then=then,
+                                 analyze=analyze)
+            except BaseException:
+                self._pool.abort()
+                self._pool = None
+                raise
+        else:
+            with psycopg.connect(self._dsn(), autocommit=True) as conn:
+                with conn.transaction():
+                    self._stager.copy_into(conn, ent, table, stream, stats, progress, create=not append)
+                    if then is not None:
+                        then(conn)
+                if analyze:
+                    conn.execute(f"ANALYZE {table}")
         if progress is not None:
-            progress(entity, self.staged[entity].fetched)
+            progress(entity, stats.fetched)
 
     def copy_into(self, conn: psycopg.Connection, entity: str, batches: Iterable[list[Any]], *, create: bool,
                   progress: Callable[[str, int], None] | None = None) -> None:
         """COPY ``batches`` into ``entity``'s staging in ``conn``'s transaction (``create``: a new table)."""
-        ent = ENTITIES[entity]
         stats = self.staged.setdefault(entity, _EntityStats())
-        cols = ", ".join(ent.columns + ("key_hash", "row_hash", "page_seq"))
-        if create:
-            self._create_stage(conn, ent)
-        with conn.cursor() as cur, cur.copy(
-                f"COPY {self.stage_table(entity)} ({cols}) FROM STDIN{' (FREEZE)' if create else ''}") as copy:
-            copy_batch = self._copy_plain if entity in _FAST else self._copy_records
-            for batch in batches:
-                stats.fetched += len(batch)
-                copy_batch(ent, batch, stats, copy.write_row, getattr(batch, "seq", 0))
-                if progress is not None:
-                    progress(entity, stats.fetched)
+        self._stager.copy_into(conn, ENTITIES[entity], self.stage_table(entity), batches, stats, progress,
+                               create=create)
+
+    def close_workers(self) -> None:
+        """Stop the staging processes (staging is over)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def analyze(self, entity: str) -> None:
         with psycopg.connect(self._dsn(), autocommit=True) as conn:
@@ -269,36 +152,6 @@ class SnapshotWriter:
     def counts(self, entity: str) -> dict[str, Any]:
         stats = self.staged.get(entity) or _EntityStats()
         return {"fetched": stats.fetched, "invalid": stats.invalid, "samples": stats.samples}
-
-    def _copy_records(self, ent: Entity, batch: list[Any], stats: _EntityStats, write: Callable,
-                      seq: int = 0) -> None:
-        validate, row = self.validate, self.row
-        for item in batch:
-            fields = validate(ent, item, stats)
-            if fields is not None:
-                try:
-                    write((*row(ent, fields), seq))
-                except ValueError as e:
-                    self._invalid(ent, item, stats, str(e))
-
-    def _copy_plain(self, ent: Entity, batch: list[Any], stats: _EntityStats, write: Callable,
-                    seq: int = 0) -> None:
-        """The hot loop for key-only entities (assignments, nested groups): same result as
-        ``_copy_records``, without per-record function layers."""
-        fast, md5, prefix = _FAST[ent.name], hashlib.md5, self.connector + "\x1f"
-        key = operator.itemgetter(*ent.key)
-        for item in batch:
-            d = fast(item)
-            if d is None:
-                self._copy_records(ent, [item], stats, write, seq)
-                continue
-            values = key(d)
-            text = prefix + "\x1f".join(values)
-            if "\x00" in text:
-                self._invalid(ent, item, stats, "contains a NUL character, which PostgreSQL cannot store")
-                continue
-            h = md5(text.encode()).hexdigest()
-            write((*values, h, h, seq))
 
     def _dsn(self) -> str:
         url = self.engine.url
@@ -316,6 +169,7 @@ class SnapshotWriter:
         :class:`SnapshotError` (nothing committed) when the snapshot is no longer
         ``running`` (another run took the connector over).
         """
+        self.close_workers()
         stats: dict[str, Any] = {}
         too_many: list[str] = []
         duplicate_samples: dict[str, list[dict[str, Any]]] = {}
@@ -361,8 +215,7 @@ class SnapshotWriter:
                     )
                     err.stats = stats
                     raise err  # leaving the block rolls the merge back
-                for name in self.staged:
-                    conn.execute(sa.text(f"DROP TABLE IF EXISTS {self.stage_table(name)}"))
+                drop_staging(conn, self.snapshot_id)
                 self._drop_superseded_rejections(conn)
                 if finish is not None:
                     finish(conn, stats)
@@ -418,7 +271,7 @@ class SnapshotWriter:
             conn.execute(sa.text(
                 f"DELETE FROM {stage} s USING {dup} d WHERE s.key_hash = d.key_hash AND EXISTS "
                 f"(SELECT 1 FROM {stage} t WHERE t.key_hash = s.key_hash "
-                f"AND (t.row_hash, t.ctid) > (s.row_hash, s.ctid))"))
+                f"AND (t.row_hash, t.tableoid, t.ctid) > (s.row_hash, s.tableoid, s.ctid))"))  # tableoid: segments
             self.duplicates[ent.name] = (dropped, samples)
             log.warning("duplicate_keys_from_source", entity=ent.name, dropped=dropped,
                         samples=[x["key"] for x in samples[:5]])
@@ -469,7 +322,7 @@ class SnapshotWriter:
             "WHERE t.schemaname = 'ingest_stage' AND s.connector = :c AND s.status = 'rejected' "
             "AND s.snapshot_id < :sid"), {"c": self.connector, "sid": self.snapshot_id}).scalars().all()
         for table in tables:
-            conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}"'))
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}" CASCADE'))
         if tables:
             log.info("rejected_staging_dropped", tables=len(tables))
 
@@ -595,9 +448,22 @@ class SnapshotWriter:
         }
 
     def discard(self, keep: bool = False) -> None:
-        """Drop the staging tables (``keep`` leaves them for inspection)."""
+        """Stop the staging workers and drop the staging tables (``keep`` leaves them: for inspection,
+        or for the next attempt to continue from)."""
+        if self._pool is not None:
+            self._pool.abort()
+            self._pool = None
         if keep:
             return
-        with psycopg.connect(self._dsn(), autocommit=True) as conn:
-            for name in ENTITIES:
-                conn.execute(f"DROP TABLE IF EXISTS {self.stage_table(name)}")
+        with self.engine.begin() as conn:
+            drop_staging(conn, self.snapshot_id)
+
+
+def drop_staging(conn: sa.Connection, snapshot_id: int) -> int:
+    """Drop every staging table of a snapshot (entities and their worker segments); returns how many."""
+    tables = conn.execute(sa.text(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'ingest_stage' AND tablename LIKE :p "
+        "ORDER BY length(tablename)"), {"p": f"s{snapshot_id}\\_%"}).scalars().all()
+    for table in tables:  # a parent first: CASCADE takes its segments with it
+        conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}" CASCADE'))
+    return len(tables)

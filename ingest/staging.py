@@ -1,0 +1,480 @@
+"""How records get into staging: validate, hash and COPY, in this process or in worker processes.
+
+Every entity of a snapshot is staged into ``ingest_stage.s{snapshot}_{entity}``, an UNLOGGED
+table created and filled by COPY ... FREEZE in one transaction (rows land frozen and
+all-visible, so the merge's first read of them rewrites no page to set hint bits).
+
+A large stream is staged by :class:`StagePool`: batches of records go from the run's process to
+``workers`` processes over bounded queues (memory stays flat whatever the source's size); worker
+``k`` validates, hashes and COPYs its batches into its own segment ``s{snapshot}_{entity}_{k}``,
+created and frozen in its own transaction, and commits it after the last batch. The run's process
+then creates ``s{snapshot}_{entity}`` empty and makes the segments its children (``INHERIT``), so
+the merge reads the union as one table. Any worker failure, or the run being stopped, fails the
+stage: the other workers are stopped (their open transactions roll back), and the snapshot's
+discard drops the segments that committed; nothing reaches the merge.
+
+Small streams (fewer than ``parallel_min`` records) stay in the run's process: starting workers
+costs more than it saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import itertools
+import multiprocessing
+import operator
+import os
+import queue
+import secrets
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from ingest.errors import SnapshotError
+from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
+
+__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "Stager", "StagePool", "default_workers"]
+
+log = structlog.get_logger("ingest.staging")
+MAX_INVALID_SAMPLES = 20
+PARALLEL_MIN = 5_000    # records a stream must reach before its staging goes to worker processes
+QUEUE_DEPTH = 2         # batches waiting per worker (the run's process blocks beyond that)
+
+
+def default_workers() -> int:
+    """Staging processes when the config does not say: one per CPU."""
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str                    # as in changes.entity
+    table: str | None            # ingest.<table>_history; None for last_activity (folded into accounts)
+    model: type[BaseModel]
+    key: tuple[str, ...]
+    values: tuple[str, ...]      # hashed into row_hash
+    extra_cols: tuple[str, ...] = ()  # staged, neither hashed nor versioned (last activity)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.key + self.values + self.extra_cols
+
+    @property
+    def versioned(self) -> tuple[str, ...]:
+        """The columns a version stores in ``*_history``."""
+        return self.key + self.values
+
+
+ENTITIES: dict[str, Entity] = {
+    e.name: e
+    for e in (
+        Entity("account", "accounts", Account, ("account_id",),
+               ("email", "username", "display_name", "given_name", "family_name", "status", "account_type",
+                "custom_attributes", "extra"), ("last_activity_at",)),
+        Entity("resource", "resources", Resource, ("resource_type", "resource_id"),
+               ("label", "description", "parent_resource_type", "parent_resource_id", "extra")),
+        Entity("entitlement", "entitlements", Entitlement, ("resource_type", "resource_id", "entitlement_id"),
+               ("entitlement_type", "label", "description", "is_assignable", "extra")),
+        Entity("assignment", "assignments", Assignment,
+               ("account_id", "entitlement_id", "resource_type", "resource_id"), ()),
+        Entity("nested_entitlement", "nested_entitlements", NestedEntitlement,
+               ("entitlement_id", "member_entitlement_id"), ()),
+        Entity("expense", "expenses", Expense, ("expense_id",),
+               ("account_id", "amount", "currency", "merchant", "occurred_at", "category", "extra")),
+        Entity("last_activity", None, LastActivity, ("account_id",), (), ("last_activity_at", "event_type")),
+    )
+}
+
+
+def stage_schema() -> str:
+    return "ingest_stage"
+
+
+_JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
+def _cell(v: Any) -> Any:
+    """A value as COPY should see it: enums by value, dicts and lists as JSON text."""
+    t = type(v)
+    if t is str or v is None:
+        return v
+    if t is dict or t is list:
+        return orjson.dumps(v, option=_JSON_OPTS, default=str).decode() if v else ("{}" if t is dict else "[]")
+    if isinstance(v, enum.Enum):
+        return v.value
+    return v
+
+
+class _PlainStrings:
+    """Accepts a dict for a model whose fields are all plain strings without running pydantic.
+
+    Assignments and nested groups are most of the rows of a large source; this
+    checks exactly what their models check (types, required, length, no extra
+    keys). Anything it does not accept goes through pydantic, which gives the reason.
+    """
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        fields = model.model_fields
+        self.usable = all(f.annotation is str for f in fields.values())
+        self.allowed = frozenset(fields)
+        self.defaults = {n: f.default for n, f in fields.items() if not f.is_required()}
+        self.limits = {}
+        for n, f in fields.items():
+            lo = next((m.min_length for m in f.metadata if hasattr(m, "min_length")), 0)
+            hi = next((m.max_length for m in f.metadata if hasattr(m, "max_length")), None)
+            self.limits[n] = (lo, hi if hi is not None else 1 << 62)
+
+    def __call__(self, item: Any) -> dict[str, Any] | None:
+        if type(item) is not dict or not (item.keys() <= self.allowed):
+            return None
+        d = {**self.defaults, **item} if len(item) < len(self.allowed) else item
+        for n, (lo, hi) in self.limits.items():
+            v = d[n]
+            if type(v) is not str or not lo <= len(v) <= hi:
+                return None
+        return d
+
+
+_FAST = {name: f for name, e in ENTITIES.items() if (f := _PlainStrings(e.model)).usable}
+
+
+class _EntityStats:
+    __slots__ = ("fetched", "invalid", "samples")
+
+    def __init__(self) -> None:
+        self.fetched = 0
+        self.invalid = 0
+        self.samples: list[dict[str, str]] = []
+
+
+
+class Stager:
+    """Validates records, computes their staging rows and COPYs them into one staging table."""
+
+    def __init__(self, connector: str, snapshot_id: int, *, log_invalid: bool = True) -> None:
+        self.connector = connector
+        self.snapshot_id = snapshot_id
+        self.log_invalid = log_invalid  # a worker returns samples instead (its logs would reach no one)
+
+    @staticmethod
+    def create(conn: psycopg.Connection, ent: Entity, table: str) -> None:
+        """(Re)create an empty staging table of ``ent``'s shape (``page_seq``: the page of its stream a
+        row came in; checkpoints cover pages, see :mod:`ingest.checkpoints`)."""
+        conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
+        if ent.table is None:  # last activity: not versioned, its own shape
+            conn.execute(f"CREATE UNLOGGED TABLE {table} (account_id text, last_activity_at timestamptz, "
+                         "event_type text, key_hash uuid, row_hash uuid, page_seq integer)")
+            return
+        cols = ", ".join(ent.columns + ("key_hash", "row_hash"))
+        conn.execute(f"CREATE UNLOGGED TABLE {table} AS SELECT {cols}, 0::integer AS page_seq "
+                     f"FROM ingest.{ent.table}_history WITH NO DATA")
+
+    def copy_into(self, conn: psycopg.Connection, ent: Entity, table: str, batches: Iterable[Any],
+                  stats: _EntityStats, progress: Callable[[str, int], None] | None = None, *,
+                  create: bool = True) -> None:
+        """COPY every batch into ``table`` in ``conn``'s transaction (``create``: a new table, FREEZE).
+
+        A batch's ``seq`` attribute (default 0) is its rows' ``page_seq``; a ``(seq, records)`` tuple
+        says the same (how batches reach a worker)."""
+        cols = ", ".join(ent.columns + ("key_hash", "row_hash", "page_seq"))
+        if create:
+            self.create(conn, ent, table)
+        with conn.cursor() as cur, cur.copy(
+                f"COPY {table} ({cols}) FROM STDIN{' (FREEZE)' if create else ''}") as copy:
+            copy_batch = self._copy_plain if ent.name in _FAST else self._copy_records
+            for batch in batches:
+                if type(batch) is tuple:
+                    seq, batch = batch
+                else:
+                    seq = getattr(batch, "seq", 0)
+                stats.fetched += len(batch)
+                copy_batch(ent, batch, stats, copy.write_row, seq)
+                if progress is not None:
+                    progress(ent.name, stats.fetched)
+
+    def row(self, ent: Entity, d: dict[str, Any]) -> tuple:
+        """The staging row of a validated record's fields: columns, key hash, row hash.
+
+        ``row_hash`` is the md5 of the canonical JSON of the hashed columns (sorted keys).
+        Raises ValueError for text PostgreSQL cannot store (NUL).
+        """
+        key = [d[c] for c in ent.key]
+        key_text = "\x1f".join([self.connector, *key])
+        if "\x00" in key_text:
+            raise ValueError("contains a NUL character, which PostgreSQL cannot store")
+        key_hash = hashlib.md5(key_text.encode()).hexdigest()
+        extra = [d[c] for c in ent.extra_cols]
+        if not ent.values:
+            return (*key, *extra, key_hash, key_hash)
+        values = [d[c] for c in ent.values]
+        blob = orjson.dumps(values, option=_JSON_OPTS, default=str)
+        if b"\\u0000" in blob:
+            raise ValueError("contains a NUL character, which PostgreSQL cannot store")
+        return (*key, *map(_cell, values), *extra, key_hash, hashlib.md5(blob).hexdigest())
+
+    def _invalid(self, ent: Entity, item: Any, stats: _EntityStats, reason: str) -> None:
+        stats.invalid += 1
+        key = item.get(ent.key[0]) if isinstance(item, dict) else getattr(item, ent.key[0], None)
+        if len(stats.samples) < MAX_INVALID_SAMPLES:
+            stats.samples.append({"key": str(key)[:200], "reason": reason})
+        if self.log_invalid:
+            log.warning("record_invalid", entity=ent.name, key=str(key)[:200], reason=reason)
+
+    def validate(self, ent: Entity, item: Any, stats: _EntityStats) -> dict[str, Any] | None:
+        """The record's fields when ``item`` is valid; otherwise counts it as invalid and returns None."""
+        if isinstance(item, ent.model):
+            return item.__dict__
+        fast = _FAST.get(ent.name)
+        if fast is not None:
+            d = fast(item)
+            if d is not None:
+                return d
+        try:
+            if isinstance(item, BaseModel):
+                item = item.model_dump()
+            return ent.model.model_validate(item).__dict__
+        except ValidationError as e:
+            err = e.errors()[0]
+            self._invalid(ent, item, stats, f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}")
+            return None
+
+    def _copy_records(self, ent: Entity, batch: list[Any], stats: _EntityStats, write: Callable,
+                      seq: int = 0) -> None:
+        validate, row = self.validate, self.row
+        for item in batch:
+            fields = validate(ent, item, stats)
+            if fields is not None:
+                try:
+                    write((*row(ent, fields), seq))
+                except ValueError as e:
+                    self._invalid(ent, item, stats, str(e))
+
+    def _copy_plain(self, ent: Entity, batch: list[Any], stats: _EntityStats, write: Callable,
+                    seq: int = 0) -> None:
+        """The hot loop for key-only entities (assignments, nested groups): same result as
+        ``_copy_records``, without per-record function layers."""
+        fast, md5, prefix = _FAST[ent.name], hashlib.md5, self.connector + "\x1f"
+        key = operator.itemgetter(*ent.key)
+        for item in batch:
+            d = fast(item)
+            if d is None:
+                self._copy_records(ent, [item], stats, write, seq)
+                continue
+            values = key(d)
+            text = prefix + "\x1f".join(values)
+            if "\x00" in text:
+                self._invalid(ent, item, stats, "contains a NUL character, which PostgreSQL cannot store")
+                continue
+            h = md5(text.encode()).hexdigest()
+            write((*values, h, h, seq))
+
+
+# -- worker processes ----------------------------------------------------------------------------------
+
+_END = "end"  # after an entity's last batch
+
+
+def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, results: Any) -> None:
+    """One staging process: for each entity, ``(entity, table)``, then batches, then ``_END``; ``None`` stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: it stops the workers
+    stager = Stager(connector, snapshot_id, log_invalid=False)
+    entity = None
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while (msg := tasks.get()) is not None:
+                entity, table = msg
+
+                def batches() -> Iterator[tuple[int, list[Any]]]:
+                    while (item := tasks.get()) != _END:
+                        seq, batch = item
+                        yield seq, orjson.loads(batch) if type(batch) is bytes else batch
+
+                stats = _EntityStats()
+                with conn.transaction():  # created and filled in one transaction: COPY FREEZE
+                    stager.copy_into(conn, ENTITIES[entity], table, batches(), stats)
+                results.put(("done", wid, entity, table, stats.invalid, stats.samples))
+    except BaseException as e:  # reported to the run's process, which fails the stage
+        results.put(("error", wid, entity, f"{type(e).__name__}: {e}"))
+
+
+@contextlib.contextmanager
+def _main_not_reimported() -> Iterator[None]:
+    """A spawned process first re-imports the parent's ``__main__`` (for ``ingest``, the console script:
+    the whole CLI, seconds and tens of MB per worker). The workers need nothing from it: hide it while
+    they start (start() sends what the child needs before it returns)."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
+class StagePool:
+    """``workers`` staging processes of one snapshot, started once and reused for each large entity."""
+
+    def __init__(self, dsn: str, connector: str, snapshot_id: int, workers: int) -> None:
+        self.dsn = dsn
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs threads (fetch, HTTP)
+        self.tasks = [ctx.Queue(maxsize=QUEUE_DEPTH) for _ in range(workers)]
+        self.results = ctx.Queue()
+        self.procs = [ctx.Process(target=_worker, name=f"ingest-stage-{k}", daemon=True,
+                                  args=(dsn, connector, snapshot_id, k, self.tasks[k], self.results))
+                      for k in range(workers)]
+        with _main_not_reimported():
+            for p in self.procs:
+                p.start()
+        self.closed = False
+        self.calls = 0  # stage() calls; with the pool's tag, segment names never repeat (a resumed
+        self.tag = secrets.token_hex(3)  # attempt adopts an earlier one's segments, renamed to its own id)
+
+    def _failed(self) -> None:
+        """Raise if a worker reported an error or died."""
+        try:
+            msg = self.results.get_nowait()
+        except queue.Empty:
+            msg = None
+        if msg is not None:
+            if msg[0] == "error":
+                raise SnapshotError(f"staging {msg[2] or 'records'} failed in worker {msg[1]}: {msg[3]}; "
+                                    "nothing was committed")
+            self._early.append(msg)
+        for k, p in enumerate(self.procs):
+            if not p.is_alive():
+                raise SnapshotError(f"staging worker {k} stopped (exit code {p.exitcode}); nothing was committed")
+
+    def _put(self, k: int, item: Any, check: Callable[[], None] | None) -> None:
+        while True:
+            try:
+                self.tasks[k].put(item, timeout=0.2)
+                return
+            except queue.Full:
+                self._failed()
+                if check is not None:
+                    check()
+
+    def stage(self, ent: Entity, table: str, batches: Iterable[list[Any]], stats: _EntityStats,
+              progress: Callable[[str, int], None] | None = None, check: Callable[[], None] | None = None, *,
+              create: bool = True, then: Callable[[psycopg.Connection], None] | None = None,
+              analyze: bool = True) -> None:
+        """Stage ``batches`` into ``table`` through the workers; raises SnapshotError if any of them fails.
+
+        Each worker commits its segment; then one transaction of the run's process (re)creates
+        ``table`` (``create``), attaches the segments to it and runs ``then(conn)`` (a checkpoint
+        commits with the rows it covers: a crash before that leaves segments no table inherits,
+        which the snapshot's staging clean-up drops).
+        """
+        n = len(self.procs)
+        self._early: list[tuple] = []
+        self.calls += 1
+        segments = [f"{table}_{self.tag}_{self.calls}_{k}" for k in range(n)]
+        for k in range(n):
+            self._put(k, (ent.name, segments[k]), check)
+        rotation = itertools.cycle(range(n))
+        as_json = ent.name in _FAST
+        for batch in batches:
+            stats.fetched += len(batch)
+            seq = getattr(batch, "seq", 0)
+            payload: Any = batch
+            if as_json:  # plain-string records: JSON bytes cost the run's process a ninth of pickling them
+                try:
+                    payload = orjson.dumps(batch)
+                except TypeError:  # something JSON cannot carry exactly: pickled as it is
+                    payload = list(batch)
+            else:
+                payload = list(batch)  # a plain list (the runner's batches carry attributes workers need not)
+            item = (seq, payload)
+            k = next(rotation)
+            for _ in range(n):  # the first worker with room, starting at the next in turn
+                try:
+                    self.tasks[k].put_nowait(item)
+                    break
+                except queue.Full:
+                    k = next(rotation)
+            else:
+                self._put(k, item, check)
+            if progress is not None:
+                progress(ent.name, stats.fetched)
+        for k in range(n):
+            self._put(k, _END, check)
+        done = set()
+        while len(done) < n:
+            msg = self._early.pop() if self._early else None
+            if msg is None:
+                try:
+                    msg = self.results.get(timeout=0.2)
+                except queue.Empty:
+                    self._failed()
+                    if check is not None:
+                        check()
+                    continue
+            if msg[0] == "error":
+                raise SnapshotError(f"staging {msg[2] or 'records'} failed in worker {msg[1]}: {msg[3]}; "
+                                    "nothing was committed")
+            _, wid, _entity, _table, invalid, samples = msg
+            done.add(wid)
+            stats.invalid += invalid
+            for s in samples:
+                if len(stats.samples) < MAX_INVALID_SAMPLES:
+                    stats.samples.append(s)
+                log.warning("record_invalid", entity=ent.name, key=s["key"], reason=s["reason"])
+        # one table for the merge: the segments become children of the entity's staging table
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            with conn.transaction():
+                if create:
+                    Stager.create(conn, ent, table)
+                for seg in segments:
+                    conn.execute(f"ALTER TABLE {seg} INHERIT {table}")
+                if then is not None:
+                    then(conn)
+            if analyze:
+                conn.execute(f"ANALYZE {table}")
+
+    def close(self) -> None:
+        """Stop the workers: politely when they are idle, at once otherwise (an open COPY rolls back)."""
+        if self.closed:
+            return
+        self.closed = True
+        for k, p in enumerate(self.procs):
+            if p.is_alive():
+                try:
+                    self.tasks[k].put_nowait(None)
+                except queue.Full:
+                    p.terminate()
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        for q in (*self.tasks, self.results):
+            q.cancel_join_thread()
+            q.close()
+
+    def abort(self) -> None:
+        """Stop every worker now (the stage failed or the run is stopping)."""
+        self.closed = True
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        for q in (*self.tasks, self.results):
+            q.cancel_join_thread()
+            q.close()

@@ -1,0 +1,168 @@
+"""Staging in worker processes (issue 13 item 2): the same snapshot as staging in one process,
+and a failure or a cancellation anywhere leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import sqlalchemy as sa
+
+from ingest import checkpoints
+from ingest.checkpoints import Checkpoint
+from ingest.db import get_engine, migrate
+from ingest.errors import Cancelled, SnapshotError
+from ingest.writer import SnapshotWriter
+
+
+def _snapshot(engine: sa.Engine, connector: str) -> int:
+    with engine.begin() as conn:
+        return conn.execute(sa.text(
+            "INSERT INTO ingest.snapshots (connector, connector_type, trigger, status) "
+            "VALUES (:c, 'file', 'manual', 'running') RETURNING snapshot_id"), {"c": connector}).scalar_one()
+
+
+def _accounts(n: int) -> list[dict]:
+    out = [{"account_id": f"u{i:05d}", "email": f"u{i}@example.org", "username": f"user{i}",
+            "display_name": f"Zoë {i}", "custom_attributes": {"n": i}, "extra": {"raw": {"i": i}}}
+           for i in range(n)]
+    out[7] = {"account_id": "", "username": "empty id"}     # invalid: reported, not staged
+    out[n // 2 + 3] = {"account_id": "u\x00nul"}                # invalid: NUL
+    out.append({**out[20], "display_name": "the other copy"})   # the same key twice, far apart (other segment)
+    return out
+
+
+def _assignments(n: int) -> list[dict]:
+    return [{"account_id": f"u{i % 1000:05d}", "entitlement_id": f"g{i % 37}"} for i in range(n)]
+
+
+def _batches(records: list[dict], size: int = 100):
+    return [records[i:i + size] for i in range(0, len(records), size)]
+
+
+def _stage_tables(engine: sa.Engine, sid: int) -> list[str]:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'ingest_stage' "
+                                    "AND tablename LIKE :p ORDER BY 1"), {"p": f"s{sid}\\_%"}).scalars().all()
+
+
+def _finish(sid: int):
+    def finish(conn, stats):
+        conn.execute(sa.text("UPDATE ingest.snapshots SET status = 'succeeded' WHERE snapshot_id = :s"), {"s": sid})
+    return finish
+
+
+class TestParallelStaging:
+    def test_workers_stage_the_same_snapshot_as_one_process(self, database_url):
+        engine = get_engine(database_url)
+        migrate(engine)
+        results = {}
+        for connector, workers in (("one", 1), ("par", 2)):
+            sid = _snapshot(engine, connector)
+            writer = SnapshotWriter(engine, connector, sid, workers=workers, parallel_min=500)
+            writer.stage("account", _batches(_accounts(2000)))
+            writer.stage("assignment", _batches(_assignments(5000)))
+            writer.stage("entitlement", _batches([{"entitlement_type": "group", "entitlement_id": f"g{i}"}
+                                                  for i in range(37)]))   # below parallel_min: one process
+            with engine.connect() as conn:
+                children = conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_inherits WHERE inhparent = CAST(:t AS regclass)"),
+                    {"t": writer.stage_table("account")}).scalar_one()
+            assert children == (2 if workers == 2 else 0)
+            stats = writer.commit(finish=_finish(sid))
+            assert _stage_tables(engine, sid) == []
+            results[connector] = stats
+            with engine.connect() as conn:
+                results[connector + "_rows"] = {
+                    t: conn.execute(sa.text(
+                        f"SELECT {cols} FROM ingest.{t} WHERE connector = :c ORDER BY {cols}"),
+                        {"c": connector}).all()
+                    for t, cols in (("accounts", "account_id, email, display_name, custom_attributes, extra"),
+                                    ("assignments", "account_id, entitlement_id"),
+                                    ("entitlements", "entitlement_id"))}
+        assert results["par_rows"] == results["one_rows"]
+        assert len(results["par_rows"]["accounts"]) == 1998 and len(results["par_rows"]["assignments"]) == 5000
+        for entity in ("account", "assignment", "entitlement"):
+            for k in ("fetched", "invalid", "added"):
+                assert results["par"][entity][k] == results["one"][entity][k], (entity, k)
+        assert results["par"]["account"]["invalid"] == 2
+        assert results["par"]["account"]["duplicates"] == results["one"]["account"]["duplicates"] == 1
+        assert sorted(s["key"] for s in results["par"]["invalid_samples"]["account"]) == ["", "u\x00nul"]
+
+    def test_a_worker_that_dies_fails_the_stage_and_leaves_no_staging(self, database_url):
+        engine = get_engine(database_url)
+        migrate(engine)
+        sid = _snapshot(engine, "par")
+        writer = SnapshotWriter(engine, "par", sid, workers=2, parallel_min=100)
+        pools = []
+
+        def batches():
+            for i, batch in enumerate(_batches(_assignments(20_000))):
+                if i == 5:
+                    pools.append(writer._pool)
+                    os.kill(writer._pool.procs[0].pid, signal.SIGKILL)
+                yield batch
+
+        with pytest.raises(SnapshotError, match="worker 0"):
+            writer.stage("assignment", batches())
+        assert pools and not any(p.is_alive() for p in pools[0].procs)
+        writer.discard()
+        assert _stage_tables(engine, sid) == []
+
+    def test_cancelling_the_run_stops_the_workers_and_leaves_no_staging(self, database_url):
+        engine = get_engine(database_url)
+        migrate(engine)
+        sid = _snapshot(engine, "par")
+        writer = SnapshotWriter(engine, "par", sid, workers=2, parallel_min=100)
+        writer.stage("account", _batches(_accounts(1000)))   # one entity staged and committed by the workers
+        pool = writer._pool
+
+        def batches():
+            for i, batch in enumerate(_batches(_assignments(20_000))):
+                if i == 10:
+                    raise Cancelled("stopped: the daemon is shutting down")
+                yield batch
+
+        with pytest.raises(Cancelled):
+            writer.stage("assignment", batches())
+        assert not any(p.is_alive() for p in pool.procs)
+        writer.discard()
+        assert _stage_tables(engine, sid) == []
+
+    def test_a_resumed_attempt_adopts_the_segments_its_workers_committed(self, database_url):
+        engine = get_engine(database_url)
+        migrate(engine)
+        old = _snapshot(engine, "par")
+        writer = SnapshotWriter(engine, "par", old, workers=2, parallel_min=100)
+        pages = [_Page(seq + 1, _assignments(1000)[seq * 100:(seq + 1) * 100]) for seq in range(10)]
+
+        def then(conn):  # the checkpoint covers pages 1-6 (as if a segment had ended there)
+            checkpoints.save(conn, old, Checkpoint("list_grants", 6, False, {"grants": {"resumable": True}},
+                                                   {"assignment": {"fetched": 600, "invalid": 0}}))
+
+        writer.stage("assignment", pages, then=then)
+        writer.close_workers()   # the attempt dies here
+        new = _snapshot(engine, "par")
+        with engine.begin() as conn:
+            kept = checkpoints.adopt(conn, old, new, lambda stream: ("assignment",))
+        assert list(kept) == ["list_grants"]
+        tables = _stage_tables(engine, new)
+        assert f"s{new}_assignment" in tables and len(tables) == 3  # the table and its two worker segments
+        assert _stage_tables(engine, old) == []
+        resumed = SnapshotWriter(engine, "par", new, workers=2, parallel_min=100)
+        resumed.restore("assignment", kept["list_grants"].counts["assignment"])
+        resumed.stage("assignment", [_Page(seq + 1, _assignments(1000)[seq * 100:(seq + 1) * 100])
+                                     for seq in range(6, 10)], append=True)
+        stats = resumed.commit(finish=_finish(new))
+        assert stats["assignment"]["fetched"] == 1000 and stats["assignment"]["added"] == 1000
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(DISTINCT (account_id, entitlement_id)) FROM ingest.assignments "
+                                        "WHERE connector = 'par'")).scalar_one() == 1000
+        assert _stage_tables(engine, new) == []
+
+
+class _Page(list):
+    def __init__(self, seq: int, records: list) -> None:
+        super().__init__(records)
+        self.seq = seq
