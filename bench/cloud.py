@@ -1,16 +1,19 @@
-"""`make bench` rows for the github and aws_iam connectors: each against its fake with 50 ms added
-to every answer, through the whole pipeline (`ingest run` in a child process, embedded PostgreSQL).
+"""`make bench` rows for the cloud connectors: each against its fake with 50 ms added to every answer,
+through the whole pipeline (`ingest run` in a child process, embedded PostgreSQL).
 
     github   10,000 members, 2,000 repositories with collaborators and team grants, 200 nested teams
              (the loopback GitHub fake of tests/servers)
     aws_iam  5,000 users, 2,000 roles, 3,000 customer-managed policies (moto's IAM server, populated
              with boto3 before the latency is switched on)
+    pagerduty 5,000 users, 100 teams (about 100,000 team memberships), schedules, escalation policies
+    jira     10,000 users, 50 groups (about 37,000 memberships), 200 projects with 3 roles each
 
 Printed per row: wall time of the run, HTTP requests, records/s, peak RSS of the ingest process tree,
 and the latency floor: requests x 50 ms / the connector's concurrency (what the run could not beat
-even with zero work of its own).
+even with zero work of its own), and the CPU seconds the fake spent (it serves from this process,
+the connector runs in the child: a fake near a core's worth would be the bottleneck, not ingest).
 
-    python bench/cloud.py [--only github|aws_iam] [--latency 0.05]
+    python bench/cloud.py [--only github|aws_iam|pagerduty|jira] [--latency 0.05]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ INGEST = [sys.executable, "-c", "from ingest.cli import main; main()"]
 
 
 def ingest_run(cfg: Path, name: str, env: dict[str, str]) -> dict:
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     proc = subprocess.Popen([*INGEST, "--config", str(cfg), "--log-format", "json", "run", name, "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cfg.parent,
                             env={**os.environ, **env})
@@ -55,12 +58,12 @@ def ingest_run(cfg: Path, name: str, env: dict[str, str]) -> dict:
         time.sleep(0.05)
     for r in readers:
         r.join()
-    wall = time.perf_counter() - t
+    wall, fake_cpu = time.perf_counter() - t, time.process_time() - cpu
     if proc.returncode != 0:
         sys.stderr.write(out.get("stderr", "")[-3000:])
         raise SystemExit(f"ingest run {name} failed ({proc.returncode})")
     result = json.loads(out["stdout"])[0]
-    result.update(wall_s=wall, peak_rss_mb=peak / 2**20)
+    result.update(wall_s=wall, peak_rss_mb=peak / 2**20, fake_cpu_s=fake_cpu)
     subprocess.run([*INGEST, "--config", str(cfg), "db", "stop"], capture_output=True, cwd=cfg.parent)
     return result
 
@@ -75,7 +78,7 @@ def row(label: str, r: dict, latency: float, concurrency: int) -> str:
     return (f"{label:<8} {r['wall_s']:6.1f} s wall  {r['duration_s']:6.1f} s run  fetch {fetch:6.1f} s  "
             f"{requests:>6,} requests  {n:>8,} records  {n / r['duration_s']:>7,.0f} rec/s  "
             f"peak RSS {r['peak_rss_mb']:5.0f} MB  latency floor {floor:5.1f} s "
-            f"({requests:,} x {latency * 1000:.0f} ms / {concurrency})")
+            f"({requests:,} x {latency * 1000:.0f} ms / {concurrency})  fake CPU {r['fake_cpu_s']:5.1f} s")
 
 
 def bench_github(latency: float) -> str:
@@ -90,6 +93,35 @@ def bench_github(latency: float) -> str:
             "org": org.login, "base_url": server.root_url}, "auth": {"bearer_token": "${BENCH_GH_TOKEN}"}}}}))
         r = ingest_run(cfg, "github", {"BENCH_GH_TOKEN": token})
     return row("github", r, latency, 4)
+
+
+def bench_vendor(label: str, server, settings: dict, auth: dict, env: dict[str, str], latency: float) -> str:
+    with server, tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)
+        cfg = Path(tmp) / "schedules.yaml"
+        cfg.write_text(json.dumps({"connectors": {label: {"type": label, "settings": {
+            "base_url": server.root_url, **settings}, "auth": auth}}}))
+        r = ingest_run(cfg, label, env)
+    return row(label, r, latency, 4)
+
+
+def bench_pagerduty(latency: float) -> str:
+    from tests.servers.pagerduty_server import PagerDutyServer, make_account
+
+    key = "u+bench00000000000000"
+    return bench_vendor("pagerduty", PagerDutyServer(make_account(n_users=5_000, n_teams=100), key,
+                                                     latency=latency),
+                        {}, {"api_key": "${BENCH_PD_KEY}"}, {"BENCH_PD_KEY": key}, latency)
+
+
+def bench_jira(latency: float) -> str:
+    from tests.servers.jira_server import JiraServer, make_site
+
+    email, token = "bench@example.com", "ATATTbench0000000000"
+    return bench_vendor("jira", JiraServer(make_site(n_users=10_000, n_groups=50, n_projects=200), email, token,
+                                           latency=latency),
+                        {}, {"username": email, "api_key": "${BENCH_JIRA_TOKEN}"}, {"BENCH_JIRA_TOKEN": token},
+                        latency)
 
 
 def bench_aws(latency: float) -> str:
@@ -151,7 +183,7 @@ def bench_aws(latency: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=("github", "aws_iam"))
+    ap.add_argument("--only", choices=("github", "aws_iam", "pagerduty", "jira"))
     ap.add_argument("--latency", type=float, default=0.05)
     args = ap.parse_args()
     print(f"\ningest bench: cloud connectors against their fakes, {args.latency * 1000:.0f} ms per answer")
@@ -159,6 +191,10 @@ def main() -> None:
         print(bench_github(args.latency), flush=True)
     if args.only in (None, "aws_iam"):
         print(bench_aws(args.latency), flush=True)
+    if args.only in (None, "pagerduty"):
+        print(bench_pagerduty(args.latency), flush=True)
+    if args.only in (None, "jira"):
+        print(bench_jira(args.latency), flush=True)
 
 
 if __name__ == "__main__":

@@ -190,10 +190,11 @@ class JiraConnector(Connector):
             "groups": groups,
             "members": Stream("group members", f"{API}/group/member", for_each=groups, skip_missing=True,
                               params={"groupId": "{parent.groupId}", "includeInactiveUsers": "true"},
-                              selector="values", paginator=JiraPageBeanPaginator(50), map=map_member),
+                              selector="values", paginator=JiraPageBeanPaginator(50), map=map_member,
+                              ordered=False),
             "projects": projects,
             "role_index": Stream("project roles", f"{API}/project/{{parent.id}}/role", for_each=projects,
-                                 skip_missing=True, selector=_as_list, map=role_urls),
+                                 skip_missing=True, selector=_as_list, map=role_urls, ordered=False),
         }
 
     @functools.cached_property
@@ -236,7 +237,7 @@ class JiraConnector(Connector):
         self._projects  # noqa: B018 - the role index fans out over the kept project listing
         roles = Stream("project role", f"{API}/project/{{parent.project_id}}/role/{{parent.role_id}}",
                        for_each=lambda: list(self._read("role_index")), skip_missing=True, selector=_as_list,
-                       map=lambda role, parent: {**role, "project_id": parent["project_id"]})
+                       map=lambda role, parent: {**role, "project_id": parent["project_id"]}, ordered=False)
         out: dict[str, list[dict[str, Any]]] = {str(p["id"]): [] for p in self._projects}
         try:
             for role in self.reader.records(roles):

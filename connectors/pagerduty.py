@@ -168,7 +168,7 @@ class PagerDutyConnector(Connector):
             "users": self._stream("accounts", "users", "users"),
             "teams": teams,
             "members": self._stream("team members", "teams/{parent.id}/members", "members", for_each=teams,
-                                    skip_missing=True, map=map_member),
+                                    skip_missing=True, map=map_member, ordered=False),
             "policies": self._stream("escalation policies", "escalation_policies", "escalation_policies"),
             "schedules": self._stream("schedules", "schedules", "schedules"),
         }
