@@ -74,7 +74,7 @@ class JiraOAuth(OAuth2AuthorizationCode):
 
     authorize_url: str = Setting("https://auth.atlassian.com/authorize", "Authorization endpoint.", "advanced")
     token_url: str = Setting("https://auth.atlassian.com/oauth/token", "Token endpoint.", "advanced")
-    scopes: list[str] = Setting(["read:jira-user", "manage:jira-configuration", "offline_access"],
+    scopes: list[str] = Setting(["read:jira-user", "read:jira-work", "manage:jira-configuration", "offline_access"],
                                 "Scopes to ask for (offline_access for a refresh token).", "additional")
     authorize_params: dict[str, str] = Setting({"audience": "api.atlassian.com", "prompt": "consent"},
                                                "Extra authorization request parameters.", "advanced")

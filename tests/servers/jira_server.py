@@ -12,7 +12,9 @@ Atlassian's reference:
 Auth: HTTP Basic e-mail:API token (401 ``{"errorMessages": ["..."], "errors": {}}`` otherwise); or,
 with ``oauth=`` an :class:`AtlassianAuth`, an OAuth 2.0 (3LO) access token it issued
 (``Authorization: Bearer``), the paths then under ``/ex/jira/{cloudId}`` as on api.atlassian.com
-(401 ``{"code": 401, "message": "Unauthorized"}`` for an expired or unknown one).
+(401 ``{"code": 401, "message": "Unauthorized"}`` for an expired or unknown one, and
+``"Unauthorized; scope does not match"`` without the classic scope the endpoint needs:
+``read:jira-user``, ``read:jira-work`` for project/search, ``manage:jira-configuration`` for roles).
 Page beans carry ``startAt``, ``maxResults`` (the capped value), ``total``, ``isLast``, ``values``.
 429 with ``Retry-After`` (seconds) and ``X-RateLimit-*``/``RateLimit-Reason`` is injected with
 :meth:`throttle`.
@@ -80,6 +82,15 @@ class JiraServer(VendorServer):
                 ("GET", a + r"/project/(?P<p>[^/]+)/role", self.project_roles),
                 ("GET", a + r"/project/(?P<p>[^/]+)/role/(?P<r>\d+)", self.project_role)]
 
+    @staticmethod
+    def scope_for(path: str) -> str:
+        """The classic OAuth scope Atlassian's reference names for an endpoint."""
+        if "/project/search" in path:
+            return "read:jira-work"
+        if "/role" in path:
+            return "manage:jira-configuration"
+        return "read:jira-user"  # myself, users/search, group/bulk, group/member
+
     def throttle(self, path_pattern: str, retry_after: float = 1) -> None:
         self.inject(path_pattern, [Reply(429, {"errorMessages": ["Rate limit exceeded."]}, headers={
             "Retry-After": f"{retry_after:g}", "X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0",
@@ -88,8 +99,11 @@ class JiraServer(VendorServer):
     def dispatch(self, req: SeenRequest) -> Reply:
         bearer = (req.header("authorization") or "").removeprefix("Bearer ")
         if self.oauth is not None and bearer != req.header("authorization"):
-            if not self.oauth.accepts(bearer):
+            scopes = self.oauth.accepts(bearer)
+            if scopes is None:
                 return Reply(401, {"code": 401, "message": "Unauthorized"})
+            if self.scope_for(req.path) not in scopes:
+                return Reply(401, {"code": 401, "message": "Unauthorized; scope does not match"})
             return super().dispatch(req)
         if req.header("authorization") != self.basic:
             return Reply(401, {"errorMessages": ["Client must be authenticated to access this resource."],
@@ -197,7 +211,7 @@ class AtlassianAuth(VendorServer):
         self.codes: dict[str, dict[str, str]] = {}
         self.refresh_tokens: dict[str, str] = {}  # live refresh token -> scope
         self.disabled: set[str] = set()           # refresh tokens rotated out
-        self.access_tokens: set[str] = set()      # live access tokens
+        self.access_tokens: dict[str, set[str]] = {}  # live access token -> its scopes
         self.api_calls = 0
         self._expire_at: int | None = None
         self._tokens = threading.Lock()
@@ -226,14 +240,14 @@ class AtlassianAuth(VendorServer):
         with self._tokens:
             self.access_tokens.clear()
 
-    def accepts(self, access_token: str) -> bool:
-        """Whether the API takes this access token (counts an API call)."""
+    def accepts(self, access_token: str) -> set[str] | None:
+        """The scopes of a live access token, None for an expired or unknown one (counts an API call)."""
         with self._tokens:
             self.api_calls += 1
             if self._expire_at is not None and self.api_calls > self._expire_at:
                 self.access_tokens.clear()
                 self._expire_at = None
-            return access_token in self.access_tokens
+            return self.access_tokens.get(access_token)
 
     # -- the endpoint ---------------------------------------------------------------------------------
     def token(self, req: SeenRequest, m) -> Reply:
@@ -260,7 +274,7 @@ class AtlassianAuth(VendorServer):
 
     def _issue(self, scope: str) -> Reply:
         access, refresh = "eyJ" + secrets.token_urlsafe(24), secrets.token_urlsafe(32)
-        self.access_tokens.add(access)
+        self.access_tokens[access] = set(scope.split())
         self.refresh_tokens[refresh] = scope
         return Reply(200, {"access_token": access, "refresh_token": refresh, "expires_in": self.expires_in,
                            "scope": scope, "token_type": "Bearer"})
