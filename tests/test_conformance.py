@@ -53,15 +53,21 @@ def lumos_source(pretend_package):
             LUMOS_PROXY_URL.set(None)
 
 
-@pytest.fixture
-def scim_source():
+@pytest.fixture(scope="module")
+def scim_server():
+    """One SCIM server for the module (loading the organisation is the slow part); the kit only reads it."""
     from tests.servers.scim_server import ScimServer, load_org, make_org
 
     with ScimServer(token="scim-conformance-5e6f7a8b") as server:
         load_org(server, make_org(n_users=40, n_teams=4, big_group_size=30))
-        yield Source("scim", settings={"base_url": server.base_url, "page_size": 15},
-                     auth={"bearer_token": "scim-conformance-5e6f7a8b"}, bad_auth={"bearer_token": "wrong-1a2b3c4d"},
-                     url_settings=("base_url",), must_recover=True)
+        yield server
+
+
+@pytest.fixture
+def scim_source(scim_server):
+    return Source("scim", settings={"base_url": scim_server.base_url, "page_size": 15},
+                  auth={"bearer_token": "scim-conformance-5e6f7a8b"}, bad_auth={"bearer_token": "wrong-1a2b3c4d"},
+                  url_settings=("base_url",), must_recover=True)
 
 
 @pytest.fixture
