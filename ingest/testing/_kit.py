@@ -29,6 +29,7 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 # Shared HTTP settings the fault test sets (where the connector's Settings has them and the Source does not):
 # a stalled request costs one short read timeout, a retry a few milliseconds of backoff.
 FAULT_SETTINGS: dict[str, Any] = {"timeout": 1.0, "backoff_initial": 0.02, "backoff_max": 0.1}
+RETRY_AFTER = "1"  # what the fault test's 429 asks for (seconds)
 
 
 @dataclass
@@ -357,7 +358,7 @@ def conformance_tests(source_fixture: str, *, no_http: str | None = None) -> typ
             waited out the Retry-After), or raises an IngestError that quotes no secret; never another
             exception, never fewer records."""
             src = _with_fault_settings(source(request))
-            with Routing(src, retry_after=("1",)) as routing:
+            with Routing(src, retry_after=(RETRY_AFTER,)) as routing:
                 clean = canonical(read_all(routing.source, str(tmp_path / "clean")))
                 plan = routing.plan_faults(src.seed)
                 assert plan, f"{src.type}: the read made no request through the kit's proxies"
