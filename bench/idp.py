@@ -37,18 +37,42 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from ingest.registry import get_connector_class
 from ingest.connector import ConnectorContext
+from ingest.logs import configure_logging
+configure_logging("json")  # as `ingest run` logs (INFO, JSON to stderr): not every request's debug line
 spec = json.loads(sys.argv[2])
 cls = get_connector_class(spec["type"])
 ctx = ConnectorContext("bench", cls.Settings.model_validate(spec["settings"]), cls.Auth.model_validate(spec["auth"]))
-counts, started = {}, time.perf_counter()
+profile, profiles = None, []
+if spec.get("profile"):  # every thread's own cProfile (the fetcher's workers do the requests), merged at the end
+    import cProfile, threading
+    _run = threading.Thread.run
+    def _profiled(self):
+        p = cProfile.Profile()
+        profiles.append(p)
+        p.runcall(_run, self)
+    threading.Thread.run = _profiled
+    profile = cProfile.Profile()
+    profile.enable()
+counts, walls, started = {}, {}, time.perf_counter()
 with cls(ctx) as c:
     for cap in c.capabilities():
         if cap in CAPABILITIES:
+            t0 = time.perf_counter()
             counts[cap] = sum(1 for _ in getattr(c, cap)())
+            walls[cap] = round(time.perf_counter() - t0, 2)
 wall = time.perf_counter() - started
+if profile is not None:
+    import io, pstats
+    profile.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    for p in profiles:
+        stats.add(p)
+    stats.sort_stats("tottime").print_stats(30)
+    print(out.getvalue(), file=sys.stderr)
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"wall": wall, "counts": counts, "http": ctx.stats.as_dict(), "cpu": usage.ru_utime + usage.ru_stime,
-                  "peak_rss_mb": usage.ru_maxrss / 1024}))
+print(json.dumps({"wall": wall, "walls": walls, "counts": counts, "http": ctx.stats.as_dict(),
+                  "cpu": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}))
 """.replace("CAPABILITIES", repr(CAPABILITIES))
 
 
@@ -143,6 +167,8 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--only", default=",".join(BUILDERS))
+    ap.add_argument("--profile", action="store_true", help="print the connector process's cProfile (top 25 by "
+                    "own time)")
     args = ap.parse_args()
     print(f"identity providers: {args.users:,} users, {args.groups:,} groups, {args.memberships:,} memberships, "
           f"{args.latency * 1000:.0f} ms per request, max_concurrency {args.concurrency} (fetch only, no database)")
@@ -151,6 +177,8 @@ def main() -> None:
     for name in args.only.split(","):
         rnd = random.Random(7)
         server, spec = BUILDERS[name](args, rnd)
+        server.frozen = True  # the tenant is built: each listing is sorted once, not for every page
+        spec["profile"] = args.profile
         cpu0 = time.process_time()
         try:
             out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), json.dumps(spec)], capture_output=True,
@@ -167,7 +195,11 @@ def main() -> None:
         floor = requests / args.concurrency * args.latency
         print(f"{name:<18}{r['wall']:>8.1f}{requests:>10,}{records:>10,}{records / r['wall']:>9,.0f}"
               f"{r['peak_rss_mb']:>9.0f}{floor:>9.1f}{r['wall'] / floor:>9.2f}   "
-              f"(connector CPU {r['cpu']:.0f} s, fake CPU {server_cpu:.0f} s; retries {r['http']['retries']})")
+              f"(connector CPU {r['cpu']:.0f} s, fake CPU {server_cpu:.0f} s; retries {r['http']['retries']}; "
+              f"most in flight {server.max_in_flight})")
+        print(f"{'':<18}per capability, s: " + ", ".join(f"{k} {v}" for k, v in r["walls"].items()))
+        if args.profile:
+            print(out.stderr)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,10 @@ class RateLimiter:
 
 
 def _without_query(url: httpx.URL | str) -> str:
-    return str(httpx.URL(str(url)).copy_with(query=None, fragment=None))
+    # an httpx.URL is already parsed and normalised: cut its text (parsing a long next-page link again, twice a
+    # request, was a good part of the connector's CPU)
+    text = str(url if isinstance(url, httpx.URL) else httpx.URL(str(url)))
+    return text.split("#", 1)[0].split("?", 1)[0]
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -187,7 +190,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 def origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
     """(scheme, host, port) of a URL, the port made explicit: what "the same origin" compares."""
-    u = httpx.URL(str(url))
+    u = url if isinstance(url, httpx.URL) else httpx.URL(str(url))
     return u.scheme, u.host, u.port or _DEFAULT_PORTS.get(u.scheme)
 
 

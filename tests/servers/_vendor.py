@@ -15,7 +15,8 @@ HTTP/1.1 server with a route table, a request log, added latency and scripted fa
 A route's handler gets the request and the path match and returns a :class:`Reply` (from
 ``fake_api``). ``inject`` queues answers per path pattern, consumed in order before the route
 runs (``None`` = answer normally). Every request is kept in ``requests``; ``max_in_flight`` is the
-most requests ever served at once.
+most requests ever served at once. A benchmark sets ``frozen`` once its tenant is built: each
+listing (:meth:`listing`) is then sorted and filtered once, so a page costs a page.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class VendorServer(LoopbackServer):
         self._in_flight = 0
         self._lock = threading.Lock()
         self._injected: list[tuple[re.Pattern, deque]] = []
+        self._listings: dict[Any, Any] = {}
+        # True once the tenant stops changing (a benchmark's): each listing is built once, not per page request
+        self.frozen = False
         self._routes = [(method, re.compile(pattern + r"\Z"), fn) for method, pattern, fn in self.routes()]
 
     # -- to override -----------------------------------------------------------------------------------
@@ -75,6 +79,20 @@ class VendorServer(LoopbackServer):
     def count(self, path_pattern: str = ".*", method: str = "GET") -> int:
         rx = re.compile(path_pattern + r"\Z")
         return sum(1 for r in list(self.requests) if r.method == method and rx.match(r.path))
+
+    def listing(self, key: Any, build: Callable[[], Any]) -> Any:
+        """``build()``: the items a listing pages through (sorted, filtered). Built for every request while
+        tests change the tenant between requests; built once per ``key`` when :attr:`frozen` (a benchmark's
+        50,000-user listing would otherwise be sorted again for each of its 250 pages)."""
+        if not self.frozen:
+            return build()
+        with self._lock:
+            hit = self._listings.get(key)
+        if hit is None:
+            hit = build()
+            with self._lock:
+                self._listings[key] = hit
+        return hit
 
     def url(self, path: str = "") -> str:
         return self.root_url + path

@@ -332,17 +332,21 @@ class GoogleDirectoryServer(VendorServer):
     def list_users(self, req, m):
         if not (self._customer_ok(req.query.get("customer")) or req.query.get("domain") == self.tenant.domain):
             return self.error(400, "Bad Request", "badRequest", "INVALID_ARGUMENT")
-        with self.tenant.lock:
-            users = [self.tenant.users[u] for u in sorted(self.tenant.users)]
-        return self._list(req, "users", "admin#directory#users", "users", users)
+        def build() -> list[dict[str, Any]]:
+            with self.tenant.lock:
+                return [self.tenant.users[u] for u in sorted(self.tenant.users)]
+
+        return self._list(req, "users", "admin#directory#users", "users", self.listing(("users",), build))
 
     def list_groups(self, req, m):
         if not (self._customer_ok(req.query.get("customer")) or req.query.get("domain") == self.tenant.domain):
             return self.error(400, "Bad Request", "badRequest", "INVALID_ARGUMENT")
-        with self.tenant.lock:
-            groups = [{**self.tenant.groups[g], "directMembersCount": str(len(self.tenant.members.get(g, [])))}
-                      for g in sorted(self.tenant.groups)]
-        return self._list(req, "groups", "admin#directory#groups", "groups", groups)
+        def build() -> list[dict[str, Any]]:
+            with self.tenant.lock:
+                return [{**self.tenant.groups[g], "directMembersCount": str(len(self.tenant.members.get(g, [])))}
+                        for g in sorted(self.tenant.groups)]
+
+        return self._list(req, "groups", "admin#directory#groups", "groups", self.listing(("groups",), build))
 
     def list_members(self, req, m):
         with self.tenant.lock:
@@ -351,8 +355,13 @@ class GoogleDirectoryServer(VendorServer):
                 gid = next((g for g, x in self.tenant.groups.items() if x["email"] == m["group"]), None)
             if gid is None:
                 return self.error(404, "Resource Not Found: groupKey", "notFound", "NOT_FOUND")
-            items = [(oid, role) for oid, role in self.tenant.members.get(gid, [])
-                     if oid in self.tenant.users or oid in self.tenant.groups]
+
+        def build() -> list[tuple[str, str]]:
+            with self.tenant.lock:
+                return [(oid, role) for oid, role in self.tenant.members.get(gid, [])
+                        if oid in self.tenant.users or oid in self.tenant.groups]
+
+        items = self.listing(("members", gid), build)
 
         def member(entry: tuple[str, str]) -> dict[str, Any] | None:
             oid, role = entry

@@ -422,14 +422,18 @@ class GraphServer(VendorServer):
             if not self.tenant.premium:
                 return self.error(403, "Authentication_RequestFromNonPremiumTenantOrB2CTenant",
                                   "Neither tenant is B2C or tenant doesn't have premium license")
-        with self.tenant.lock:
-            users = [self.tenant.users[u] for u in sorted(self.tenant.users)]
-        return self._collection(req, users, "users")
+        def build() -> list[dict[str, Any]]:
+            with self.tenant.lock:
+                return [self.tenant.users[u] for u in sorted(self.tenant.users)]
+
+        return self._collection(req, self.listing(("users",), build), "users")
 
     def list_groups(self, req, m):
-        with self.tenant.lock:
-            groups = [self.tenant.groups[g] for g in sorted(self.tenant.groups)]
-        return self._collection(req, groups, "groups")
+        def build() -> list[dict[str, Any]]:
+            with self.tenant.lock:
+                return [self.tenant.groups[g] for g in sorted(self.tenant.groups)]
+
+        return self._collection(req, self.listing(("groups",), build), "groups")
 
     def list_members(self, req, m):
         with self.tenant.lock:
@@ -437,7 +441,12 @@ class GraphServer(VendorServer):
                 return self.error(404, "Request_ResourceNotFound",
                                   f"Resource '{m['id']}' does not exist or one of its queried reference-property "
                                   "objects are not present.")
-            items = [oid for oid in self.tenant.members.get(m["id"], []) if self.tenant.kind_of(oid)]
+
+        def build() -> list[str]:
+            with self.tenant.lock:
+                return [oid for oid in self.tenant.members.get(m["id"], []) if self.tenant.kind_of(oid)]
+
+        items = self.listing(("members", m["id"]), build)
 
         def member(oid: str) -> dict[str, Any] | None:
             kind = self.tenant.kind_of(oid)

@@ -349,7 +349,7 @@ class OktaServer(VendorServer):
 
     # -- paging ---------------------------------------------------------------------------------------
     def _page(self, req: SeenRequest, items: list[dict[str, Any]], kind: str,
-              body: Any = None) -> Reply:
+              body: Any = None, key: Any = None) -> Reply:
         default, most = LIMITS[kind]
         try:
             limit = int(req.query.get("limit", default))
@@ -359,9 +359,14 @@ class OktaServer(VendorServer):
         after = req.query.get("after")
         start = 0
         if after:
-            ids = [i["id"] for i in items]
-            start = next((k + 1 for k, v in enumerate(ids) if v > after), len(ids)) if after not in ids \
-                else ids.index(after) + 1
+            at = self.listing(("after", key), lambda: {i["id"]: k for k, i in enumerate(items)}) \
+                if self.frozen and key is not None else {}
+            if after in at:
+                start = at[after] + 1
+            else:
+                ids = [i["id"] for i in items]
+                start = next((k + 1 for k, v in enumerate(ids) if v > after), len(ids)) if after not in ids \
+                    else ids.index(after) + 1
         page = items[start:start + limit]
         host = self.public_host or f"127.0.0.1:{self.port}"
         base = f"http://{host}{req.path}"
@@ -377,16 +382,19 @@ class OktaServer(VendorServer):
 
     def list_users(self, req, m):
         flt = req.query.get("filter")
-        with self.tenant.lock:
-            users = sorted(self.tenant.users.values(), key=lambda u: u["id"])
-        if flt is None:
-            users = [u for u in users if u["status"] != "DEPROVISIONED"]
-        else:
-            fm = re.fullmatch(r'\s*status\s+eq\s+"([A-Z_]+)"\s*', flt)
-            if not fm:
-                return self.error(400, "E0000031", "Invalid search criteria.")
-            users = [u for u in users if u["status"] == fm.group(1)]
-        return self._page(req, users, "users")
+        fm = re.fullmatch(r'\s*status\s+eq\s+"([A-Z_]+)"\s*', flt) if flt is not None else None
+        if flt is not None and not fm:
+            return self.error(400, "E0000031", "Invalid search criteria.")
+
+        def build() -> list[dict[str, Any]]:
+            with self.tenant.lock:
+                users = sorted(self.tenant.users.values(), key=lambda u: u["id"])
+            if fm is None:
+                return [u for u in users if u["status"] != "DEPROVISIONED"]
+            return [u for u in users if u["status"] == fm.group(1)]
+
+        key = ("users", fm.group(1) if fm else None)
+        return self._page(req, self.listing(key, build), "users", key=key)
 
     def list_user_roles(self, req, m):
         with self.tenant.lock:
@@ -395,17 +403,24 @@ class OktaServer(VendorServer):
             return Reply(200, list(self.tenant.user_roles.get(m["uid"], [])))
 
     def list_groups(self, req, m):
-        with self.tenant.lock:
-            groups = sorted(self.tenant.groups.values(), key=lambda g: g["id"])
-        return self._page(req, groups, "groups")
+        def build() -> list[dict[str, Any]]:
+            with self.tenant.lock:
+                return sorted(self.tenant.groups.values(), key=lambda g: g["id"])
+
+        return self._page(req, self.listing(("groups",), build), "groups", key=("groups",))
 
     def list_group_users(self, req, m):
         with self.tenant.lock:
             if m["gid"] not in self.tenant.groups:
                 return self.error(404, "E0000007", f"Not found: Resource not found: {m['gid']} (UserGroup)")
-            users = [self.tenant.users[u] for u in sorted(self.tenant.members.get(m["gid"], []))
-                     if u in self.tenant.users]
-        return self._page(req, users, "group_users")
+
+        def build() -> list[dict[str, Any]]:
+            with self.tenant.lock:
+                return [self.tenant.users[u] for u in sorted(self.tenant.members.get(m["gid"], []))
+                        if u in self.tenant.users]
+
+        key = ("group_users", m["gid"])
+        return self._page(req, self.listing(key, build), "group_users", key=key)
 
     def list_group_roles(self, req, m):
         with self.tenant.lock:
