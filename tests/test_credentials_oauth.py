@@ -198,9 +198,10 @@ class TestRefresh:
                 result = run(loaded, "probe", database_url=database_url)
                 assert result.status == "succeeded", result.error
                 refresh_tokens.append(stored(database_url).refresh_token)
-        assert len(set(refresh_tokens)) == 4  # rotated on every refresh, each new one stored
         refreshed = [e for e in logs if e["event"] == "token_refreshed"]
-        assert len(refreshed) == 3 and all(e["rotated"] for e in refreshed)
+        # one refresh a run (a loaded machine may take longer than the 2 s TTL and refresh again mid-run)
+        assert len(refreshed) >= 3 and all(e["rotated"] for e in refreshed)
+        assert len(set(refresh_tokens)) == 4  # rotated on every run's refresh, each new one stored
         for token in refresh_tokens:
             assert token not in repr(logs)
         with get_engine(database_url).connect() as conn:

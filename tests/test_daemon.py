@@ -400,7 +400,7 @@ class TestStatus:
         schedule = past_daily(2)
         cfg = write_config(tmp_path, {"acme": {**file_connector(tmp_path, "acme", org(), fail_in="account"),
                                                "schedule": schedule}}, retries=1, retry_backoff=3600, jitter=600)
-        daemons(cfg)
+        d = daemons(cfg)
         wait_for(lambda: [c for c in claims(database_url) if c["status"] == "waiting_retry"], what="the retry")
         retry_at = datetime.now(UTC) + timedelta(hours=1)
 
@@ -410,7 +410,9 @@ class TestStatus:
             return datetime.fromisoformat(json.loads(res.stdout)[0]["next_run"])
 
         wait_for(lambda: abs((next_run() - retry_at).total_seconds()) < 10, timeout=5, what="the retry in status")
-        # without a live daemon: the schedule's next slot plus the connector's jitter
+        # without a live daemon: the schedule's next slot plus the connector's jitter (stopped first, so
+        # its heartbeat cannot renew what the UPDATE ages)
+        d.stop()
         execute(database_url, "UPDATE ingest.daemons SET heartbeat_at = now() - interval '1 hour'")
         nxt = next_run()
         slot = previous_slot(schedule, "UTC", datetime.now(UTC)) + timedelta(days=1)

@@ -71,7 +71,7 @@ class DaemonProcess:
         return [e for e in list(self.events) if e.get("event") == name
                 and all(e.get(k) == v for k, v in match.items())]
 
-    def wait_event(self, name: str, timeout: float = 30, **match: Any) -> dict[str, Any]:
+    def wait_event(self, name: str, timeout: float = 60, **match: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = self.find(name, **match)

@@ -284,15 +284,9 @@ class TestFaults:
         assert proxy.cuts == 3
 
 
-def test_throughput_on_the_3000_user_organisation(directory: Directory, capsys):
-    started = time.perf_counter()
+def test_the_whole_3000_user_organisation_is_read(directory: Directory):
+    """Every page of the big directory arrives (speed is measured by `make bench`, never asserted here)."""
     with directory.connector() as conn:
         records = collect(conn)
-    elapsed = time.perf_counter() - started
-    total = sum(len(v) for v in records.values())
-    rate = total / elapsed
-    with capsys.disabled():
-        print(f"\n[ldap] {total} records ({len(records['account'])} accounts, {len(records['assignment'])} "
-              f"assignments) in {elapsed:.2f} s = {rate:,.0f} records/s")
-    assert total > 9_000
-    assert rate > 1_000
+    assert len(records["account"]) >= 3_000
+    assert sum(len(v) for v in records.values()) > 9_000
