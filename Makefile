@@ -43,7 +43,7 @@ $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 	touch $(NODE_STAMP)
 
 test: install system-deps node-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 -n $(or $(TEST_WORKERS),2) --dist loadfile
 
 bench: install
 	$(BIN)/python bench/bench.py

@@ -343,9 +343,7 @@ class TestLimits:
 
     def test_without_a_rate_limit_the_limiter_does_not_wait(self) -> None:
         limiter = RateLimiter(None)
-        started = time.monotonic()
-        assert sum(limiter.acquire() for _ in range(100)) == 0
-        assert time.monotonic() - started < 0.1
+        assert sum(limiter.acquire() for _ in range(100)) == 0  # acquire returns the seconds it waited
 
     def test_stats_are_thread_safe(self) -> None:
         stats = HttpStats()
