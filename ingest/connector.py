@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import structlog
 from pydantic import BaseModel, ConfigDict
 
-from ingest.http import CancelToken, HttpClient, HttpSettings, HttpStats
+from ingest.http import CancelToken, HttpClient, HttpSettings, HttpStats, compile_read_only
 
 __all__ = [
     "CAPABILITIES",
@@ -87,6 +87,8 @@ class ConnectorContext:
     state_dir: str | None = None  # a directory for small connector state files (beside the embedded database)
     credentials: Any = None  # the CredentialStore tokens go to (ingest.credentials); None: in memory only
     cancel: CancelToken | None = None  # the run's cancellation: Ctrl-C, shutdown, timeout (see ingest.http)
+    # the connector class's read_only_requests (set by Connector.__init__): the HTTP guard lets these out
+    read_only_requests: tuple[tuple[str, ...], ...] = ()
 
     @property
     def log(self):
@@ -99,6 +101,7 @@ class ConnectorContext:
         if bind is not None and self.credentials is not None:
             bind(self.credentials, self.name)  # tokens it obtains are stored and refreshed single-flight
         kw.setdefault("cancel", self.cancel)
+        kw.setdefault("read_only_requests", self.read_only_requests)
         return HttpClient(base_url, settings=settings, connector=self.name, stats=self.stats, **kw)
 
 
@@ -114,16 +117,23 @@ class Connector:
     Auth: ClassVar[type[BaseModel]] = NoAuth
     resource_types: ClassVar[list[ResourceType]] = []
     entitlement_types: ClassVar[list[EntitlementType]] = []
-    # Requests other than GET/HEAD that only read: (method, path regex[, body regex]), matched with re.search,
-    # e.g. ("POST", r"/\.search$") or an OAuth token endpoint ("POST", r"/oauth2/v2\.0/token$"). The
-    # conformance kit (ingest.testing) lets these, and only these, reach the source besides GET/HEAD.
+    # Requests other than GET/HEAD that only read: (method, path regex[, body regex]), matched with re.search
+    # against the path as sent and the body, e.g. ("POST", r"/\.search$") or an OAuth token endpoint
+    # ("POST", r"/oauth2/v2\.0/token$"). The one declaration: the HTTP guard of ctx.http_client lets these
+    # (on base_url's origin; the auth's token_url wherever it is) and only these out besides GET/HEAD, and the
+    # conformance kit (ingest.testing) checks nothing else reached the source.
     read_only_requests: ClassVar[tuple[tuple[str, ...], ...]] = ()
     # The run checkpoints each stream and a later attempt continues from what was staged (ingest.checkpoints).
     # Set it only when every capability reads declared streams (ingest.streams) record by record as it
     # yields them, and none relies on what another capability read in the same process.
     resumable: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        compile_read_only(cls.read_only_requests)  # a malformed declaration fails at import, naming the entry
+
     def __init__(self, ctx: ConnectorContext) -> None:
+        ctx.read_only_requests = type(self).read_only_requests  # the clients it builds guard with the declaration
         self.ctx = ctx
         self.settings = ctx.settings
         self.auth = ctx.auth

@@ -50,7 +50,7 @@ def moto_iam(monkeypatch):
 def _list_users(url: str, auth: object) -> str:
     """IAM's query API as botocore calls it: a form POST (a read; declared as a read-only query)."""
     with HttpClient(url, settings=HttpSettings(max_retries=0), connector="aws", auth=auth,
-                    read_only_queries=("/",)) as c:
+                    read_only_requests=(("POST", r"^/$", r"(?:^|&)Action=List"),)) as c:
         return c.request("POST", "/", data={"Action": "ListUsers", "Version": "2010-05-08"}).text
 
 

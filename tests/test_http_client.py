@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +28,13 @@ from ingest.http import (
     RateLimiter,
 )
 from tests.servers.fake_api import FakeApi, Fault, ForwardProxy, Reply, fake_api, self_signed_cert  # noqa: F401
+
+
+@pytest.fixture
+def other_api() -> Iterator[FakeApi]:
+    """A second server on another port: another origin."""
+    with FakeApi() as api:
+        yield api
 
 
 def client(api: FakeApi, *, auth: httpx.Auth | None = None, **kw: Any) -> HttpClient:
@@ -58,10 +66,13 @@ def test_exported_members() -> None:
         "PageNumberPaginator",
         "PageRequest",
         "Paginator",
+        "READ_METHODS",
         "RateLimiter",
         "ScimPaginator",
         "SinglePage",
+        "compile_read_only",
         "current_token",
+        "is_read_only",
         "json_path",
         "make_paginator",
         "retry_after_seconds",
@@ -147,15 +158,50 @@ class TestReadOnlyGuard:
             http.post_json("/search", {"q": "x"})
         assert fake_api.requests == []
 
-    def test_post_to_a_declared_read_only_query_is_allowed(self, fake_api: FakeApi) -> None:
+    def test_post_to_a_declared_read_only_request_is_allowed(self, fake_api: FakeApi) -> None:
         fake_api.add_json("/api/search", {"hits": [1]}, method="POST")
         fake_api.add_json("/api/users", {}, method="POST")
-        http = HttpClient(fake_api.url("/api"), read_only_queries=("/search",))
+        http = HttpClient(fake_api.url("/api"), read_only_requests=(("POST", r"/api/search$"),))
         with http:
             assert http.post_json("/search", {"q": "x"}, params={"limit": 5}) == {"hits": [1]}
             with pytest.raises(ReadOnlyViolation):
                 http.post_json("/users", {"userName": "x"})
         assert [(r.method, r.path, r.json()) for r in fake_api.requests] == [("POST", "/api/search", {"q": "x"})]
+
+    def test_the_guard_honours_the_connector_class_declaration(self, fake_api: FakeApi, other_api: FakeApi) -> None:
+        """One declaration: ``Connector.read_only_requests`` reaches ``ctx.http_client``'s guard (method, path and
+        body), the kit's check reads the same one; anything else, or the same request on another origin, is
+        refused before it is sent."""
+        from ingest.connector import Connector
+        from ingest.testing import is_declared_read_only
+
+        class Searching(Connector):
+            type = name = "searching"
+            read_only_requests = (("POST", r"/api/search$", r'"q":'),)
+
+        for api in (fake_api, other_api):
+            api.add_json("/api/search", {"hits": [1]}, method="POST")
+        ctx = ConnectorContext("acme", settings=HttpSettings(max_retries=0), auth=BearerTokenConfig(bearer_token="t"))
+        Searching(ctx)
+        with ctx.http_client(fake_api.url("/api")) as http:
+            assert http.post_json("/search", {"q": "x"}) == {"hits": [1]}
+            for method, body in (("POST", {"delete": "x"}), ("PUT", {"q": "x"})):
+                with pytest.raises(ReadOnlyViolation, match=f"refused {method} .*read_only_requests"):
+                    http.request(method, "/search", json=body)
+            with pytest.raises(FatalError, match="not on the origin of base_url"):
+                http.post_json(other_api.url("/api/search"), {"q": "x"})
+        assert [(r.method, r.path) for r in fake_api.requests] == [("POST", "/api/search")]
+        assert other_api.requests == []
+        assert is_declared_read_only(Searching, "POST", "/api/search", b'{"q": "x"}')
+        assert not is_declared_read_only(Searching, "POST", "/api/search", b'{"delete": "x"}')
+
+    def test_a_malformed_declaration_fails_when_the_class_is_defined(self) -> None:
+        from ingest.connector import Connector
+
+        with pytest.raises(ValueError, match=r"read_only_requests entry \('POST',\): expected \(method, path"):
+            type("Bad", (Connector,), {"read_only_requests": (("POST",),)})
+        with pytest.raises(ValueError, match=r"read_only_requests entry \('POST', '\('\)"):
+            type("Bad", (Connector,), {"read_only_requests": (("POST", "("),)})
 
     def test_get_and_head_are_allowed(self, fake_api: FakeApi) -> None:
         fake_api.add_json("/users", [])

@@ -36,7 +36,7 @@ class TestDeclaredEndpointsTakeOnlyPost:
     @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
     def test_a_declared_read_only_query_refuses_other_write_methods(self, fake_api: FakeApi, method: str) -> None:
         fake_api.add_json("/search", {}, method=method)
-        with client(fake_api, read_only_queries=("/search",)) as http, pytest.raises(ReadOnlyViolation):
+        with client(fake_api, read_only_requests=(("POST", r"^/search$"),)) as http, pytest.raises(ReadOnlyViolation):
             http.request(method, "/search")
         assert fake_api.requests == []
 

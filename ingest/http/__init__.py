@@ -18,6 +18,8 @@
 - ``Fetcher`` (``_fetcher``): the one concurrent-fetch primitive (bounded,
   ordered or interleaved, cancellable); paging ahead and the ``for_each``
   fan-out of :mod:`ingest.streams` use it.
+- ``is_read_only`` (``_readonly``): GET/HEAD, or a request a connector class
+  declares in ``read_only_requests``; the guard and the conformance kit read it.
 - ``HttpSettings`` (``_settings``): what every HTTP connector's settings include.
 """
 
@@ -33,6 +35,7 @@ from ingest.http._auth import (
 from ingest.http._cancel import CancelToken, current_token, using_token
 from ingest.http._client import HttpClient, RateLimiter, retry_after_seconds
 from ingest.http._fetcher import Fetcher
+from ingest.http._readonly import READ_METHODS, compile_read_only, is_read_only
 from ingest.http._paginators import (
     PAGINATORS,
     CursorPaginator,
@@ -70,10 +73,13 @@ __all__ = [
     "PageNumberPaginator",
     "PageRequest",
     "Paginator",
+    "READ_METHODS",
     "RateLimiter",
     "ScimPaginator",
     "SinglePage",
+    "compile_read_only",
     "current_token",
+    "is_read_only",
     "json_path",
     "make_paginator",
     "retry_after_seconds",

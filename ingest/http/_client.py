@@ -57,13 +57,13 @@ from ingest.errors import (
 from ingest.http._cancel import CancelToken, current_token
 from ingest.http._fetcher import END, Fetcher
 from ingest.http._paginators import PageRequest, Paginator, SinglePage, json_path
+from ingest.http._readonly import READ_METHODS, ReadOnlyRequests, compile_read_only
 from ingest.http._settings import HttpSettings, HttpStats
 from ingest.redact import redact, redact_url, register_secret
 
 __all__ = ["HttpClient", "RateLimiter", "retry_after_seconds"]
 
 log = structlog.get_logger("ingest.http")
-_READ_METHODS = frozenset({"GET", "HEAD"})
 _EPOCH = 1e9  # a reset value above this is a Unix time, below it a number of seconds
 
 
@@ -212,16 +212,19 @@ def _tls_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
 class HttpClient:
     """An HTTP client for one connector. Build it with ``ConnectorContext.http_client``.
 
-    ``read_only_queries`` names endpoints (paths under ``base_url`` or absolute
-    URLs) that answer a POST without changing anything, such as a search API;
-    those and the auth's ``token_url`` are the only non-GET/HEAD requests the
-    client lets out, and only as POST.
+    ``read_only_requests`` is the connector class's declaration of the
+    non-GET/HEAD requests that only read (``Connector.read_only_requests``:
+    ``(method, path regex[, body regex])``, see :mod:`ingest.http._readonly`;
+    ``ConnectorContext.http_client`` passes it): those, on the origin of
+    ``base_url``, and a POST to the auth's ``token_url`` are the only requests
+    other than GET/HEAD the client lets out. Any other is refused before it is
+    sent.
 
     Every request (redirects, next-page links, absolute URLs and the auth
     flow's own requests included) goes to the origin of ``base_url`` (scheme,
-    host and port) or is one of those declared endpoints: credentials are never
-    sent to an origin the connector did not name, and never over http when
-    ``base_url`` is https.
+    host and port) or is a POST to the auth's ``token_url``: credentials are
+    never sent to an origin the connector did not name, and never over http
+    when ``base_url`` is https.
 
     ``classify`` reads a source's own error answers before the generic rules:
     it returns the error to raise (e.g. a ``RateLimitedError`` with the wait
@@ -237,7 +240,7 @@ class HttpClient:
         stats: HttpStats | None = None,
         auth: httpx.Auth | None = None,
         headers: dict[str, str] | None = None,
-        read_only_queries: tuple[str, ...] = (),
+        read_only_requests: ReadOnlyRequests = (),
         transport: httpx.BaseTransport | None = None,
         cancel: CancelToken | None = None,
         classify: Callable[[httpx.Response], IngestError | None] | None = None,
@@ -251,7 +254,8 @@ class HttpClient:
         if isinstance(auth, httpx.BasicAuth):
             register_secret(str(getattr(auth, "_auth_header", "")).partition(" ")[2])
         token_urls = [u for u in (getattr(auth, "token_url", None),) if u]
-        self._write_ok = frozenset(_without_query(self.url(q)) for q in (*read_only_queries, *token_urls))
+        self._token_urls = frozenset(_without_query(self.url(u)) for u in token_urls)
+        self._read_only = compile_read_only(read_only_requests)  # a malformed declaration fails here, not later
         self.origin = origin(self.base_url)
         if transport is None:
             transport = self._transport(s)
@@ -296,16 +300,32 @@ class HttpClient:
                               connector=self.connector) from None
 
     # -- guards (run for every request httpx sends: auth flows and redirects too) ---
+    def _declared_read_only(self, request: httpx.Request) -> bool:
+        path = request.url.raw_path.split(b"?", 1)[0].decode("ascii", "replace")
+        for method, path_rx, body_rx in self._read_only:
+            if method == request.method and path_rx.search(path):
+                if body_rx is None:
+                    return True
+                try:
+                    body = request.content
+                except httpx.RequestNotRead:  # a streamed body cannot be read here: not declared read-only
+                    return False
+                if body_rx.search(body.decode("utf-8", "replace")):
+                    return True
+        return False
+
     def _guard(self, request: httpx.Request) -> None:
-        declared = _without_query(request.url) in self._write_ok
-        if request.method not in _READ_METHODS and not (request.method == "POST" and declared):
+        target = origin(request.url)
+        read = request.method in READ_METHODS
+        token_url = ((not read or target != self.origin) and bool(self._token_urls)
+                     and _without_query(request.url) in self._token_urls)
+        if not read and not (request.method == "POST" and token_url) and not self._declared_read_only(request):
             raise ReadOnlyViolation(
                 f"refused {request.method} {redact_url(request.url)}: ingest never writes to a source "
-                "(declare read-only query endpoints in read_only_queries; they are sent only as POST)",
+                "(a request that only reads is declared in the connector class's read_only_requests)",
                 connector=self.connector,
             )
-        target = origin(request.url)
-        if target != self.origin and not declared:
+        if target != self.origin and not token_url:
             downgrade = self.origin[0] == "https" and target[0] == "http"
             raise FatalError(
                 f"refused {request.method} {redact_url(request.url)}: "
@@ -534,7 +554,7 @@ class HttpClient:
         return self._get_parsed("GET", self.url(path), params)[1]
 
     def post_json(self, path: str, json_body: Any = None, params: dict | None = None) -> Any:
-        """POST to an endpoint the connector declared in ``read_only_queries`` (e.g. a search API)."""
+        """POST to an endpoint the connector class declares in ``read_only_requests`` (e.g. a search API)."""
         return self._get_parsed("POST", self.url(path), params, json=json_body)[1]
 
     # -- pages ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from ingest.http import READ_METHODS, is_read_only
 from ingest.testing._proxy import FAULTS, FaultProxy, SeenRequest
 
 __all__ = ["Source", "Routing", "conformance_tests", "check_info", "read_all", "secrets_of", "canonical",
@@ -24,7 +25,6 @@ SECRET_FIELDS = frozenset({"password", "api_key", "api_secret", "bearer_token", 
                            "service_account_json", "secret_access_key", "session_token", "access_token",
                            "refresh_token"})
 
-READ_METHODS = frozenset({"GET", "HEAD"})
 
 # Shared HTTP settings the fault test sets (where the connector's Settings has them and the Source does not):
 # a stalled request costs one short read timeout, a retry a few milliseconds of backoff.
@@ -172,16 +172,9 @@ def _differences(expected: dict[str, list[str]], got: dict[str, list[str]], limi
 
 def is_declared_read_only(connector_cls: type, method: str, path: str, body: bytes = b"") -> bool:
     """True when a request is a read: GET/HEAD, or matches one of the connector class's
-    ``read_only_requests`` ``(method, path regex[, body regex])`` (``re.search``)."""
-    method = method.upper()
-    if method in READ_METHODS:
-        return True
-    text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body or "")
-    for declared in getattr(connector_cls, "read_only_requests", ()) or ():
-        want, path_rx, *rest = declared
-        if want.upper() == method and re.search(path_rx, path) and (not rest or re.search(rest[0], text)):
-            return True
-    return False
+    ``read_only_requests`` ``(method, path regex[, body regex])`` (``re.search``): the declaration the HTTP
+    layer's guard enforces too (:func:`ingest.http.is_read_only`)."""
+    return is_read_only(getattr(connector_cls, "read_only_requests", ()) or (), method, path, body)
 
 
 # -- routing a Source through proxies --------------------------------------------------------------------
