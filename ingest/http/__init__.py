@@ -35,7 +35,6 @@ from ingest.http._auth import (
 from ingest.http._cancel import CancelToken, current_token, using_token
 from ingest.http._client import HttpClient, RateLimiter, retry_after_seconds
 from ingest.http._fetcher import Fetcher
-from ingest.http._readonly import READ_METHODS, compile_read_only, is_read_only
 from ingest.http._paginators import (
     PAGINATORS,
     CursorPaginator,
@@ -50,6 +49,7 @@ from ingest.http._paginators import (
     json_path,
     make_paginator,
 )
+from ingest.http._readonly import READ_METHODS, compile_read_only, is_read_only
 from ingest.http._settings import HttpSettings, HttpStats
 
 __all__ = [
