@@ -15,7 +15,7 @@ import yaml
 from connectors.rest import compile_map
 from tests.engine import cli, last_snapshot, output, query
 from tests.servers.fake_api import FakeApi, Fault, Reply
-from tests.servers.rest_api import CONFIG, TOKEN, AcmeOrg, make_org, serve
+from tests.servers.rest_api import CONFIG, TOKEN, AcmeOrg, make_org, next_day, serve
 
 NAME = "acme"
 
@@ -82,15 +82,7 @@ def test_two_days_every_pagination_and_the_fan_out_exactly(tmp_path, database_ur
     assert {"/users", "/groups", "/apps"} <= paths and {f"/groups/{g['id']}/members" for g in org.groups} <= paths
     assert all(r.header("Authorization") == f"Bearer {TOKEN}" for r in api.requests)
 
-    day2_org = org.copy()
-    del day2_org.users[5]                                   # a user leaves
-    day2_org.users.append({"id": 9999, "login": "newbie", "profile": {"first": "New", "last": "Bie",
-                                                                     "email": "newbie@acme.example"},
-                           "state": "active"})
-    day2_org.users[7]["state"] = "locked"                   # a user is locked
-    day2_org.groups[2]["name"] = "Team Two (renamed)"       # a group renamed
-    day2_org.members["grp-1"] = day2_org.members["grp-1"][1:] + ["9999"]  # membership changes
-    day2_org.apps.pop()                                     # an app removed
+    day2_org = next_day(org)                                # a user leaves, one joins, ...
     serve(api, day2_org)
     day2 = cli(cfg, database_url, "run", NAME)
     assert day2.exit_code == 0, output(day2)

@@ -240,8 +240,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
 class FakeApi:
     """A loopback fake API (see the module docstring). Use it as a context manager."""
 
-    def __init__(self, *, tls: tuple[Path, Path] | None = None, latency: float = 0.0) -> None:
+    def __init__(self, *, tls: tuple[Path, Path] | None = None, latency: float = 0.0, port: int = 0) -> None:
         self.tls = tls
+        self.listen_port = port  # 0: any free port (tests); a fixed one for a demo server a user starts
         self.latency = latency
         self.requests: list[SeenRequest] = []
         self.max_in_flight = 0
@@ -261,7 +262,7 @@ class FakeApi:
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> FakeApi:
-        server = _Server(("127.0.0.1", 0), _RequestHandler)
+        server = _Server(("127.0.0.1", self.listen_port), _RequestHandler)
         server.owner = self  # type: ignore[attr-defined]
         if self.tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

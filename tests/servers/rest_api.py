@@ -8,14 +8,21 @@ every endpoint, served by :class:`~tests.servers.fake_api.FakeApi` (bearer token
     /apps                      page number          {"data": [...], "total_pages": P}
 
 ``AcmeOrg`` is pure data; ``serve(api, org)`` (re)publishes it, so a test changes the organisation
-between two runs by editing it and serving again.
+between two runs by editing it (``next_day``) and serving again. ``CONFIG`` is the ``rest`` block of
+``examples/rest.yaml``, which a user runs against ``python -m tests.servers.rest_api --port 8089``.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import signal
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.servers.fake_api import FakeApi, Reply
 
@@ -59,35 +66,57 @@ def serve(api: FakeApi, org: AcmeOrg) -> None:
     api.serve_records("/apps", org.apps, style="page", page_size=10)
 
 
-CONFIG: dict[str, Any] = {
-    "paginator": {"type": "cursor", "cursor_path": "next_cursor", "cursor_param": "cursor"},
-    "streams": {
-        "accounts": {
-            "path": "/users", "params": {"limit": 25}, "selector": "data",
-            "map": {"account_id": "id", "email": "profile.email", "username": "login",
-                    "display_name": "{profile.first} {profile.last}",
-                    "status": {"path": "state", "values": {"active": "ACTIVE", "locked": "SUSPENDED"},
-                               "default": "ACTIVE"},
-                    "last_activity_at": "last_login", "custom_attributes.first_name": "profile.first"},
-        },
-        "resources": {
-            "path": "/apps", "selector": "data", "paginator": {"type": "page_number", "size": 10,
-                                                               "total_pages_path": "total_pages"},
-            "map": {"resource_type": {"const": "app"}, "resource_id": "app_id", "label": "title"},
-        },
-        "entitlements": {
-            "path": "/groups", "paginator": {"type": "link_header"}, "params": {"per_page": 4},
-            "map": {"entitlement_id": "id", "label": "name", "entitlement_type": {"const": "group"}},
-        },
-        "assignments": {
-            "for_each": "entitlements", "path": "/groups/{parent.entitlement_id}/members",
-            "paginator": {"type": "offset", "limit": 10, "total_path": "total"}, "selector": "items",
-            "map": {"account_id": "user_id", "entitlement_id": "{parent.entitlement_id}"},
-        },
-        "nested_entitlements": {
-            "for_each": "entitlements", "path": "/groups/{parent.entitlement_id}/subgroups",
-            "paginator": {"type": "single_page"}, "selector": "groups",
-            "map": {"entitlement_id": "{parent.entitlement_id}", "member_entitlement_id": "id"},
-        },
-    },
-}
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "rest.yaml"
+
+
+def example_settings() -> dict[str, Any]:
+    """``examples/rest.yaml``'s settings without its ``base_url``: the tests run the README's example."""
+    settings = yaml.safe_load(EXAMPLE.read_text())["connectors"]["acme"]["settings"]
+    return {k: v for k, v in settings.items() if k != "base_url"}
+
+
+CONFIG: dict[str, Any] = example_settings()
+
+
+def next_day(org: AcmeOrg) -> AcmeOrg:
+    """The organisation a day later: a user leaves, one joins, one is locked, a group renamed, a membership
+    changes, an app removed."""
+    day2 = org.copy()
+    del day2.users[5]
+    day2.users.append({"id": 9999, "login": "newbie", "profile": {"first": "New", "last": "Bie",
+                                                                 "email": "newbie@acme.example"}, "state": "active"})
+    day2.users[7]["state"] = "locked"
+    day2.groups[2]["name"] = "Team Two (renamed)"
+    day2.members["grp-1"] = day2.members["grp-1"][1:] + ["9999"]
+    day2.apps.pop()
+    return day2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.servers.rest_api --port 8089 [--day 2]``: the Acme demo API of examples/rest.yaml on
+    127.0.0.1 until Ctrl-C (or ``--seconds``)."""
+    ap = argparse.ArgumentParser(prog="python -m tests.servers.rest_api", description=main.__doc__)
+    ap.add_argument("--port", type=int, default=8089, help="port on 127.0.0.1 (0: any free port)")
+    ap.add_argument("--day", type=int, choices=(1, 2), default=1, help="2 serves the next day's changes")
+    ap.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    args = ap.parse_args(argv)
+    org = make_org()
+    with FakeApi(port=args.port) as api:
+        serve(api, next_day(org) if args.day == 2 else org)
+        print(f"Acme demo API (day {args.day}) on {api.base_url}, bearer token {TOKEN}; Ctrl-C stops it",
+              flush=True)
+        wait_for_stop(args.seconds)
+
+
+def wait_for_stop(seconds: float | None) -> None:
+    """Block until Ctrl-C, SIGTERM or ``seconds`` (a demo server a user starts by hand)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait(seconds)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
