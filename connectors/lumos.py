@@ -303,12 +303,16 @@ class _Executable:
     """``<app> <capability> --json-file F --result-file-path R.gz``, F mode 0600 in a private directory.
 
     The working directory is ``cwd`` (the SDK writes ``./logs/`` there unless
-    ``LUMOS_LOG_DIRECTORY`` says otherwise). The CLI exits 0 on error responses:
+    ``LUMOS_LOG_DIRECTORY`` says otherwise); a relative executable path
+    (``examples/.pretend/pretend``) is taken from ingest's own working directory. The CLI exits 0 on error responses:
     the result's ``is_error`` says what happened; a non-zero exit is a crash.
     """
 
     def __init__(self, command: str, timeout: float, cwd: Path) -> None:
         self.argv = shlex.split(command)
+        if self.argv and os.sep in self.argv[0] and not os.path.isabs(self.argv[0]):
+            # a relative path is where ingest was started from, not the working directory the call gets
+            self.argv[0] = os.path.abspath(os.path.expanduser(self.argv[0]))
         self.timeout = timeout
         self.cwd = cwd
         self.env = {**os.environ, **SDK_ENV}

@@ -7,8 +7,9 @@ capabilities with the scaffold's own offset pagination, a workspace resource typ
 and the registrations in ``integration.py``. The generated OAuth credential
 (``pretend_oauth``) and its ``refresh_access_token`` are the SDK's, untouched.
 
-``pretend_cli(dir, proxy_url)`` is the connector's own CLI (``run_integration``,
-what its console script ``pretend`` runs) with the SDK's proxy pointed at the fake.
+``pretend_cli(dir)`` is the connector's own CLI (``run_integration``, what its console script
+``pretend`` runs) with the SDK's proxy pointed at the fake ($PRETEND_PROXY_URL); ``write_executable``
+makes it an executable file, ``DIR/pretend-cli`` (examples/lumos.yaml's ``command``).
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ from connector.httpx_rewrite import proxy_settings  # noqa: E402
 
 from pretend.integration import integration  # noqa: E402
 
-with proxy_settings(proxy_url=os.environ["PRETEND_PROXY_URL"]):
+with proxy_settings(proxy_url=os.environ.get("PRETEND_PROXY_URL") or {proxy_url!r}):
     run_integration(integration)
 '''
 
@@ -217,5 +218,38 @@ def make_pretend(root: Path) -> Path:
 def pretend_cli(root: Path) -> str:
     """The connector's own CLI as a command line (``python <script>``), proxied to $PRETEND_PROXY_URL."""
     script = root / "pretend_cli.py"
-    script.write_text(CLI.format(root=str(root)))
+    script.write_text(CLI.format(root=str(root), proxy_url=None))
     return f"{sys.executable} {script}"
+
+
+IN_PROCESS = '''\
+"""The pretend connector in process, its requests sent to {proxy_url} (``integration: pretend_demo:integration``
+with this directory on PYTHONPATH)."""
+import os
+
+from connector.httpx_rewrite import proxy_settings
+
+from pretend.integration import integration as _integration
+
+
+class _Proxied:
+    def info(self):
+        return _integration.info()
+
+    async def dispatch(self, capability, body):
+        with proxy_settings(proxy_url=os.environ.get("PRETEND_PROXY_URL") or {proxy_url!r}):
+            return await _integration.dispatch(capability, body)
+
+
+integration = _Proxied()
+'''
+
+
+def write_executable(root: Path, proxy_url: str) -> Path:
+    """``root/pretend-cli``: the connector's on-prem executable (this Python), proxied to ``proxy_url``
+    ($PRETEND_PROXY_URL overrides it); and ``root/pretend_demo.py``, the same connector to run in process."""
+    exe = root / "pretend-cli"
+    exe.write_text(f"#!{sys.executable}\n" + CLI.format(root=str(root), proxy_url=proxy_url))
+    exe.chmod(0o755)
+    (root / "pretend_demo.py").write_text(IN_PROCESS.format(proxy_url=proxy_url))  # the same, in process
+    return exe

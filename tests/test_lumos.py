@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from ingest.redact import structlog_processor
 from tests.engine import cli, output
 from tests.lumos_pretend import make_pretend, pretend_cli
-from tests.servers.pretend_api import PretendApi, PretendData
+from tests.servers.pretend_api import PretendApi, PretendData, next_day, sample
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +30,7 @@ def pretend_root(tmp_path_factory) -> Path:
 
 
 def org(users: int = 5) -> PretendData:
-    return PretendData(
-        users=[{"id": f"u{i}", "email": f"user{i}@pretend.test", "login": f"user{i}", "first": f"First{i}",
-                "last": f"Last{i}", "state": "active" if i != 3 else "suspended", "plan": "pro"} for i in range(users)],
-        workspaces=[{"id": "w1", "name": "Main"}, {"id": "w2", "name": "Labs"}],
-        roles=[{"id": "admin", "name": "Administrator"}, {"id": "w1-editor", "name": "Editor", "workspace": "w1"}],
-        members=[{"user_id": "u0", "role_id": "admin"}] + [
-            {"user_id": f"u{i}", "role_id": "w1-editor", "workspace": "w1"} for i in range(users)],
-        events=[{"user_id": "u1", "type": "login", "at": "2026-11-30T08:00:00+00:00"}],
-        expenses=[{"id": "x1", "date": "2026-11-28", "amount": "42.10", "currency": "EUR", "merchant": "Figma",
-                   "user_id": "u0", "email": "user0@pretend.test", "kind": "card_transaction"},
-                  {"id": "x2", "date": "2026-11-29", "amount": "7.00", "currency": "USD", "merchant": "Taxi",
-                   "user_id": "u2", "kind": "reimbursement"}],
-    )
+    return sample(users)
 
 
 class Pretend:
@@ -160,12 +148,7 @@ class TestInProcess:
     def test_two_days_of_changes(self, pretend):
         assert pretend.cli("run", "pretend").exit_code == 0
         first = pretend.last()["snapshot_id"]
-        d = pretend.api.data
-        d.users = [u for u in d.users if u["id"] != "u4"] + [
-            {"id": "u9", "email": "new@pretend.test", "login": "new", "state": "active"}]
-        d.users[0]["email"] = "boss@pretend.test"
-        d.members = [m for m in d.members if m["user_id"] != "u4"] + [{"user_id": "u9", "role_id": "admin"}]
-        d.expenses[1]["amount"] = "7.50"
+        next_day(pretend.api.data)  # u4 leaves, u9 joins as admin, u0's e-mail, expense x2 corrected
         res = pretend.cli("run", "pretend")
         assert res.exit_code == 0, output(res)
         second = pretend.last()["snapshot_id"]

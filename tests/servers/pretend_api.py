@@ -56,11 +56,41 @@ class PretendData:
     expenses: list[dict[str, Any]] = field(default_factory=list)
 
 
+def sample(users: int = 5) -> PretendData:
+    """A small tenant: users (one suspended), two workspaces, a global and a workspace role, grants, a login,
+    two expenses."""
+    return PretendData(
+        users=[{"id": f"u{i}", "email": f"user{i}@pretend.test", "login": f"user{i}", "first": f"First{i}",
+                "last": f"Last{i}", "state": "active" if i != 3 else "suspended", "plan": "pro"} for i in range(users)],
+        workspaces=[{"id": "w1", "name": "Main"}, {"id": "w2", "name": "Labs"}],
+        roles=[{"id": "admin", "name": "Administrator"}, {"id": "w1-editor", "name": "Editor", "workspace": "w1"}],
+        members=[{"user_id": "u0", "role_id": "admin"}] + [
+            {"user_id": f"u{i}", "role_id": "w1-editor", "workspace": "w1"} for i in range(users)],
+        events=[{"user_id": "u1", "type": "login", "at": "2026-11-30T08:00:00+00:00"}],
+        expenses=[{"id": "x1", "date": "2026-11-28", "amount": "42.10", "currency": "EUR", "merchant": "Figma",
+                   "user_id": "u0", "email": "user0@pretend.test", "kind": "card_transaction"},
+                  {"id": "x2", "date": "2026-11-29", "amount": "7.00", "currency": "USD", "merchant": "Taxi",
+                   "user_id": "u2", "kind": "reimbursement"}],
+    )
+
+
+def next_day(d: PretendData) -> PretendData:
+    """The tenant a day later (in place): u4 leaves with their grant, u9 joins as admin, u0's e-mail changes,
+    expense x2 is corrected."""
+    d.users = [u for u in d.users if u["id"] != "u4"] + [
+        {"id": "u9", "email": "new@pretend.test", "login": "new", "state": "active"}]
+    d.users[0]["email"] = "boss@pretend.test"
+    d.members = [m for m in d.members if m["user_id"] != "u4"] + [{"user_id": "u9", "role_id": "admin"}]
+    d.expenses[1]["amount"] = "7.50"
+    return d
+
+
 class PretendApi(LoopbackServer):
     thread_name = "pretend-api"
 
     def __init__(self, data: PretendData, *, tokens: set[str], client_id: str = "cid", client_secret: str = "csecret",
-                 refresh_token: str = "r-0", max_page: int = 1000) -> None:
+                 refresh_token: str = "r-0", max_page: int = 1000, port: int = 0) -> None:
+        self.listen_port = port  # 0: any free port (tests); a fixed one for the demo a user starts
         self.data = data
         self.tokens = set(tokens)
         self.expired: set[str] = set()
@@ -175,4 +205,46 @@ class PretendApi(LoopbackServer):
                 seen.status = 404
                 self._send(404, {"error": "not_found"})
 
-        return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        return ThreadingHTTPServer(("127.0.0.1", self.listen_port), Handler)
+
+
+# the demo's credentials (examples/lumos.yaml's defaults): a fake tenant's, nothing real
+DEMO_TOKEN, DEMO_REFRESH, DEMO_CLIENT, DEMO_SECRET = ("pretend-demo-token", "pretend-demo-refresh", "ingest-demo",
+                                                      "pretend-demo-secret")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.servers.pretend_api --port 8090 [--day 2]``: the Pretend app of examples/lumos.yaml on
+    127.0.0.1 until Ctrl-C (or ``--seconds``), and its connector: connector-py's scaffold made real
+    (tests/lumos_pretend.py) in ``--connector-dir``, with its on-prem executable ``DIR/pretend-cli`` pointed at
+    this server."""
+    import argparse
+    import contextlib
+    import sys
+    from pathlib import Path
+
+    from tests.lumos_pretend import make_pretend, write_executable
+    from tests.servers.rest_api import wait_for_stop
+
+    ap = argparse.ArgumentParser(prog="python -m tests.servers.pretend_api", description=main.__doc__)
+    ap.add_argument("--port", type=int, default=8090, help="port on 127.0.0.1")
+    ap.add_argument("--day", type=int, choices=(1, 2), default=1, help="2 serves the next day's changes")
+    ap.add_argument("--connector-dir", type=Path, default=Path("examples/.pretend"),
+                    help="where the scaffolded connector goes (made once)")
+    ap.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    args = ap.parse_args(argv)
+    root = args.connector_dir.resolve()
+    if not (root / "pretend" / "integration.py").exists():
+        with contextlib.redirect_stdout(sys.stderr):  # the scaffold lists every file it writes
+            make_pretend(root)
+    data = next_day(sample()) if args.day == 2 else sample()
+    with PretendApi(data, tokens={DEMO_TOKEN}, client_id=DEMO_CLIENT, client_secret=DEMO_SECRET,
+                    refresh_token=DEMO_REFRESH, port=args.port) as api:
+        exe = write_executable(root, api.root_url + "/")
+        print(f"Pretend app (day {args.day}) on {api.root_url}; its connector's executable: {exe}; "
+              "Ctrl-C stops it", flush=True)
+        wait_for_stop(args.seconds)
+
+
+if __name__ == "__main__":
+    main()
