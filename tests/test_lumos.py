@@ -403,3 +403,34 @@ def test_info_of_a_lumos_instance_shows_the_connectors_own_info(pretend):
     assert pretend.token not in res.stdout and pretend.client_secret not in res.stdout
     res = pretend.cli("info", "pretend")
     assert res.exit_code == 0 and "pretend declares: Pretend (pretend" in output(res)
+
+
+def test_the_readme_example_runs_as_written(pretend, pretend_root, tmp_path, monkeypatch):
+    """examples/lumos.yaml loads as it is (both connectors; the executable's relative path taken from where
+    ingest runs), and its in-process connector reads the tenant with the file's auth block (its tokens from
+    the environment, as the file's ${PRETEND_TOKEN:-...} allow)."""
+    from connectors.lumos import _Executable
+    from ingest.config import load_config
+    from tests.lumos_pretend import write_executable
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "lumos.yaml"
+    cfg = tmp_path / "lumos.yaml"
+    cfg.write_text(example.read_text())
+    monkeypatch.setenv("PRETEND_TOKEN", pretend.token)
+    monkeypatch.setenv("PRETEND_REFRESH_TOKEN", pretend.refresh)
+    loaded = load_config(cfg)
+    executable = loaded.connector("pretend").settings.command
+    assert executable == "examples/.pretend/pretend-cli"
+    monkeypatch.chdir(tmp_path)
+    assert _Executable(executable, 5, tmp_path / "cwd").argv == [str(tmp_path / "examples/.pretend/pretend-cli")]
+    in_process = loaded.connector("pretend_in_process")
+    assert in_process.settings.integration == "pretend_demo:integration"
+    write_executable(pretend_root, pretend.api.root_url + "/")  # what python -m tests.servers.pretend_api writes
+    res = cli(cfg, pretend.url, "run", "pretend_in_process")
+    assert res.exit_code == 0, output(res)
+    got = pretend.query("SELECT account_id FROM ingest.accounts WHERE connector = 'pretend_in_process' "
+                        "ORDER BY account_id")
+    assert [r["account_id"] for r in got] == ["u0", "u1", "u2", "u3", "u4"]
+    n = {e: pretend.query(f"SELECT count(*) AS n FROM ingest.{e} WHERE connector = 'pretend_in_process'")[0]["n"]
+         for e in ("assignments", "expenses", "resources")}
+    assert n == {"assignments": 6, "expenses": 2, "resources": 2}

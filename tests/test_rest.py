@@ -15,7 +15,7 @@ import yaml
 from connectors.rest import compile_map
 from tests.engine import cli, last_snapshot, output, query
 from tests.servers.fake_api import FakeApi, Fault, Reply
-from tests.servers.rest_api import CONFIG, TOKEN, AcmeOrg, make_org, next_day, serve
+from tests.servers.rest_api import CONFIG, EXAMPLE, TOKEN, AcmeOrg, make_org, next_day, serve
 
 NAME = "acme"
 
@@ -97,6 +97,28 @@ def test_two_days_every_pagination_and_the_fan_out_exactly(tmp_path, database_ur
     s3 = last_snapshot(database_url, NAME)["stats"]
     assert all(s3[e]["added"] == s3[e]["removed"] == s3[e]["modified"] == 0
                for e in ("account", "entitlement", "resource", "assignment", "nested_entitlement"))
+
+
+def test_the_readme_example_runs_as_written(tmp_path, database_url, acme, monkeypatch):
+    """examples/rest.yaml, unchanged but for where the demo API listens (its ${ACME_BASE_URL:-...}), loads and
+    reads the whole demo organisation; its token is the file's own default."""
+    from ingest.config import load_config
+
+    api, org = acme
+    monkeypatch.delenv("ACME_REST_TOKEN")
+    monkeypatch.delenv("ACME_TOKEN", raising=False)
+    monkeypatch.setenv("ACME_BASE_URL", api.base_url)
+    cfg = tmp_path / "rest.yaml"
+    cfg.write_text(EXAMPLE.read_text())
+    loaded = load_config(cfg).connector(NAME)
+    assert loaded.type == "rest" and loaded.settings.base_url == api.base_url
+    assert {"cursor", "page_number", "link_header", "offset", "single_page"} == (
+        {loaded.settings.paginator["type"]} | {s.paginator["type"] for s in loaded.settings.streams.values()
+                                               if s.paginator})
+    assert [k for k, s in loaded.settings.streams.items() if s.for_each] == ["assignments", "nested_entitlements"]
+    result = cli(cfg, database_url, "run", NAME)
+    assert result.exit_code == 0, output(result)
+    assert state(database_url) == expected(org)
 
 
 def test_faults_are_retried_and_the_result_is_exact(tmp_path, database_url, acme):
