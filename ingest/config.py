@@ -68,9 +68,9 @@ class Defaults(_Strict):
     schedule: str = "0 2 * * *"
     max_deletion_ratio: float = Field(0.5, ge=0, le=1)
     timeout: float | None = Field(None, gt=0, description="Seconds before a run is aborted (daemon).")
-    stage_workers: int | None = Field(None, ge=1, le=64, description=(
-        "Processes that validate and COPY a large stream into staging (default: one per CPU; 1: none, "
-        "the run's own process does it)."))
+    stage_workers: int | None = Field(None, ge=0, le=64, description=(
+        "Processes that validate and COPY a large stream into staging (default: one per CPU but one; "
+        "0: none, the run's own process does it)."))
 
     _cron = field_validator("schedule")(lambda cls, v: validate_cron(v))
 
@@ -94,7 +94,7 @@ class ConnectorConfig(_Strict):
     schedule: str | None = None
     max_deletion_ratio: float | None = Field(None, ge=0, le=1)
     timeout: float | None = Field(None, gt=0)
-    stage_workers: int | None = Field(None, ge=1, le=64)
+    stage_workers: int | None = Field(None, ge=0, le=64)
     settings: dict[str, Any] = Field(default_factory=dict)
     auth: dict[str, Any] = Field(default_factory=dict)
     runs_on: list[str] = Field(default_factory=list, description=(
@@ -223,7 +223,7 @@ class ResolvedConnector:
     config_dir: Path
     data_dir: Path  # where ingest keeps local state (the embedded database, connector state files)
     runs_on: tuple[str, ...] = ()  # placement labels; () = daemons started without --label
-    stage_workers: int | None = None  # staging processes; None = one per CPU
+    stage_workers: int | None = None  # staging processes; None = one per CPU but one
 
     def placed_on(self, labels: frozenset[str] | set[str] | tuple[str, ...] = ()) -> bool:
         """Whether a daemon started with ``labels`` runs this connector (exactly one kind of daemon does)."""

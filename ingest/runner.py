@@ -91,7 +91,7 @@ class _Batch(list):
 _IDLE = _Batch()  # the fetch side handed nothing for a while (checkpointed streams only)
 
 
-def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings, depth: int = 8,
+def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings, depth: int = 3,
                 position: Position | None = None) -> Iterator[list[Any]]:
     """Run ``source`` in a thread, handing batches over a bounded queue (fetch overlaps writing).
 

@@ -56,7 +56,7 @@ class SnapshotWriter:
         self.engine = engine
         self.connector = connector
         self.snapshot_id = snapshot_id
-        self.workers = workers if workers is not None else default_workers()  # staging processes
+        self.workers = workers if workers is not None else default_workers()  # staging processes (0: none)
         self.parallel_min = parallel_min
         self._stager = Stager(connector, snapshot_id)
         self._pool: StagePool | None = None
@@ -96,7 +96,7 @@ class SnapshotWriter:
         batches = iter(batches)
         head: list[list[Any]] = []
         parallel = False
-        if self.workers > 1:
+        if self.workers > 0:
             n = 0
             for batch in batches:
                 head.append(batch)

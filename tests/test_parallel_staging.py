@@ -58,7 +58,7 @@ class TestParallelStaging:
         engine = get_engine(database_url)
         migrate(engine)
         results = {}
-        for connector, workers in (("one", 1), ("par", 2)):
+        for connector, workers in (("one", 0), ("par", 2)):
             sid = _snapshot(engine, connector)
             writer = SnapshotWriter(engine, connector, sid, workers=workers, parallel_min=500)
             writer.stage("account", _batches(_accounts(2000)))
