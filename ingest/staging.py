@@ -30,6 +30,7 @@ import queue
 import secrets
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -308,6 +309,9 @@ def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, re
         results.put(("error", wid, entity, f"{type(e).__name__}: {e}"))
 
 
+_MAIN_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _main_not_reimported() -> Iterator[None]:
     """A spawned process first re-imports the parent's ``__main__`` (for ``ingest``, the console script:
@@ -317,13 +321,14 @@ def _main_not_reimported() -> Iterator[None]:
     if main is None:
         yield
         return
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
-    main.__spec__ = None
-    main.__dict__.pop("__file__", None)
-    try:
-        yield
-    finally:
-        main.__dict__.update(saved)
+    with _MAIN_LOCK:  # runs of a daemon start their workers from several threads
+        saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+        main.__spec__ = None
+        main.__dict__.pop("__file__", None)
+        try:
+            yield
+        finally:
+            main.__dict__.update(saved)
 
 
 class StagePool:
