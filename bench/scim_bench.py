@@ -116,25 +116,31 @@ class Tenant:
 # -- the server ------------------------------------------------------------------------------------
 
 class Rendered:
-    """Every answer of one day, as bytes."""
+    """Every answer of one day, as bytes: pages of the page size the connector asks for (rendered page
+    by page, so only the pages are held), each group with its members; any other page is rendered
+    when asked."""
 
     def __init__(self, t: Tenant, page: int) -> None:
-        self.page = page
-        users = [orjson.dumps(t.user(i)) for i in t.user_indexes()]
+        self.t, self.page = t, page
+        users = t.user_indexes()
+        self.users = list(users)
         members: list[list[int]] = [[] for _ in range(t.g)]
-        for i in t.user_indexes():
+        for i in users:
             for g in t.groups_of(i):
                 members[g].append(i)
         self.group_bodies = {gid(g).encode(): orjson.dumps(t.group(g, members[g])) for g in range(t.g)}
         del members
-        groups = [orjson.dumps(t.group(g, None)) for g in range(t.g)]
-        self.lists = {b"Users": users, b"Groups": groups}
-        self.pages = {k: [self._page(v, s, page) for s in range(0, max(len(v), 1), page)] for k, v in self.lists.items()}
+        self.total = {b"Users": len(self.users), b"Groups": t.g}
+        self.pages = {what: [self.render(what, s, page) for s in range(0, max(n, 1), page)]
+                      for what, n in self.total.items()}
 
-    @staticmethod
-    def _page(items: list[bytes], start: int, count: int) -> bytes:
-        chunk = items[start:start + count]
-        return (b'{"schemas":["' + LIST.encode() + b'"],"totalResults":' + str(len(items)).encode()
+    def render(self, what: bytes, start: int, count: int) -> bytes:
+        """Items ``start`` (0-based) to ``start + count`` of a listing as a ListResponse."""
+        if what == b"Users":
+            chunk = [orjson.dumps(self.t.user(i)) for i in self.users[start:start + count]]
+        else:
+            chunk = [orjson.dumps(self.t.group(g, None)) for g in range(start, min(start + count, self.t.g))]
+        return (b'{"schemas":["' + LIST.encode() + b'"],"totalResults":' + str(self.total[what]).encode()
                 + b',"startIndex":' + str(start + 1).encode() + b',"itemsPerPage":' + str(len(chunk)).encode()
                 + b',"Resources":[' + b",".join(chunk) + b"]}")
 
@@ -142,7 +148,7 @@ class Rendered:
         start, count = max(start, 1) - 1, max(0, min(count, self.page))
         if count == self.page and start % self.page == 0 and start // self.page < len(self.pages[what]):
             return self.pages[what][start // self.page]
-        return self._page(self.lists[what], start, count)
+        return self.render(what, start, count)
 
 
 SPC = orjson.dumps({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
