@@ -52,11 +52,10 @@ import struct
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from ingest.testing._loopback import LoopbackServer
+from ingest.testing._loopback import LoopbackServer, QuietHandler, QuietServer
 
 __all__ = ["FAULTS", "FaultProxy", "SeenRequest", "recording_proxy", "request_key"]
 
@@ -91,34 +90,8 @@ def request_key(method: str, target: str, body: bytes = b"") -> str:
     return f"{method} {target}" + (f" #{hashlib.sha256(body).hexdigest()[:8]}" if body else "")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    proxy: FaultProxy
-
-    def handle_error(self, request, client_address) -> None:  # faults break connections on purpose
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     timeout = 30  # an idle keep-alive connection ends by itself; stop() shuts the open ones
-    server: _Server
-
-    def setup(self) -> None:
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().setup()
-        self.server.proxy._track(self.request, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
-        finally:
-            self.server.proxy._track(self.request, False)
-
-    def log_message(self, *args) -> None:
-        pass
 
     def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] = (),
               length: int | None = None) -> None:
@@ -132,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-        proxy = self.server.proxy
+        proxy: FaultProxy = self.server.owner
         # Host stays as the client sent it (a signed request, AWS SigV4, covers it), so a fake building
         # links from Host builds them to the proxy; other headers get the reverse rewrite
         headers = {k: proxy._to_upstream(v) for k, v in self.headers.items() if k.lower() not in _HOP}
@@ -165,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stall(self) -> bool:
         """Hold until the client closes the connection (True) or ``stall_s`` passes (False)."""
-        proxy = self.server.proxy
+        proxy: FaultProxy = self.server.owner
         deadline = time.monotonic() + proxy.stall_s
         while not proxy._stopping.is_set() and (left := deadline - time.monotonic()) > 0:
             readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
@@ -179,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
         return proxy._stopping.is_set()
 
     def _handle(self) -> None:
-        proxy = self.server.proxy
+        proxy: FaultProxy = self.server.owner
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         fault = proxy._draw(self.command, self.path, body)
         if fault == "500":
@@ -248,7 +221,6 @@ class FaultProxy(LoopbackServer):
         self.requests: list[SeenRequest] = []
         self._seen: Counter[str] = Counter()
         self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
 
     # -- faults ----------------------------------------------------------------------------------------
     def arm(self, plan: dict[str, list[str]], *, rate: float | None = None) -> None:
@@ -294,14 +266,8 @@ class FaultProxy(LoopbackServer):
         return value
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def _track(self, conn: socket.socket, open_: bool) -> None:
-        with self.lock:
-            (self._connections.add if open_ else self._connections.discard)(conn)
-
-    def _make_server(self) -> _Server:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.proxy = self
-        return server
+    def _make_server(self) -> QuietServer:
+        return QuietServer(("127.0.0.1", self.listen_port), _Handler)
 
     def start(self) -> FaultProxy:
         self._stopping.clear()
@@ -310,15 +276,7 @@ class FaultProxy(LoopbackServer):
         return self
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            with self.lock:
-                connections = list(self._connections)
-            for conn in connections:  # idle keep-alive connections: their handler threads end now
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        self._stopping.set()  # a stalled answer stops waiting
         super().stop()
 
 

@@ -60,12 +60,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
+
+from ingest.testing._loopback import LoopbackServer, QuietHandler, QuietServer
 
 __all__ = [
     "FakeApi",
@@ -199,37 +200,19 @@ class Fault:
 Handler = Callable[[SeenRequest], Reply]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(QuietServer):
     allow_reuse_address = True
 
-    def handle_error(self, request, client_address) -> None:  # faults break connections on purpose
-        pass
 
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _RequestHandler(QuietHandler):
     timeout = REQUEST_TIMEOUT
     server: _Server
 
     def setup(self) -> None:
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle delay between writes
         if isinstance(self.request, ssl.SSLSocket):
             self.request.settimeout(REQUEST_TIMEOUT)
             self.request.do_handshake()
         super().setup()
-        self.server.owner._track(self.request, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        except OSError:
-            pass
-        finally:
-            self.server.owner._track(self.request, False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def _any(self) -> None:
         self.server.owner._handle(self)
@@ -237,8 +220,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _any
 
 
-class FakeApi:
+class FakeApi(LoopbackServer):
     """A loopback fake API (see the module docstring). Use it as a context manager."""
+
+    thread_name = "fake-api"
 
     def __init__(self, *, tls: tuple[Path, Path] | None = None, latency: float = 0.0, port: int = 0) -> None:
         self.tls = tls
@@ -256,50 +241,19 @@ class FakeApi:
         self._token_paths: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------
-    def start(self) -> FakeApi:
+    def _make_server(self) -> _Server:
         server = _Server(("127.0.0.1", self.listen_port), _RequestHandler)
-        server.owner = self  # type: ignore[attr-defined]
         if self.tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
             server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-api", daemon=True)
-        self._thread.start()
-        return self
+        return server
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            with self._lock:
-                connections = list(self._connections)
-            for conn in connections:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeApi:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "FakeApi is not running"
-        return self._server.server_address[1]
+        self._stopping.set()  # delays and trickled answers stop waiting
+        super().stop()
 
     @property
     def base_url(self) -> str:
@@ -479,10 +433,6 @@ class FakeApi:
                           "link": link, "scim": scim}[style])
 
     # -- serving -------------------------------------------------------------
-    def _track(self, conn: socket.socket, alive: bool) -> None:
-        with self._lock:
-            (self._connections.add if alive else self._connections.discard)(conn)
-
     def _pick_fault(self, path: str) -> Fault | None:
         with self._lock:
             for i, (only, fault) in enumerate(self._script):
@@ -632,17 +582,8 @@ def _decode_cursor(raw: str) -> int | None:
 
 
 # -- a forward proxy -----------------------------------------------------------
-class _ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _ProxyHandler(QuietHandler):
     timeout = REQUEST_TIMEOUT
-    server: _Server
-
-    def setup(self) -> None:
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def _forward(self) -> None:
         proxy: ForwardProxy = self.server.owner  # type: ignore[attr-defined]
@@ -684,36 +625,24 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_HEAD = _forward
 
 
-class ForwardProxy:
+class ForwardProxy(LoopbackServer):
     """A plain-HTTP forward proxy on 127.0.0.1 (absolute-URI requests to loopback only).
 
     ``seen`` lists the absolute URIs it forwarded.
     """
 
+    thread_name = "fake-proxy"
+
     def __init__(self) -> None:
         self.seen: list[str] = []
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> ForwardProxy:
-        self._server = _Server(("127.0.0.1", 0), _ProxyHandler)
-        self._server.owner = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-proxy", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._server is not None and self._thread is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    def _make_server(self) -> QuietServer:
+        return QuietServer(("127.0.0.1", 0), _ProxyHandler)
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self.root_url
 
 
 def self_signed_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:

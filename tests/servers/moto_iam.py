@@ -19,10 +19,12 @@ from typing import Any, Self
 import boto3
 import httpx
 
+from ingest.testing._loopback import Managed
+
 ACCOUNT = "123456789012"
 
 
-class MotoIam:
+class MotoIam(Managed):
     """``managed_policies``: load the ~1,300 AWS-managed policies (seconds of CPU on every reset: only
     for tests that attach them)."""
 
@@ -45,12 +47,6 @@ class MotoIam:
         if self._server is not None:
             self._server.stop()
             self._server = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:

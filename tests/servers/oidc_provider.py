@@ -24,12 +24,13 @@ from typing import Any, Self
 import httpx
 
 from ingest.credentials._consent import free_loopback_port
+from ingest.testing._loopback import Managed
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 SCRIPT = NODE_DIR / "oidc-provider.mjs"
 
 
-class OidcProvider:
+class OidcProvider(Managed):
     def __init__(self, clients: list[dict[str, Any]], *, access_token_ttl: int = 2, start_timeout: float = 30.0) -> None:
         self.clients = clients
         self.access_token_ttl = access_token_ttl
@@ -71,12 +72,6 @@ class OidcProvider:
                 self._proc.kill()
                 self._proc.wait(10)
             self._proc = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def authorize_url(self) -> str:
