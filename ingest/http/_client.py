@@ -57,7 +57,7 @@ from ingest.errors import (
 from ingest.http._cancel import CancelToken, current_token
 from ingest.http._fetcher import END, Fetcher
 from ingest.http._paginators import PageRequest, Paginator, SinglePage, json_path
-from ingest.http._readonly import READ_METHODS, ReadOnlyRequests, compile_read_only
+from ingest.http._readonly import READ_METHODS, ReadOnlyRequests, compile_read_only, is_read_only
 from ingest.http._settings import HttpSettings, HttpStats
 from ingest.redact import redact, redact_url, register_secret
 
@@ -255,7 +255,8 @@ class HttpClient:
             register_secret(str(getattr(auth, "_auth_header", "")).partition(" ")[2])
         token_urls = [u for u in (getattr(auth, "token_url", None),) if u]
         self._token_urls = frozenset(_without_query(self.url(u)) for u in token_urls)
-        self._read_only = compile_read_only(read_only_requests)  # a malformed declaration fails here, not later
+        compile_read_only(read_only_requests)  # a malformed declaration fails here, not at the first request
+        self._read_only_requests = read_only_requests
         self.origin = origin(self.base_url)
         if transport is None:
             transport = self._transport(s)
@@ -301,18 +302,12 @@ class HttpClient:
 
     # -- guards (run for every request httpx sends: auth flows and redirects too) ---
     def _declared_read_only(self, request: httpx.Request) -> bool:
+        try:
+            body: bytes | None = request.content
+        except httpx.RequestNotRead:  # a streamed body: only a declaration without a body pattern can match it
+            body = None
         path = request.url.raw_path.split(b"?", 1)[0].decode("ascii", "replace")
-        for method, path_rx, body_rx in self._read_only:
-            if method == request.method and path_rx.search(path):
-                if body_rx is None:
-                    return True
-                try:
-                    body = request.content
-                except httpx.RequestNotRead:  # a streamed body cannot be read here: not declared read-only
-                    return False
-                if body_rx.search(body.decode("utf-8", "replace")):
-                    return True
-        return False
+        return is_read_only(self._read_only_requests, request.method, path, body)
 
     def _guard(self, request: httpx.Request) -> None:
         target = origin(request.url)

@@ -47,6 +47,9 @@ def is_read_only(declared: ReadOnlyRequests, method: str, path: str, body: bytes
     compiled = compile_read_only(declared)
     if not compiled:
         return False
-    text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body or "")
-    return any(want == method and path_rx.search(path) and (body_rx is None or body_rx.search(text))
+    # a body that cannot be read (None: streamed) matches no body pattern
+    text = None if body is None else body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) \
+        else str(body)
+    return any(want == method and path_rx.search(path)
+               and (body_rx is None or (text is not None and body_rx.search(text) is not None))
                for want, path_rx, body_rx in compiled)
