@@ -58,4 +58,4 @@ lint: install
 	$(BIN)/ruff check ingest connectors tests bench
 
 clean:
-	rm -rf $(VENV) .ingest examples/.ingest
+	rm -rf $(VENV) .ingest examples/.ingest examples/.pretend
