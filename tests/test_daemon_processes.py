@@ -287,8 +287,9 @@ def test_watch_config_reloads_when_the_file_changes(tmp_path, database_url, spaw
 
 
 def test_placement_labelled_and_unlabelled_daemons_each_run_their_connectors_exactly_once(
-        tmp_path, database_url, spawn):
+        tmp_path, database_url, spawn, monkeypatch):
     """runs_on places a connector on the daemons with one of its labels; unplaced ones run on unlabelled daemons."""
+    from ingest import cli as ingest_cli
     from ingest.cli import app
 
     schedule = past_daily(2)  # the last slot was missed: every daemon tries to catch it up at once
@@ -327,6 +328,9 @@ def test_placement_labelled_and_unlabelled_daemons_each_run_their_connectors_exa
     assert {d.split(":")[1] for d in where["hq"]["daemons"]} == {str(d.pid) for d in plain}
     assert {d.split(":")[1] for d in where["either"]["daemons"]} == {str(berlin.pid), str(paris.pid)}
     assert where["nowhere"]["daemons"] == []
+    # a wide table, so the row fits on one line (COLUMNS alone was not enough in a pytest-xdist worker: the CLI
+    # console is built at import and rich had fixed its width to 80 there)
+    monkeypatch.setattr(ingest_cli.out, "_width", 250)
     res = CliRunner().invoke(app, ["--config", str(cfg), "--database-url", database_url, "status"],
                              env={"COLUMNS": "250"})
     line = next(x for x in res.stdout.splitlines() if "nowhere" in x)
