@@ -245,7 +245,9 @@ class TestOwnCli:
         monkeypatch.setenv("PRETEND_PROXY_URL", pretend.api.root_url + "/")
         monkeypatch.setenv("LUMOS_LOG_DIRECTORY", str(logs))
         monkeypatch.setenv("LUMOS_LOG_LEVEL", "INFO")
-        pretend.settings = {**pretend.settings, "command": pretend_cli(pretend_root)}
+        # one page a capability: every call starts the executable (an interpreter importing connector-py); paging
+        # is proven in process above
+        pretend.settings = {**pretend.settings, "command": pretend_cli(pretend_root), "page_size": 50}
         del pretend.settings["integration"]
         pretend.api.fail_next("/users", 429, {"Retry-After": "1"})
         pretend.api.expire(pretend.token)
