@@ -209,14 +209,20 @@ def primary_email(emails: Any) -> str | None:
     """The ``primary`` address, else the first ``work`` one, else the first; None when there is none."""
     if not isinstance(emails, list):
         return None
-    valid = [e for e in emails if isinstance(e, dict) and isinstance(e.get("value"), str) and e["value"].strip()]
-    for e in valid:
+    first = work = None
+    for e in emails:  # one pass (this runs for every user)
+        if not isinstance(e, dict):
+            continue
+        v = e.get("value")
+        if not isinstance(v, str) or not (v := v.strip()):
+            continue
         if _true(e.get("primary")):
-            return e["value"].strip()
-    for e in valid:
-        if str(e.get("type") or "").lower() == "work":
-            return e["value"].strip()
-    return valid[0]["value"].strip() if valid else None
+            return v
+        if first is None:
+            first = v
+        if work is None and str(e.get("type") or "").lower() == "work":
+            work = v
+    return work if work is not None else first
 
 
 def _true(v: Any) -> bool:
@@ -228,16 +234,26 @@ def _false(v: Any) -> bool:
 
 
 def _str(v: Any) -> str | None:
+    if type(v) is str:
+        return v
     if v is None or isinstance(v, (dict, list)):
         return None
     return v if isinstance(v, str) else str(v)
 
 
+_LOCATION = ("location",)
+_BOOKKEEPING = ("location", "lastModified", "version")
+
+
 def _without_location(raw: dict[str, Any], *drop_meta: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """The raw resource minus fields that say how it was fetched, not what it is."""
-    out = {k: v for k, v in raw.items() if k not in drop}
-    if isinstance(out.get("meta"), dict):
-        out["meta"] = {k: v for k, v in out["meta"].items() if k not in ("location", *drop_meta)}
+    out = {k: v for k, v in raw.items() if k not in drop} if drop and not raw.keys().isdisjoint(drop) else dict(raw)
+    meta = out.get("meta")
+    if isinstance(meta, dict):
+        meta = dict(meta)
+        for k in (_BOOKKEEPING if drop_meta == _BOOKKEEPING[1:] else (*_LOCATION, *drop_meta)):
+            meta.pop(k, None)
+        out["meta"] = meta
     return out
 
 
@@ -249,31 +265,38 @@ def map_user(raw: Any) -> dict[str, Any]:
     are assignments, read from the groups)."""
     if not isinstance(raw, dict):
         return {"account_id": None, "extra": {"raw": raw}}
-    name = raw.get("name") if isinstance(raw.get("name"), dict) else {}
-    ent = raw.get(ENTERPRISE_USER) if isinstance(raw.get(ENTERPRISE_USER), dict) else {}
+    get, text = raw.get, _str  # this runs for every user: no more function layers than needed
+    name = get("name")
+    if not isinstance(name, dict):
+        name = {}
+    ent = get(ENTERPRISE_USER)
     custom: dict[str, Any] = {}
-    for key in _ENTERPRISE_FIELDS:
-        if (v := _str(ent.get(key))) is not None:
-            custom[key] = v
-    manager = ent.get("manager")
-    manager_id = manager.get("value") if isinstance(manager, dict) else manager
-    if (v := _str(manager_id)) is not None:
-        custom["manager"] = v
+    if isinstance(ent, dict):
+        for key in _ENTERPRISE_FIELDS:
+            if (v := text(ent.get(key))) is not None:
+                custom[key] = v
+        manager = ent.get("manager")
+        if (v := text(manager.get("value") if isinstance(manager, dict) else manager)) is not None:
+            custom["manager"] = v
     for key in _CORE_FIELDS:
-        if (v := _str(raw.get(key))) is not None:
+        if (v := text(get(key))) is not None:
             custom[key] = v
+    active = get("active")
     return {
-        "account_id": _str(raw.get("id")),
-        "email": primary_email(raw.get("emails")),
-        "username": _str(raw.get("userName")),
-        "display_name": _str(raw.get("displayName")) or _str(name.get("formatted")),
-        "given_name": _str(name.get("givenName")),
-        "family_name": _str(name.get("familyName")),
-        "status": AccountStatus.SUSPENDED.value if _false(raw.get("active")) else AccountStatus.ACTIVE.value,
+        "account_id": text(get("id")),
+        "email": primary_email(get("emails")),
+        "username": text(get("userName")),
+        "display_name": text(get("displayName")) or text(name.get("formatted")),
+        "given_name": text(name.get("givenName")),
+        "family_name": text(name.get("familyName")),
+        "status": _SUSPENDED if active is False or (active is not True and _false(active)) else _ACTIVE,
         "account_type": "user",
         "custom_attributes": custom,
         "extra": _without_location(raw, "lastModified", "version", drop=("groups",)),
     }
+
+
+_ACTIVE, _SUSPENDED = AccountStatus.ACTIVE.value, AccountStatus.SUSPENDED.value
 
 
 def map_group(raw: Any) -> dict[str, Any]:
@@ -309,9 +332,16 @@ def map_members(group_id: str, members: Any, group_ids: Iterable[str] | set[str]
     if not isinstance(members, list):
         raise ProtocolError(f"group {group_id}: members is not a list")
     seen: set[Any] = set()
-    for m in members:
-        value = _str(m.get("value")) if isinstance(m, dict) else None
-        kind = str(m.get("type") or "").lower() if isinstance(m, dict) else ""
+    text = _str
+    for m in members:  # this runs for every membership: no more function layers than needed
+        if type(m) is dict or isinstance(m, dict):
+            value = m.get("value")
+            if type(value) is not str:
+                value = text(value)
+            kind = m.get("type")
+            kind = kind.lower() if type(kind) is str else str(kind or "").lower()
+        else:
+            value, kind = None, ""
         nested = kind == "group" or (value is not None and value in group_ids)
         key = (nested, value)
         if value is not None and key in seen:

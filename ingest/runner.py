@@ -508,12 +508,18 @@ def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any
 def _assignments(batches: Iterable[list[Any]], nested: list[list[Any]]) -> Iterator[list[Any]]:
     """The assignments of each batch; its nested groups are appended to ``nested`` (same ``seq``)."""
     capability = "find_entitlement_associations"
+
+    def nested(item: Any) -> bool:  # _entity_of, without its layers for the plain dicts most sources give
+        if type(item) is dict:
+            return "member_entitlement_id" in item
+        return _entity_of(capability, item) == "nested_entitlement"
+
     for batch in batches:
-        if any(_entity_of(capability, item) == "nested_entitlement" for item in batch):
+        if any(map(nested, batch)):
             seq = getattr(batch, "seq", 0)
             moved, kept = _Batch(seq), _Batch(seq)
             for item in batch:
-                (moved if _entity_of(capability, item) == "nested_entitlement" else kept).append(item)
+                (moved if nested(item) else kept).append(item)
             nested.append(moved)
             kept.mark = getattr(batch, "mark", None)
             batch = kept

@@ -304,7 +304,7 @@ class StreamReader:
             got = fn(record, parent) if with_parent else fn(record)
             if got is None:
                 continue
-            if isinstance(got, (dict, BaseModel)):
+            if type(got) is dict or isinstance(got, (dict, BaseModel)):
                 out.append(got)
             else:
                 out.extend(got)
