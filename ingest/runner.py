@@ -509,17 +509,17 @@ def _assignments(batches: Iterable[list[Any]], nested: list[list[Any]]) -> Itera
     """The assignments of each batch; its nested groups are appended to ``nested`` (same ``seq``)."""
     capability = "find_entitlement_associations"
 
-    def nested(item: Any) -> bool:  # _entity_of, without its layers for the plain dicts most sources give
+    def is_nested(item: Any) -> bool:  # _entity_of, without its layers for the plain dicts most sources give
         if type(item) is dict:
             return "member_entitlement_id" in item
         return _entity_of(capability, item) == "nested_entitlement"
 
     for batch in batches:
-        if any(map(nested, batch)):
+        if any(map(is_nested, batch)):
             seq = getattr(batch, "seq", 0)
             moved, kept = _Batch(seq), _Batch(seq)
             for item in batch:
-                (moved if nested(item) else kept).append(item)
+                (moved if is_nested(item) else kept).append(item)
             nested.append(moved)
             kept.mark = getattr(batch, "mark", None)
             batch = kept
