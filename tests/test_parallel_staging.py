@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import date, datetime, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -13,6 +14,7 @@ from ingest import checkpoints
 from ingest.checkpoints import Checkpoint
 from ingest.db import get_engine, migrate
 from ingest.errors import Cancelled, SnapshotError
+from ingest.records import AccountStatus
 from ingest.writer import SnapshotWriter
 
 
@@ -28,6 +30,12 @@ def _accounts(n: int) -> list[dict]:
             "display_name": f"Zoë {i}", "custom_attributes": {"n": i}, "extra": {"raw": {"i": i}}}
            for i in range(n)]
     out[7] = {"account_id": "", "username": "empty id"}     # invalid: reported, not staged
+    # values JSON would change on the way to a worker (datetimes, enums, tuples): the same rows either way
+    # (one in each of four batches: a batch JSON cannot carry exactly is pickled as a whole)
+    out[30]["last_activity_at"] = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    out[131]["status"] = AccountStatus.SUSPENDED
+    out[232]["extra"] = {"pair": (1, 2), "n": 1.5}
+    out[333]["extra"] = {"at": datetime(2026, 1, 2, 3, 4, 5), "day": date(2026, 1, 2)}
     out[n // 2 + 3] = {"account_id": "u\x00nul"}                # invalid: NUL
     out.append({**out[20], "display_name": "the other copy"})   # the same key twice, far apart (other segment)
     return out
@@ -78,10 +86,14 @@ class TestParallelStaging:
                     t: conn.execute(sa.text(
                         f"SELECT {cols} FROM ingest.{t} WHERE connector = :c ORDER BY {cols}"),
                         {"c": connector}).all()
-                    for t, cols in (("accounts", "account_id, email, display_name, custom_attributes, extra"),
+                    for t, cols in (("accounts", "account_id, email, display_name, status, custom_attributes, extra"),
                                     ("assignments", "account_id, entitlement_id"),
                                     ("entitlements", "entitlement_id"))}
         assert results["par_rows"] == results["one_rows"]
+        by_id = {r[0]: r for r in results["par_rows"]["accounts"]}
+        assert by_id["u00131"][3] == "SUSPENDED"
+        assert by_id["u00232"][5] == {"pair": [1, 2], "n": 1.5}
+        assert by_id["u00333"][5] == {"at": "2026-01-02T03:04:05", "day": "2026-01-02"}
         assert len(results["par_rows"]["accounts"]) == 1998 and len(results["par_rows"]["assignments"]) == 5000
         for entity in ("account", "assignment", "entitlement"):
             for k in ("fetched", "invalid", "added"):
