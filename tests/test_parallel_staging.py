@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -32,7 +32,7 @@ def _accounts(n: int) -> list[dict]:
     out[7] = {"account_id": "", "username": "empty id"}     # invalid: reported, not staged
     # values JSON would change on the way to a worker (datetimes, enums, tuples): the same rows either way
     # (one in each of four batches: a batch JSON cannot carry exactly is pickled as a whole)
-    out[30]["last_activity_at"] = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    out[30]["last_activity_at"] = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     out[131]["status"] = AccountStatus.SUSPENDED
     out[232]["extra"] = {"pair": (1, 2), "n": 1.5}
     out[333]["extra"] = {"at": datetime(2026, 1, 2, 3, 4, 5), "day": date(2026, 1, 2)}
