@@ -407,10 +407,11 @@ class StagePool:
             # strings, about a third for decoded SCIM users); a batch with anything JSON would not give back
             # as it was (a model, a datetime, a subclass of dict / str / int, an int beyond 64 bits) is
             # pickled as it is, as a plain list (the runner's batches carry attributes workers need not)
+            plain = batch if type(batch) is list else list(batch)  # the runner's _Batch is a list subclass
             try:
-                payload: Any = dumps(batch, option=_HAND_OVER) if as_json else list(batch)
+                payload: Any = dumps(plain, option=_HAND_OVER) if as_json else plain
             except TypeError:
-                payload = list(batch)
+                payload = plain
             item = (seq, payload)
             k = next(rotation)
             for _ in range(n):  # the first worker with room, starting at the next in turn
