@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import gc
 import hashlib
 import itertools
 import multiprocessing
@@ -295,7 +294,6 @@ _END = "end"  # after an entity's last batch
 def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, results: Any) -> None:
     """One staging process: for each entity, ``(entity, table)``, then batches, then ``_END``; ``None`` stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: it stops the workers
-    gc.set_threshold(50_000, 20, 20)  # records die young, without cycles: see ingest.runner.fewer_gc_passes
     stager = Stager(connector, snapshot_id, log_invalid=False)
     entity = None
     try:
