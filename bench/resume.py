@@ -25,14 +25,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scim_bench import TOKEN  # noqa: E402
+from scim_bench import scim_database  # noqa: E402
 
 from bench import INGEST, records, run  # noqa: E402
 
@@ -97,33 +96,23 @@ def main() -> None:
                            text=True)
     try:
         port = int(srv.stdout.readline())
-        with tempfile.TemporaryDirectory(prefix="ingest-resume-bench-") as tmp:
-            if os.geteuid() == 0:  # as root the embedded server runs as its own user, who must reach the directory
-                os.chmod(tmp, 0o711)
-            config = Path(tmp) / "schedules.yaml"
-            config.write_text(json.dumps({"connectors": {"scim": {"type": "scim", "settings": {
-                "base_url": f"http://127.0.0.1:{port}/scim/v2", "page_size": args.page_size,
-                "max_concurrency": args.concurrency}, "auth": {"bearer_token": TOKEN}}}}))
-            subprocess.run([*INGEST, "--config", str(config), "db", "start"], check=True, capture_output=True)
-            try:
-                url = db_url(config)
-                first = run(config, name="scim")
-                print(show("first load", first))
-                clean = run(config, name="scim")
-                clean_tables = current(url)
-                print(show("clean re-run (baseline)", clean))
-                died = killed_at(config, url, args.groups, args.at)
-                print(f"{'re-run killed (SIGKILL)':<34} {died['wall_s']:7.1f} s wall  after {died['parents_done']:,} "
-                      f"of {args.groups:,} groups' members were checkpointed")
-                resumed = run(config, name="scim")
-                print(show("the next run (resumed)", resumed))
-                print(f"  resumed from {json.dumps(resumed['stats'].get('resumed', {}).get('streams'))}")
-                same = current(url) == clean_tables
-                print(f"  tables equal the clean re-run's: {same}; the resumed run took "
-                      f"{resumed['wall_s'] / clean['wall_s']:.0%} of the clean re-run's wall time and "
-                      f"{resumed['stats']['http']['requests'] / clean['stats']['http']['requests']:.0%} of its requests")
-            finally:
-                subprocess.run([*INGEST, "--config", str(config), "db", "stop"], capture_output=True)
+        with scim_database(port, args, prefix="ingest-resume-bench-") as config:
+            url = db_url(config)
+            first = run(config, name="scim")
+            print(show("first load", first))
+            clean = run(config, name="scim")
+            clean_tables = current(url)
+            print(show("clean re-run (baseline)", clean))
+            died = killed_at(config, url, args.groups, args.at)
+            print(f"{'re-run killed (SIGKILL)':<34} {died['wall_s']:7.1f} s wall  after {died['parents_done']:,} "
+                  f"of {args.groups:,} groups' members were checkpointed")
+            resumed = run(config, name="scim")
+            print(show("the next run (resumed)", resumed))
+            print(f"  resumed from {json.dumps(resumed['stats'].get('resumed', {}).get('streams'))}")
+            same = current(url) == clean_tables
+            print(f"  tables equal the clean re-run's: {same}; the resumed run took "
+                  f"{resumed['wall_s'] / clean['wall_s']:.0%} of the clean re-run's wall time and "
+                  f"{resumed['stats']['http']['requests'] / clean['stats']['http']['requests']:.0%} of its requests")
     finally:
         srv.stdin.close()
         srv.wait(timeout=60)

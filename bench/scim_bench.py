@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -219,8 +221,10 @@ def set_day(port: int, day: int) -> None:
     httpx.get(f"http://127.0.0.1:{port}/control/day/{day}", timeout=10).raise_for_status()
 
 
-def bench_once(port: int, server: psutil.Process, args) -> dict:
-    with tempfile.TemporaryDirectory(prefix="ingest-scim-bench-") as tmp:
+@contextlib.contextmanager
+def scim_database(port: int, args, prefix: str = "ingest-scim-bench-") -> Iterator[Path]:
+    """A config with one ``scim`` connector on the bench server, its embedded PostgreSQL started (stopped after)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         if os.geteuid() == 0:  # as root the embedded server runs as its own user, who must reach the directory
             os.chmod(tmp, 0o711)
         config = Path(tmp) / "schedules.yaml"
@@ -230,17 +234,22 @@ def bench_once(port: int, server: psutil.Process, args) -> dict:
         started = subprocess.run([*INGEST, "--config", str(config), "db", "start"], capture_output=True, text=True)
         if started.returncode != 0:
             raise SystemExit(f"ingest db start failed ({started.returncode}): {started.stderr[-2000:]}")
-        out = {}
         try:
-            for day in (1, 2):
-                set_day(port, day)
-                cpu = server.cpu_times()
-                out[day] = run(config, name="scim")
-                after = server.cpu_times()
-                out[day]["server_cpu_s"] = after.user + after.system - cpu.user - cpu.system
+            yield config
         finally:
             subprocess.run([*INGEST, "--config", str(config), "db", "stop"], capture_output=True)
-        return out
+
+
+def bench_once(port: int, server: psutil.Process, args) -> dict:
+    out = {}
+    with scim_database(port, args) as config:
+        for day in (1, 2):
+            set_day(port, day)
+            cpu = server.cpu_times()
+            out[day] = run(config, name="scim")
+            after = server.cpu_times()
+            out[day]["server_cpu_s"] = after.user + after.system - cpu.user - cpu.system
+    return out
 
 
 def main() -> None:

@@ -468,14 +468,7 @@ class StagePool:
                     self.tasks[k].put_nowait(None)
                 except queue.Full:
                     p.terminate()
-        for p in self.procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
-        for q in (*self.tasks, self.results):
-            q.cancel_join_thread()
-            q.close()
+        self._reap()
 
     def abort(self) -> None:
         """Stop every worker now (the stage failed or the run is stopping)."""
@@ -483,6 +476,10 @@ class StagePool:
         for p in self.procs:
             if p.is_alive():
                 p.terminate()
+        self._reap()
+
+    def _reap(self) -> None:
+        """Wait for the stopping workers (killed if still alive after 5 s) and close the queues."""
         for p in self.procs:
             p.join(timeout=5)
             if p.is_alive():
