@@ -28,6 +28,7 @@ from ingest.staging import (
     ENTITIES,
     MAX_INVALID_SAMPLES,
     PARALLEL_MIN,
+    POOLED,
     Entity,
     StagePool,
     Stager,
@@ -52,12 +53,13 @@ class SnapshotWriter:
     """
 
     def __init__(self, engine: sa.Engine, connector: str, snapshot_id: int, *, workers: int | None = None,
-                 parallel_min: int = PARALLEL_MIN) -> None:
+                 parallel_min: int = PARALLEL_MIN, pooled: frozenset[str] = POOLED) -> None:
         self.engine = engine
         self.connector = connector
         self.snapshot_id = snapshot_id
         self.workers = workers if workers is not None else default_workers()  # staging processes (0: none)
         self.parallel_min = parallel_min
+        self.pooled = pooled  # the entities workers stage (the rest stage here: see staging.POOLED)
         self._stager = Stager(connector, snapshot_id)
         self._pool: StagePool | None = None
         self.staged: dict[str, _EntityStats] = {}
@@ -85,7 +87,7 @@ class SnapshotWriter:
         the transaction that makes the rows part of the staging (a checkpoint commits with the rows
         it covers). A batch's ``seq`` attribute (default 0) is its rows' ``page_seq``.
 
-        A call that reaches ``parallel_min`` records is staged by ``workers`` processes
+        A call of a ``pooled`` entity that reaches ``parallel_min`` records is staged by ``workers`` processes
         (:class:`~ingest.staging.StagePool`); ``check`` is called while waiting on them (the run's
         cancellation). Otherwise one transaction here: created (or added to) and filled, so a
         new table is COPYed with FREEZE.
@@ -96,7 +98,7 @@ class SnapshotWriter:
         batches = iter(batches)
         head: list[list[Any]] = []
         parallel = False
-        if self.workers > 0:
+        if self.workers > 0 and entity in self.pooled:
             n = 0
             for batch in batches:
                 head.append(batch)

@@ -22,6 +22,7 @@ else an exponential backoff with jitter.
 from __future__ import annotations
 
 import email.utils
+from array import array
 import functools
 import json
 import os
@@ -30,7 +31,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urljoin
 
@@ -599,7 +600,7 @@ class HttpClient:
             page = 1  # no look-ahead plan: that is made from the first page only
         width = self.settings.max_concurrency if concurrency is None else max(1, concurrency)
         ahead: Fetcher[PageRequest, tuple[httpx.Response, Any]] | None = None
-        distinct: set[int] | None = set() if pager.counted else None
+        distinct = DistinctCount() if pager.counted else None
         try:
             while True:
                 if ahead is not None and ((planned_next := ahead.next_item()) is END
@@ -732,6 +733,25 @@ class _BoundedStream(httpx.SyncByteStream):
 
     def close(self) -> None:
         self._inner.close()
+
+
+class DistinctCount:
+    """An exact count of distinct 64-bit hashes in 8 bytes each (a set of Python ints costs ~70 a member,
+    66 MB for a listing of a million users): hashes go to 256 arrays by their low byte, and counting
+    builds one array's set at a time."""
+
+    __slots__ = ("_buckets",)
+
+    def __init__(self) -> None:
+        self._buckets = [array("q") for _ in range(256)]
+
+    def update(self, hashes: Iterable[int]) -> None:
+        buckets = self._buckets
+        for h in hashes:
+            buckets[h & 255].append(h)
+
+    def __len__(self) -> int:
+        return sum(len(set(b)) for b in self._buckets)
 
 
 def _record_hash(id_field: str | None, record: Any) -> int:
