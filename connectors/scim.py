@@ -321,36 +321,47 @@ def map_group(raw: Any) -> dict[str, Any]:
     }
 
 
-def map_members(group_id: str, members: Any, group_ids: Iterable[str] | set[str]) -> Iterator[dict[str, Any]]:
+def map_members(group_id: str, members: Any, group_ids: Iterable[str] | set[str]) -> list[dict[str, Any]]:
     """A group's ``members`` -> Assignment dicts (accounts) and NestedEntitlement dicts (groups).
 
     A member is a group when its ``type`` says ``Group`` or its ``value`` is the
     id of a known group; each member is reported once.
     """
     if members is None:
-        return
+        return []
     if not isinstance(members, list):
         raise ProtocolError(f"group {group_id}: members is not a list")
-    seen: set[Any] = set()
+    out: list[dict[str, Any]] = []
+    add = out.append
+    seen_accounts: set[str] = set()
+    seen_groups: set[str] = set()
     text = _str
-    for m in members:  # this runs for every membership: no more function layers than needed
+    for m in members:  # this runs for every membership (5 million in a large tenant): one layer, no lower() for "User"
         if type(m) is dict or isinstance(m, dict):
             value = m.get("value")
             if type(value) is not str:
                 value = text(value)
             kind = m.get("type")
-            kind = kind.lower() if type(kind) is str else str(kind or "").lower()
+            if kind is None or kind == "User":
+                nested = value is not None and value in group_ids
+            else:
+                kind = kind.lower() if type(kind) is str else str(kind or "").lower()
+                nested = kind == "group" or (value is not None and value in group_ids)
         else:
-            value, kind = None, ""
-        nested = kind == "group" or (value is not None and value in group_ids)
-        key = (nested, value)
-        if value is not None and key in seen:
-            continue
-        seen.add(key)
+            value, nested = None, False
         if nested:
-            yield {"entitlement_id": group_id, "member_entitlement_id": value}
+            if value is not None:
+                if value in seen_groups:
+                    continue
+                seen_groups.add(value)
+            add({"entitlement_id": group_id, "member_entitlement_id": value})
         else:
-            yield {"account_id": value, "entitlement_id": group_id, "resource_type": "", "resource_id": ""}
+            if value is not None:
+                if value in seen_accounts:
+                    continue
+                seen_accounts.add(value)
+            add({"account_id": value, "entitlement_id": group_id, "resource_type": "", "resource_id": ""})
+    return out
 
 
 # -- the connector ---------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import gc
+import itertools
+import operator
 import os
 import queue
 import socket
@@ -545,7 +547,14 @@ def _assignments(batches: Iterable[list[Any]], nested: list[list[Any]]) -> Itera
         return _entity_of(capability, item) == "nested_entitlement"
 
     for batch in batches:
-        if any(map(is_nested, batch)):
+        if not batch:
+            yield batch
+            continue
+        if set(map(type, batch)) == {dict}:  # plain dicts (most sources): looked at without a Python call each
+            mixed = any(map(operator.contains, batch, itertools.repeat("member_entitlement_id")))
+        else:
+            mixed = any(map(is_nested, batch))
+        if mixed:
             seq = getattr(batch, "seq", 0)
             moved, kept = _Batch(seq), _Batch(seq)
             for item in batch:

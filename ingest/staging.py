@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import gc
 import hashlib
 import itertools
 import multiprocessing
@@ -44,11 +45,12 @@ from pydantic import BaseModel, ValidationError
 from ingest.errors import SnapshotError
 from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
 
-__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "POOLED", "Stager", "StagePool", "default_workers"]
+__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "Stager", "StagePool", "default_workers"]
 
 log = structlog.get_logger("ingest.staging")
 MAX_INVALID_SAMPLES = 20
 PARALLEL_MIN = 5_000    # records a stream must reach before its staging goes to worker processes
+WORKER_GC_THRESHOLD = (50_000, 20, 20)
 QUEUE_DEPTH = 2         # batches waiting per worker (the run's process blocks beyond that)
 
 
@@ -104,18 +106,8 @@ def stage_schema() -> str:
 
 
 _JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-
-
-def _cell(v: Any) -> Any:
-    """A value as COPY should see it: enums by value, dicts and lists as JSON text."""
-    t = type(v)
-    if t is str or v is None:
-        return v
-    if t is dict or t is list:
-        return orjson.dumps(v, option=_JSON_OPTS, default=str).decode() if v else ("{}" if t is dict else "[]")
-    if isinstance(v, enum.Enum):
-        return v.value
-    return v
+_NESTED = (dict, list)
+_dumps, _Fragment = orjson.dumps, orjson.Fragment
 
 
 class _Fast:
@@ -198,12 +190,6 @@ class _Fast:
 
 _VALIDATE = {name: _Fast(e.model) for name, e in ENTITIES.items()}
 _FAST = {name: f for name, f in _VALIDATE.items() if f.key_only}  # staged by the hot loop of _copy_plain
-# What the worker processes stage by default: key-only rows (assignments, nested groups: a few short strings,
-# ~0.4 us a record to hand over, ~2 us to validate, hash and COPY). An account costs more to hand over than
-# to stage where it was mapped: encoding it for a worker and decoding it there (~11 us for a SCIM user)
-# exceeds validating, hashing and COPYing it in the run's process (~6 us), whose COPY still runs in
-# parallel in PostgreSQL.
-POOLED = frozenset(_FAST)
 # how a batch is handed to a worker as JSON: anything orjson would turn into something else raises instead;
 # entities with a number field are pickled (JSON has no NaN: a NaN amount must reach the worker as it is)
 _HAND_OVER = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
@@ -280,10 +266,24 @@ class Stager:
         if not ent.values:
             return (*key, *extra, key_hash, key_hash)
         values = [d[c] for c in ent.values]
-        blob = orjson.dumps(values, option=_JSON_OPTS, default=str)
+        cells = values
+        if any(type(v) in _NESTED for v in values):  # JSON columns: serialised once, for the cell and the hash
+            cells, parts = [], []
+            for v in values:
+                if type(v) in _NESTED:
+                    text = _dumps(v, option=_JSON_OPTS, default=str)
+                    v = _Fragment(text)
+                    cells.append(text.decode())
+                else:
+                    cells.append(v.value if isinstance(v, enum.Enum) else v)
+                parts.append(v)
+            values = parts
+        elif any(isinstance(v, enum.Enum) for v in values):
+            cells = [v.value if isinstance(v, enum.Enum) else v for v in values]
+        blob = _dumps(values, option=_JSON_OPTS, default=str)  # what orjson gives for the values list as it was
         if b"\\u0000" in blob:
             raise ValueError("contains a NUL character, which PostgreSQL cannot store")
-        return (*key, *map(_cell, values), *extra, key_hash, hashlib.md5(blob).hexdigest())
+        return (*key, *cells, *extra, key_hash, hashlib.md5(blob).hexdigest())
 
     def _invalid(self, ent: Entity, item: Any, stats: _EntityStats, reason: str) -> None:
         stats.invalid += 1
@@ -348,6 +348,11 @@ _END = "end"  # after an entity's last batch
 def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, results: Any) -> None:
     """One staging process: for each entity, ``(entity, table)``, then batches, then ``_END``; ``None`` stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: it stops the workers
+    # Decoded batches are millions of short-lived dicts freed by reference counting, no cycles: with the
+    # default thresholds the cyclic GC ran every 700 of them and cost more than decoding (a SCIM user: 12 ->
+    # 4.4 us in orjson.loads); what was imported stays out of its scans
+    gc.freeze()
+    gc.set_threshold(*WORKER_GC_THRESHOLD)
     stager = Stager(connector, snapshot_id, log_invalid=False)
     entity = None
     try:

@@ -28,7 +28,6 @@ from ingest.staging import (
     ENTITIES,
     MAX_INVALID_SAMPLES,
     PARALLEL_MIN,
-    POOLED,
     Entity,
     StagePool,
     Stager,
@@ -53,13 +52,12 @@ class SnapshotWriter:
     """
 
     def __init__(self, engine: sa.Engine, connector: str, snapshot_id: int, *, workers: int | None = None,
-                 parallel_min: int = PARALLEL_MIN, pooled: frozenset[str] = POOLED) -> None:
+                 parallel_min: int = PARALLEL_MIN) -> None:
         self.engine = engine
         self.connector = connector
         self.snapshot_id = snapshot_id
         self.workers = workers if workers is not None else default_workers()  # staging processes (0: none)
         self.parallel_min = parallel_min
-        self.pooled = pooled  # the entities workers stage (the rest stage here: see staging.POOLED)
         self._stager = Stager(connector, snapshot_id)
         self._pool: StagePool | None = None
         self.staged: dict[str, _EntityStats] = {}
@@ -87,7 +85,7 @@ class SnapshotWriter:
         the transaction that makes the rows part of the staging (a checkpoint commits with the rows
         it covers). A batch's ``seq`` attribute (default 0) is its rows' ``page_seq``.
 
-        A call of a ``pooled`` entity that reaches ``parallel_min`` records is staged by ``workers`` processes
+        A call that reaches ``parallel_min`` records is staged by ``workers`` processes
         (:class:`~ingest.staging.StagePool`); ``check`` is called while waiting on them (the run's
         cancellation). Otherwise one transaction here: created (or added to) and filled, so a
         new table is COPYed with FREEZE.
@@ -98,7 +96,7 @@ class SnapshotWriter:
         batches = iter(batches)
         head: list[list[Any]] = []
         parallel = False
-        if self.workers > 0 and entity in self.pooled:
+        if self.workers > 0:
             n = 0
             for batch in batches:
                 head.append(batch)

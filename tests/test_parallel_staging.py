@@ -15,7 +15,7 @@ from ingest.checkpoints import Checkpoint
 from ingest.db import get_engine, migrate
 from ingest.errors import Cancelled, SnapshotError
 from ingest.records import AccountStatus
-from ingest.writer import ENTITIES, SnapshotWriter
+from ingest.writer import SnapshotWriter
 
 
 def _snapshot(engine: sa.Engine, connector: str) -> int:
@@ -68,8 +68,7 @@ class TestParallelStaging:
         results = {}
         for connector, workers in (("one", 0), ("par", 2)):
             sid = _snapshot(engine, connector)
-            writer = SnapshotWriter(engine, connector, sid, workers=workers, parallel_min=500,
-                                    pooled=frozenset(ENTITIES))  # accounts too: the workers must stage every shape
+            writer = SnapshotWriter(engine, connector, sid, workers=workers, parallel_min=500)
             writer.stage("account", _batches(_accounts(2000)))
             writer.stage("assignment", _batches(_assignments(5000)))
             writer.stage("entitlement", _batches([{"entitlement_type": "group", "entitlement_id": f"g{i}"}
@@ -107,7 +106,7 @@ class TestParallelStaging:
         engine = get_engine(database_url)
         migrate(engine)
         sid = _snapshot(engine, "par")
-        writer = SnapshotWriter(engine, "par", sid, workers=1, parallel_min=100, pooled=frozenset(ENTITIES))
+        writer = SnapshotWriter(engine, "par", sid, workers=1, parallel_min=100)
         pools = []
 
         def batches():
@@ -127,7 +126,7 @@ class TestParallelStaging:
         engine = get_engine(database_url)
         migrate(engine)
         sid = _snapshot(engine, "par")
-        writer = SnapshotWriter(engine, "par", sid, workers=1, parallel_min=100, pooled=frozenset(ENTITIES))
+        writer = SnapshotWriter(engine, "par", sid, workers=1, parallel_min=100)
         writer.stage("account", _batches(_accounts(1000)))   # one entity staged and committed by the workers
         pool = writer._pool
 
@@ -147,7 +146,7 @@ class TestParallelStaging:
         engine = get_engine(database_url)
         migrate(engine)
         old = _snapshot(engine, "par")
-        writer = SnapshotWriter(engine, "par", old, workers=1, parallel_min=100, pooled=frozenset(ENTITIES))
+        writer = SnapshotWriter(engine, "par", old, workers=1, parallel_min=100)
         pages = [_Page(seq + 1, _assignments(1000)[seq * 100:(seq + 1) * 100]) for seq in range(10)]
 
         def then(conn):  # the checkpoint covers pages 1-6 (as if a segment had ended there)
@@ -163,7 +162,7 @@ class TestParallelStaging:
         tables = _stage_tables(engine, new)
         assert f"s{new}_assignment" in tables and len(tables) == 2  # the table and its worker's segment
         assert _stage_tables(engine, old) == []
-        resumed = SnapshotWriter(engine, "par", new, workers=1, parallel_min=100, pooled=frozenset(ENTITIES))
+        resumed = SnapshotWriter(engine, "par", new, workers=1, parallel_min=100)
         resumed.restore("assignment", kept["list_grants"].counts["assignment"])
         resumed.stage("assignment", [_Page(seq + 1, _assignments(1000)[seq * 100:(seq + 1) * 100])
                                      for seq in range(6, 10)], append=True)

@@ -25,6 +25,7 @@ import email.utils
 from array import array
 import functools
 import json
+import logging
 import os
 import random
 import re
@@ -361,7 +362,9 @@ class HttpClient:
         except httpx.InvalidURL as e:
             raise FatalError(f"invalid URL: {redact(str(e))}", request=f"{method} {redact_url(url)}",
                              connector=self.connector) from None
-        line = f"{method} {redact_url(request.url)}"
+        def line() -> str:  # redacted when needed (an error, a debug event): most requests never need it
+            return f"{method} {redact_url(request.url)}"
+
         self._guard(request)  # before counting or waiting: a refused request never leaves
         self.limiter.acquire(cancel)
         _stop_if_cancelled(cancel)
@@ -383,10 +386,10 @@ class HttpClient:
                 finally:
                     response.close()
             except httpx.TimeoutException as e:
-                raise RetryableError(f"timed out ({type(e).__name__})", request=line,
+                raise RetryableError(f"timed out ({type(e).__name__})", request=line(),
                                      connector=self.connector) from None
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as e:
-                raise FatalError(f"cannot send the request: {redact(str(e))}", request=line,
+                raise FatalError(f"cannot send the request: {redact(str(e))}", request=line(),
                                  connector=self.connector) from None
             except httpx.TransportError as e:
                 tls = _tls_failure(e)
@@ -394,33 +397,34 @@ class HttpClient:
                     raise FatalError(
                         f"TLS certificate verification failed: {redact(tls.verify_message or str(tls))}; "
                         "set ca_bundle to the CA that signed the server's certificate",
-                        request=line, connector=self.connector,
+                        request=line(), connector=self.connector,
                     ) from None
                 raise RetryableError(f"connection failed: {redact(str(e)) or type(e).__name__}",
-                                     request=line, connector=self.connector) from None
+                                     request=line(), connector=self.connector) from None
             except httpx.TooManyRedirects:
-                raise FatalError("too many redirects", request=line, connector=self.connector) from None
+                raise FatalError("too many redirects", request=line(), connector=self.connector) from None
             except httpx.DecodingError as e:  # a corrupt compressed body: a cut connection, most likely
-                raise RetryableError(f"could not decode the body: {redact(str(e))}", request=line,
+                raise RetryableError(f"could not decode the body: {redact(str(e))}", request=line(),
                                      connector=self.connector) from None
             except _TooSlow:
                 raise RetryableError(f"the answer took longer than request_deadline "
-                                     f"({self.settings.request_deadline:g} s)", request=line,
+                                     f"({self.settings.request_deadline:g} s)", request=line(),
                                      connector=self.connector) from None
         finally:
             self._slots.release()
-        log.debug("http_request", connector=self.connector, request=line, status=response.status_code,
+        log.debug("http_request", connector=self.connector, request=line(), status=response.status_code,
                   ms=round((time.monotonic() - started) * 1000, 1))
         self._classify(response, line)
         return response
 
-    def _classify(self, response: httpx.Response, line: str) -> None:
+    def _classify(self, response: httpx.Response, line: Callable[[], str]) -> None:
+        """Raise the ingest error a response means (``line()``: the request, redacted); pace on rate limits."""
         code = response.status_code
         if self._source_classify is not None:
             error = self._source_classify(response)
             if error is not None:
                 error.connector = error.connector or self.connector
-                error.request = error.request or f"{line} -> {code}"
+                error.request = error.request or f"{line()} -> {code}"
                 if isinstance(error, SourceError):
                     error.status_code = error.status_code or code
                 if isinstance(error, RateLimitedError):
@@ -435,7 +439,7 @@ class HttpClient:
             elif remaining is not None and remaining > 0:
                 self._pace(response, remaining)
             return
-        kw: dict[str, Any] = {"request": f"{line} -> {code}", "connector": self.connector, "status_code": code}
+        kw: dict[str, Any] = {"request": f"{line()} -> {code}", "connector": self.connector, "status_code": code}
         detail = _detail(response)
         if code == 429 or (code == 403 and (remaining == 0 or "Retry-After" in response.headers)):
             self.stats.add("throttled")
@@ -519,7 +523,7 @@ class HttpClient:
                     **kw: Any) -> tuple[httpx.Response, Any]:
         def attempt() -> tuple[httpx.Response, Any]:
             response = self._send_once(method, url, params, cancel, **kw)
-            data = self._parse(response, f"{method} {redact_url(response.request.url)}")
+            data = self._parse(response, lambda: f"{method} {redact_url(response.request.url)}")
             # httpx keeps a Response <-> stream reference cycle: without this, every page body
             # stays in memory until the cyclic GC runs (122 MB -> 69 MB peak at 2M records).
             response.stream = httpx.ByteStream(b"")
@@ -527,23 +531,23 @@ class HttpClient:
 
         return self._with_retries(attempt, cancel)
 
-    def _parse(self, response: httpx.Response, line: str) -> Any:
+    def _parse(self, response: httpx.Response, line: Callable[[], str]) -> Any:
         if response.status_code == 204:
             return None
         ctype = response.headers.get("content-type", "").lower()
         head = response.content[:256].lstrip().lower()
         if "html" in ctype or head.startswith((b"<!doctype html", b"<html")):
             raise ProtocolError("the source answered with an HTML page, not JSON (is the base URL right?)",
-                                request=line, connector=self.connector, status_code=response.status_code)
+                                request=line(), connector=self.connector, status_code=response.status_code)
         try:
             return _loads(response.content)
         except ValueError:
             if ctype and "json" not in ctype and response.content:
                 raise ProtocolError(f"the source answered with {ctype.split(';')[0]}, not JSON",
-                                    request=line, connector=self.connector,
+                                    request=line(), connector=self.connector,
                                     status_code=response.status_code) from None
             raise RetryableError(f"invalid or truncated JSON body ({len(response.content)} bytes)",
-                                 request=line, connector=self.connector) from None
+                                 request=line(), connector=self.connector) from None
 
     def get_json(self, path: str, params: dict | None = None) -> Any:
         """GET and parse JSON (retried as a whole when the body is cut short)."""
@@ -679,8 +683,9 @@ class HttpClient:
                             url=redact_url(response.request.url),
                             hint="the source served records it already sent; stopping")
             records = kept
-        log.debug("page_fetched", connector=self.connector, page=page, url=redact_url(response.request.url),
-                  records=len(records))
+        if _debug_enabled():
+            log.debug("page_fetched", connector=self.connector, page=page, url=redact_url(response.request.url),
+                      records=len(records))
         return records
 
     def _located(self, error: IngestError, response: httpx.Response) -> IngestError:
@@ -702,6 +707,11 @@ class HttpClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _debug_enabled() -> bool:
+    """Whether DEBUG events are kept (their fields, redacted URLs, are not worth building otherwise)."""
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def _stop_if_cancelled(cancel: CancelToken | threading.Event | None) -> None:
