@@ -34,7 +34,7 @@ __all__ = ["RunResult", "Cancelled", "run", "interrupt_stale", "Progress"]
 
 log = structlog.get_logger("ingest.runner")
 _LOCK_NS = 1769  # advisory lock namespace: (1769, hashtext(connector)) = "a run of this connector"
-_BATCH = 2000
+_BATCH = 500
 RELISTS = 2  # a stream whose listing came back short (records deleted while paging) is listed again this often
 # a checkpointed stream commits what it staged this often (and whenever the source is slow to answer)
 CHECKPOINT_SECONDS = float(os.environ.get("INGEST_CHECKPOINT_SECONDS", "30"))

@@ -106,7 +106,6 @@ def stage_schema() -> str:
 
 
 _JSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-_NESTED = (dict, list)
 _dumps, _Fragment = orjson.dumps, orjson.Fragment
 
 
@@ -197,6 +196,20 @@ _AS_JSON = frozenset(name for name, e in ENTITIES.items()
                      if not any(t in str(f.annotation) for f in e.model.model_fields.values() for t in ("float", "Decimal")))
 
 
+def _column_kinds(ent: Entity) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Which of ``ent.values`` hold JSON (dicts, lists) and which enums, by position."""
+    fields = ent.model.model_fields
+    json_cols = tuple(i for i, c in enumerate(ent.values)
+                      if any(k in str(fields[c].annotation) for k in ("dict", "list", "Any")))
+    enum_cols = tuple(i for i, c in enumerate(ent.values)
+                      if any(isinstance(a, type) and issubclass(a, enum.Enum)
+                             for a in (fields[c].annotation, *typing.get_args(fields[c].annotation))))
+    return json_cols, enum_cols
+
+
+_COLUMN_KINDS = {name: _column_kinds(e) for name, e in ENTITIES.items()}
+
+
 class _EntityStats:
     __slots__ = ("fetched", "invalid", "samples")
 
@@ -267,19 +280,18 @@ class Stager:
             return (*key, *extra, key_hash, key_hash)
         values = [d[c] for c in ent.values]
         cells = values
-        if any(type(v) in _NESTED for v in values):  # JSON columns: serialised once, for the cell and the hash
-            cells, parts = [], []
-            for v in values:
-                if type(v) in _NESTED:
+        json_cols, enum_cols = _COLUMN_KINDS[ent.name]
+        if json_cols or enum_cols:  # JSON columns: serialised once, for the cell and the hash; enums by value
+            cells, values = list(values), list(values)
+            for i in json_cols:
+                v = values[i]
+                if type(v) is dict or type(v) is list:
                     text = _dumps(v, option=_JSON_OPTS, default=str)
-                    v = _Fragment(text)
-                    cells.append(text.decode())
-                else:
-                    cells.append(v.value if isinstance(v, enum.Enum) else v)
-                parts.append(v)
-            values = parts
-        elif any(isinstance(v, enum.Enum) for v in values):
-            cells = [v.value if isinstance(v, enum.Enum) else v for v in values]
+                    values[i] = _Fragment(text)
+                    cells[i] = text.decode()
+            for i in enum_cols:
+                if isinstance(v := cells[i], enum.Enum):
+                    cells[i] = v.value
         blob = _dumps(values, option=_JSON_OPTS, default=str)  # what orjson gives for the values list as it was
         if b"\\u0000" in blob:
             raise ValueError("contains a NUL character, which PostgreSQL cannot store")

@@ -40,6 +40,7 @@ __all__ = ["ENTITIES", "Entity", "SnapshotWriter", "drop_staging", "stage_schema
 
 log = structlog.get_logger("ingest.writer")
 MERGE_WORK_MEM = "128MB"
+MERGE_PARALLEL_TUPLE_COST = 0.001
 BULK_LOAD = True  # a first load into an empty history table builds its indexes after the insert
 COMMIT_LOCK_NS = 1770  # advisory lock namespace: (1770, hashtext(connector)) = "a commit of this connector"
 
@@ -179,6 +180,11 @@ class SnapshotWriter:
                 # ours to set for this transaction only: the diff's hash join and the sorts stay in
                 # memory (PostgreSQL's default 4 MB spills them to disk in many batches)
                 conn.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
+                # the diff (CREATE TABLE AS: the only statement here PostgreSQL runs in parallel) keeps only
+                # the changed rows, but the planner cannot know how few they are and prices every row through
+                # the Gather; at the default 0.1 it never plans the parallel hash join (measured, 5M current
+                # assignments, 1 % changed: 4.5 s one process -> 3.4 s with two workers)
+                conn.execute(sa.text(f"SET LOCAL parallel_tuple_cost = {MERGE_PARALLEL_TUPLE_COST}"))
                 for name, ent in ENTITIES.items():
                     if ent.table is None or name not in self.staged:
                         continue

@@ -200,3 +200,19 @@ class TestPaginatorUnits:
         response = httpx.Response(200, request=httpx.Request("GET", "http://h/x"))
         pager.update_state(response, {"next_cursor": ""}, [1])
         assert not pager.has_next
+
+
+def test_the_end_of_listing_check_counts_distinct_records_exactly_in_8_bytes_each():
+    import random
+    import sys
+
+    from ingest.http._client import DistinctCount, _record_hash
+
+    rng = random.Random(7)
+    ids = [f"user-{rng.randrange(200_000)}" for _ in range(300_000)]   # many repeats, spread over every bucket
+    count = DistinctCount()
+    count.update(_record_hash("id", {"id": i}) for i in ids)
+    count.update([_record_hash(None, {"no": "id"}), _record_hash(None, {"no": "id"})])   # whole-record identity
+    assert len(count) == len(set(ids)) + 1
+    held = sum(sys.getsizeof(b) for b in count._buckets)
+    assert held < 12 * len(ids)   # a set of the same hashes holds ~70 bytes a record

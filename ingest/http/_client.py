@@ -22,7 +22,6 @@ else an exponential backoff with jitter.
 from __future__ import annotations
 
 import email.utils
-from array import array
 import functools
 import json
 import logging
@@ -32,6 +31,7 @@ import re
 import ssl
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import urljoin
