@@ -95,6 +95,16 @@ def run(config: Path, *extra: str, name: str = "demo") -> dict:
         raise SystemExit(f"ingest run failed ({proc.returncode})")
     result = json.loads(out["stdout"])[0]
     result["wall_s"] = wall
+    result["streams_s"], result["people_s"] = {}, None  # from the run's log: each stream's staging, the refresh
+    for log_line in out.get("stderr", "").splitlines():
+        try:
+            event = json.loads(log_line)
+        except ValueError:
+            continue
+        if event.get("event") == "stream_staged":
+            result["streams_s"][event.get("stream")] = event.get("seconds")
+        elif event.get("event") == "people_refreshed":
+            result["people_s"] = event.get("total_s")
     result["tree_peak_rss_mb"] = peak / 2**20
     result["cpu_s"] = sum(cpu.values())
     result["cpu_by_process_s"] = [round(v, 1) for v in cpu.values()]  # the run's process first
@@ -125,6 +135,16 @@ def line(label: str, runs: list[dict]) -> str:
             f"postgres {med(lambda r: r['pg_cpu_s']):5.1f} s  "
             f"peak RSS {max(r['tree_peak_rss_mb'] for r in runs):6.1f} MB (tree)"
             + (f"  (median of {len(runs)})" if len(runs) > 1 else ""))
+
+
+def streams_line(label: str, runs: list[dict]) -> str:
+    """Seconds each stream took to fetch and stage, and the people refresh after the commit (medians)."""
+    names = list(dict.fromkeys(k for r in runs for k in r.get("streams_s", {})))
+    parts = [f"{k} {statistics.median(r['streams_s'].get(k) or 0.0 for r in runs):.1f} s" for k in names]
+    people = [r["people_s"] for r in runs if r.get("people_s") is not None]
+    if people:
+        parts.append(f"then the people refresh {statistics.median(people):.1f} s (in wall, not in run)")
+    return f"{'  streams of ' + label:<24} " + ", ".join(parts)
 
 
 def merge_line(label: str, runs: list[dict]) -> str:

@@ -38,7 +38,7 @@ import orjson
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import INGEST, line, merge_line, run  # noqa: E402
+from bench import INGEST, line, merge_line, run, streams_line  # noqa: E402
 
 TOKEN = "scim-bench-token"
 LIST = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
@@ -284,6 +284,8 @@ def main() -> None:
     for day, label in ((1, "day 1 (first load)"), (2, "day 2 (after churn)")):
         rs = [r[day] for r in runs]
         print(line(label, rs) + f"  server CPU {statistics.median(r['server_cpu_s'] for r in rs):5.1f} s")
+    for day, label in ((1, "day 1"), (2, "day 2")):
+        print(streams_line(label, [r[day] for r in runs]))
     for day, label in ((1, "day 1"), (2, "day 2")):
         print(merge_line(label, [r[day] for r in runs]))
     for day, label in ((1, "day 1"), (2, "day 2")):
