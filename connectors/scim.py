@@ -241,17 +241,13 @@ def _str(v: Any) -> str | None:
     return v if isinstance(v, str) else str(v)
 
 
-_LOCATION = ("location",)
-_BOOKKEEPING = ("location", "lastModified", "version")
-
-
 def _without_location(raw: dict[str, Any], *drop_meta: str, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """The raw resource minus fields that say how it was fetched, not what it is."""
     out = {k: v for k, v in raw.items() if k not in drop} if drop and not raw.keys().isdisjoint(drop) else dict(raw)
     meta = out.get("meta")
     if isinstance(meta, dict):
         meta = dict(meta)
-        for k in (_BOOKKEEPING if drop_meta == _BOOKKEEPING[1:] else (*_LOCATION, *drop_meta)):
+        for k in ("location", *drop_meta):
             meta.pop(k, None)
         out["meta"] = meta
     return out

@@ -28,6 +28,7 @@ from ingest.db import get_engine, migrate
 from ingest.errors import AlreadyRunningError, Cancelled, IngestError, ListingChangedError, MassDeletionError
 from ingest.http import CancelToken, using_token
 from ingest.redact import redact
+from ingest.staging import GC_THRESHOLD
 from ingest.writer import SnapshotWriter
 
 __all__ = ["RunResult", "Cancelled", "run", "interrupt_stale", "Progress"]
@@ -242,8 +243,7 @@ class _Segments:
 # The cyclic GC's youngest generation is collected every 700 container allocations by default; decoding
 # and mapping pages allocates millions of dicts that die young by reference counting (no cycles), and the
 # collections cost the run's process ~25-40 % of its CPU on SCIM pages. While runs take snapshots the
-# threshold is raised (cyclic garbage is still collected, every 50,000 allocations instead).
-_GC_THRESHOLD = (50_000, 20, 20)
+# thresholds are raised to staging.GC_THRESHOLD (cyclic garbage is still collected, less often).
 _gc_lock = threading.Lock()
 _gc_users: list[tuple[int, ...]] = []  # the thresholds before the first run that is still going
 
@@ -254,9 +254,9 @@ def fewer_gc_passes() -> Iterator[None]:
     with _gc_lock:
         if not _gc_users:
             _gc_users.append(gc.get_threshold())
-            gc.set_threshold(*_GC_THRESHOLD)
+            gc.set_threshold(*GC_THRESHOLD)
         else:
-            _gc_users.append(_GC_THRESHOLD)
+            _gc_users.append(GC_THRESHOLD)
     try:
         yield
     finally:

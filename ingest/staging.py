@@ -50,7 +50,10 @@ __all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "Stager", "StagePool", "default
 log = structlog.get_logger("ingest.staging")
 MAX_INVALID_SAMPLES = 20
 PARALLEL_MIN = 5_000    # records a stream must reach before its staging goes to worker processes
-WORKER_GC_THRESHOLD = (50_000, 20, 20)
+# the cyclic GC's thresholds while records are decoded and mapped (the run's process, during a run) or
+# decoded and staged (a worker): the default collects the youngest generation every 700 allocations, and
+# those records are millions of short-lived dicts freed by reference counting, without cycles
+GC_THRESHOLD = (50_000, 20, 20)
 QUEUE_DEPTH = 2         # batches waiting per worker (the run's process blocks beyond that)
 
 
@@ -360,11 +363,9 @@ _END = "end"  # after an entity's last batch
 def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, results: Any) -> None:
     """One staging process: for each entity, ``(entity, table)``, then batches, then ``_END``; ``None`` stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: it stops the workers
-    # Decoded batches are millions of short-lived dicts freed by reference counting, no cycles: with the
-    # default thresholds the cyclic GC ran every 700 of them and cost more than decoding (a SCIM user: 12 ->
-    # 4.4 us in orjson.loads); what was imported stays out of its scans
+    # see GC_THRESHOLD (decoding a handed-over SCIM user: 12 -> 4.4 us); what was imported stays out of the scans
     gc.freeze()
-    gc.set_threshold(*WORKER_GC_THRESHOLD)
+    gc.set_threshold(*GC_THRESHOLD)
     stager = Stager(connector, snapshot_id, log_invalid=False)
     entity = None
     try:
@@ -468,7 +469,7 @@ class StagePool:
         for k in range(n):
             self._put(k, (ent.name, segments[k]), check)
         rotation = itertools.cycle(range(n))
-        dumps, as_json = orjson.dumps, ent.name in _AS_JSON
+        as_json = ent.name in _AS_JSON
         for batch in batches:
             stats.fetched += len(batch)
             seq = getattr(batch, "seq", 0)
@@ -478,7 +479,7 @@ class StagePool:
             # pickled as it is, as a plain list (the runner's batches carry attributes workers need not)
             plain = batch if type(batch) is list else list(batch)  # the runner's _Batch is a list subclass
             try:
-                payload: Any = dumps(plain, option=_HAND_OVER) if as_json else plain
+                payload: Any = _dumps(plain, option=_HAND_OVER) if as_json else plain
             except TypeError:
                 payload = plain
             item = (seq, payload)

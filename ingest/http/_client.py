@@ -412,8 +412,9 @@ class HttpClient:
                                      connector=self.connector) from None
         finally:
             self._slots.release()
-        log.debug("http_request", connector=self.connector, request=line(), status=response.status_code,
-                  ms=round((time.monotonic() - started) * 1000, 1))
+        if _debug_enabled():
+            log.debug("http_request", connector=self.connector, request=line(), status=response.status_code,
+                      ms=round((time.monotonic() - started) * 1000, 1))
         self._classify(response, line)
         return response
 
