@@ -33,6 +33,7 @@ from ingest.staging import (
     Stager,
     _EntityStats,
     default_workers,
+    json_columns,
     stage_schema,
 )
 
@@ -65,6 +66,7 @@ class SnapshotWriter:
         self.duplicates: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self.merge_timings: dict[str, float] = {}
         self._prefix = f"s{snapshot_id}_"
+        self._json_text: dict[str, bool] = {}  # per entity: its staging holds JSON columns as text
 
     def stage_table(self, entity: str) -> str:
         return f"ingest_stage.{self._prefix}{entity}"
@@ -94,6 +96,7 @@ class SnapshotWriter:
         ent = ENTITIES[entity]
         stats = self.staged.setdefault(entity, _EntityStats())
         table = self.stage_table(entity)
+        json_text = self.json_as_text(ent, append)
         batches = iter(batches)
         head: list[list[Any]] = []
         parallel = False
@@ -111,7 +114,7 @@ class SnapshotWriter:
                 self._pool = StagePool(self._dsn(), self.connector, self.snapshot_id, self.workers)
             try:
                 self._pool.stage(ent, table, stream, stats, progress, check, create=not append, then=then,
-                                 analyze=analyze)
+                                 analyze=analyze, json_text=json_text)
             except BaseException:
                 self._pool.abort()
                 self._pool = None
@@ -119,7 +122,8 @@ class SnapshotWriter:
         else:
             with psycopg.connect(self._dsn(), autocommit=True) as conn:
                 with conn.transaction():
-                    self._stager.copy_into(conn, ent, table, stream, stats, progress, create=not append)
+                    self._stager.copy_into(conn, ent, table, stream, stats, progress, create=not append,
+                                           json_text=json_text)
                     if then is not None:
                         then(conn)
                 if analyze:
@@ -131,8 +135,31 @@ class SnapshotWriter:
                   progress: Callable[[str, int], None] | None = None) -> None:
         """COPY ``batches`` into ``entity``'s staging in ``conn``'s transaction (``create``: a new table)."""
         stats = self.staged.setdefault(entity, _EntityStats())
-        self._stager.copy_into(conn, ENTITIES[entity], self.stage_table(entity), batches, stats, progress,
-                               create=create)
+        ent = ENTITIES[entity]
+        self._stager.copy_into(conn, ent, self.stage_table(entity), batches, stats, progress, create=create,
+                               json_text=self.json_as_text(ent, not create))
+
+    def json_as_text(self, ent: Entity, append: bool) -> bool:
+        """Whether ``ent``'s staging holds its JSON columns as text (see :func:`~ingest.staging.json_columns`):
+        on a re-run (the connector has a succeeded snapshot), not on a first load. Decided once per
+        entity; a staging table that already exists (``append``: a resumed attempt's) keeps its own kind."""
+        if ent.name in self._json_text or not json_columns(ent):
+            return self._json_text.get(ent.name, False)
+        with self.engine.connect() as c:
+            kind = None
+            if append:
+                kind = c.execute(sa.text(
+                    "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                    "WHERE a.attrelid = to_regclass(:t) AND a.attname = :col AND NOT a.attisdropped"),
+                    {"t": self.stage_table(ent.name), "col": json_columns(ent)[0]}).scalar()
+            if kind is not None:
+                text = kind == "text"
+            else:
+                text = c.execute(sa.text(
+                    "SELECT EXISTS (SELECT 1 FROM ingest.snapshots WHERE connector = :c AND status = 'succeeded')"),
+                    {"c": self.connector}).scalar()
+        self._json_text[ent.name] = bool(text)
+        return bool(text)
 
     def close_workers(self) -> None:
         """Stop the staging processes (staging is over)."""
@@ -376,6 +403,8 @@ class SnapshotWriter:
         stage = self.stage_table(ent.name)
         p = {"c": self.connector, "sid": self.snapshot_id}
         cols = ", ".join(ent.versioned)
+        as_jsonb = json_columns(ent)  # staged as jsonb or as text (json_as_text): the cast parses only the latter
+        values = ", ".join(f"CAST({c} AS jsonb)" if c in as_jsonb else c for c in ent.versioned)
         name = ent.name
         st = self.staged[name]
         rows = st.fetched - st.invalid - self.duplicates.get(name, (0, []))[0]  # rows in staging
@@ -386,7 +415,7 @@ class SnapshotWriter:
                                   "WHERE connector = :c AND valid_to IS NULL)", p).scalar()
         if not has_current:
             insert = (f"INSERT INTO {hist} (connector, {cols}, key_hash, row_hash, valid_from) "
-                      f"SELECT :c, {cols}, key_hash, row_hash, :sid FROM {stage} ORDER BY key_hash")
+                      f"SELECT :c, {values}, key_hash, row_hash, :sid FROM {stage} ORDER BY key_hash")
             empty = bulk and not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {hist})")).scalar()
 
             def load() -> int:
@@ -438,7 +467,7 @@ class SnapshotWriter:
             p).rowcount if modified + removed else 0
         opened = self._timed(conn, f"{name}.open", (
             f"INSERT INTO {hist} (connector, {cols}, key_hash, row_hash, valid_from) "
-            f"SELECT :c, {cols}, key_hash, row_hash, :sid FROM {diff} WHERE key_hash IS NOT NULL "
+            f"SELECT :c, {values}, key_hash, row_hash, :sid FROM {diff} WHERE key_hash IS NOT NULL "
             f"ORDER BY key_hash"), p).rowcount if added + modified else 0
         if closed != modified + removed or opened != added + modified:
             raise SnapshotError(f"{ent.table}: the merge closed {closed} and opened {opened} versions where the "

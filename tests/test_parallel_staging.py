@@ -15,6 +15,7 @@ from ingest.checkpoints import Checkpoint
 from ingest.db import get_engine, migrate
 from ingest.errors import Cancelled, SnapshotError
 from ingest.records import AccountStatus
+from ingest.staging import ENTITIES
 from ingest.writer import SnapshotWriter
 
 
@@ -178,3 +179,76 @@ class _Page(list):
     def __init__(self, seq: int, records: list) -> None:
         super().__init__(records)
         self.seq = seq
+
+
+class TestJsonStaging:
+    @pytest.mark.parametrize("workers", [0, 1])
+    def test_a_rerun_stages_json_as_text_and_the_merge_stores_exact_jsonb(self, database_url, workers):
+        """A first load stages JSON columns as jsonb (parsed while fetching); a re-run stages them as text
+        (PostgreSQL does not parse what it will not write) and the merge parses only the rows it writes:
+        the history holds the same jsonb either way, and unchanged rows stay unchanged."""
+        engine = get_engine(database_url)
+        migrate(engine)
+        connector = f"json{workers}"
+
+        def kinds(writer: SnapshotWriter) -> set[str]:
+            with engine.connect() as conn:
+                return set(conn.execute(sa.text(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'ingest_stage' "
+                    "AND c.relname LIKE :p AND a.attname IN ('extra', 'custom_attributes')"),
+                    {"p": writer.stage_table("account").split(".")[1] + "%"}).scalars())
+
+        day1 = [{"account_id": f"u{i}", "custom_attributes": {"n": str(i)},
+                 "extra": {"raw": {"i": i, "name": "Zoë \"quoted\" \\ back"}}} for i in range(1200)]
+        day2 = [dict(a) for a in day1]
+        day2[5] = {**day2[5], "extra": {"raw": {"i": 5, "name": "changed", "tab": "a\tb\nc"}}}
+        day2[6] = {**day2[6], "custom_attributes": {"n": "six"}}
+        got = []
+        for records in (day1, day2):
+            sid = _snapshot(engine, connector)
+            writer = SnapshotWriter(engine, connector, sid, workers=workers, parallel_min=500)
+            writer.stage("account", _batches(records))
+            got.append(kinds(writer))
+            stats = writer.commit(finish=_finish(sid))
+        assert got == [{"jsonb"}, {"text"}]
+        assert stats["account"] == {**stats["account"], "added": 0, "modified": 2, "removed": 0, "unchanged": 1198}
+        with engine.connect() as conn:
+            rows = dict(conn.execute(sa.text(
+                "SELECT account_id, jsonb_build_array(custom_attributes, extra) FROM ingest.accounts "
+                "WHERE connector = :c"), {"c": connector}).all())
+            types = conn.execute(sa.text(
+                "SELECT DISTINCT jsonb_typeof(extra) FROM ingest.accounts_history WHERE connector = :c"),
+                {"c": connector}).scalars().all()
+        assert rows == {a["account_id"]: [a["custom_attributes"], a["extra"]] for a in day2}
+        assert types == ["object"]
+
+    def test_a_resumed_attempt_keeps_the_json_kind_of_the_staging_it_adopts(self, database_url):
+        """An attempt that staged a first load (jsonb) and died is resumed after another snapshot of the
+        connector succeeded: the resumed attempt appends jsonb, the kind its adopted table has."""
+        engine = get_engine(database_url)
+        migrate(engine)
+        old = _snapshot(engine, "kind")
+        writer = SnapshotWriter(engine, "kind", old, workers=1, parallel_min=100)
+        writer.stage("account", [_Page(1, [{"account_id": f"u{i}", "extra": {"i": i}} for i in range(300)])],
+                     then=lambda conn: checkpoints.save(conn, old, Checkpoint(
+                         "list_accounts", 1, False, {"accounts": {"resumable": True}},
+                         {"account": {"fetched": 300, "invalid": 0}})))
+        writer.close_workers()
+        other = _snapshot(engine, "kind")  # a run in between succeeds: the connector now has accounts
+        w2 = SnapshotWriter(engine, "kind", other, workers=0)
+        w2.stage("account", [[{"account_id": "x", "extra": {}}]])
+        w2.commit(finish=_finish(other))
+        new = _snapshot(engine, "kind")
+        with engine.begin() as conn:
+            kept = checkpoints.adopt(conn, old, new, lambda stream: ("account",))
+        resumed = SnapshotWriter(engine, "kind", new, workers=1, parallel_min=100)
+        resumed.restore("account", kept["list_accounts"].counts["account"])
+        resumed.stage("account", [_Page(2, [{"account_id": f"u{i}", "extra": {"i": i}} for i in range(300, 600)])],
+                      append=True)
+        assert resumed.json_as_text(ENTITIES["account"], True) is False
+        stats = resumed.commit(finish=_finish(new), allow_mass_delete=True)
+        assert stats["account"]["added"] == 600 and stats["account"]["removed"] == 1
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM ingest.accounts WHERE connector = 'kind' "
+                                        "AND (extra ->> 'i')::int = substr(account_id, 2)::int")).scalar_one() == 600

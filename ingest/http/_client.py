@@ -616,7 +616,7 @@ class HttpClient:
                     ahead.close()
                     ahead = None
                 if ahead is not None:
-                    response, data = ahead.take()[1]
+                    response, data = self._parsed_ahead(ahead.take()[1], request, cancel)
                 else:
                     response, data = self._get_parsed("GET", request.url, request.params, cancel)
                 page += 1
@@ -662,8 +662,25 @@ class HttpClient:
             received=received, announced=announced, connector=self.connector,
             request=f"GET {redact_url(response.request.url)}")
 
-    def _fetch_ahead(self, request: PageRequest, stop: CancelToken) -> list[tuple[httpx.Response, Any]]:
-        return [self._get_parsed("GET", request.url, request.params, cancel=stop)]
+    def _fetch_ahead(self, request: PageRequest, stop: CancelToken) -> list[httpx.Response]:
+        """A page fetched ahead: only its bytes. It is decoded when the listing takes it, in the listing's
+        thread: decoding is CPU under the GIL wherever it runs, and a page decoded there is mapped while its
+        objects are still in the cache (decoded here, up to twice ``width`` pages of objects waited, cold)."""
+        return [self._with_retries(lambda: self._send_once("GET", request.url, request.params, stop), stop)]
+
+    def _parsed_ahead(self, response: httpx.Response, request: PageRequest,
+                      cancel: CancelToken) -> tuple[httpx.Response, Any]:
+        """A page fetched ahead, decoded; a body that is not valid JSON is fetched again, retried as
+        ``_get_parsed`` retries it (the page fetched ahead was its first attempt)."""
+        ahead = [response]
+
+        def attempt() -> tuple[httpx.Response, Any]:
+            got = ahead.pop() if ahead else self._send_once("GET", request.url, request.params, cancel)
+            data = self._parse(got, lambda: f"GET {redact_url(got.request.url)}")
+            got.stream = httpx.ByteStream(b"")  # see _get_parsed
+            return got, data
+
+        return self._with_retries(attempt, cancel)
 
     def _page_records(self, pager: Paginator, response: httpx.Response, data: Any,
                       selector: str | Callable[[Any], list] | None, page: int) -> list[Any]:
