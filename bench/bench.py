@@ -93,6 +93,9 @@ def run(config: Path, *extra: str, name: str = "demo") -> dict:
     if proc.returncode != 0:
         sys.stderr.write(out.get("stderr", "")[-4000:])
         raise SystemExit(f"ingest run failed ({proc.returncode})")
+    if os.environ.get("BENCH_LOGS"):  # a directory: each run's log kept there, for a closer look
+        Path(os.environ["BENCH_LOGS"]).mkdir(parents=True, exist_ok=True)
+        (Path(os.environ["BENCH_LOGS"]) / f"{name}-{proc.pid}.log").write_text(out.get("stderr", ""))
     result = json.loads(out["stdout"])[0]
     result["wall_s"] = wall
     result["streams_s"], result["people_s"] = {}, None  # from the run's log: each stream's staging, the refresh

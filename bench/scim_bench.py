@@ -230,7 +230,8 @@ def scim_database(port: int, args, prefix: str = "ingest-scim-bench-") -> Iterat
         config = Path(tmp) / "schedules.yaml"
         config.write_text(json.dumps({"connectors": {"scim": {"type": "scim", "settings": {
             "base_url": f"http://127.0.0.1:{port}/scim/v2", "page_size": args.page_size,
-            "max_concurrency": args.concurrency}, "auth": {"bearer_token": TOKEN}}}}))
+            "max_concurrency": args.concurrency}, "auth": {"bearer_token": TOKEN},
+            **({"stage_workers": args.workers} if args.workers is not None else {})}}}))
         started = subprocess.run([*INGEST, "--config", str(config), "db", "start"], capture_output=True, text=True)
         if started.returncode != 0:
             raise SystemExit(f"ingest db start failed ({started.returncode}): {started.stderr[-2000:]}")
@@ -259,6 +260,7 @@ def main() -> None:
     ap.add_argument("--memberships", type=int, default=10, help="groups per user")
     ap.add_argument("--page-size", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=4, help="the connector's max_concurrency")
+    ap.add_argument("--workers", type=int, default=None, help="the connector's stage_workers (default: the default)")
     ap.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", 3)))
     ap.add_argument("--large", action="store_true", help="1,000,000 users, 20,000 groups, 5 groups each")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

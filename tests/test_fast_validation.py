@@ -129,3 +129,18 @@ def test_a_typical_scim_account_takes_the_fast_path():
 def test_every_entity_has_a_fast_path():
     assert set(_VALIDATE) == set(ENTITIES)
     assert {name for name, f in _VALIDATE.items() if f.key_only} == {"assignment", "nested_entitlement"}
+
+
+@pytest.mark.parametrize("where", ["display_name", "custom_attributes", "extra"])
+def test_text_with_a_nul_anywhere_is_refused_and_backslashes_are_not(where):
+    """PostgreSQL cannot store NUL in text or JSON: a record with one is invalid wherever it hides (a plain
+    column, a JSON column, deep inside one); backslashes and quotes, which JSON escapes too, are fine."""
+    ent = ENTITIES["account"]
+    ok = {"account_id": "u1", "display_name": 'C:\\Users\\"x"', "custom_attributes": {"path": "a\\b"},
+          "extra": {"meta": {"note": ['say "\\u0000" literally']}}}
+    row = STAGER.row(ent, _VALIDATE["account"](ok))
+    assert row[ent.columns.index("display_name")] == 'C:\\Users\\"x"'
+    assert orjson.loads(row[ent.columns.index("extra")]) == ok["extra"]
+    nul = {"display_name": "a\x00b", "custom_attributes": {"k": "a\x00b"}, "extra": {"deep": [{"x": "\x00"}]}}[where]
+    with pytest.raises(ValueError, match="NUL"):
+        STAGER.row(ent, _VALIDATE["account"]({**ok, where: nul}))

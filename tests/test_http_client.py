@@ -109,6 +109,18 @@ class TestRequests:
             assert http.url("/Users") == fake_api.url("/scim/v2/Users")
         assert fake_api.requests[0].path == "/scim/v2/Users"
 
+    def test_cookies_a_source_sets_are_sent_back(self, fake_api: FakeApi) -> None:
+        """A load balancer's affinity cookie, say: kept from the answer that sets it, sent with every later
+        request, including after answers that set none (those are not run through the cookie jar)."""
+        fake_api.add_json("/login", {}, headers={"Set-Cookie": "affinity=node-7; Path=/"})
+        fake_api.add_json("/users", [])
+        with client(fake_api) as http:
+            http.get_json("/users")
+            http.get_json("/login")
+            http.get_json("/users")
+            http.get_json("/users")
+        assert [r.header("Cookie") for r in fake_api.requests] == [None, None, "affinity=node-7", "affinity=node-7"]
+
     def test_a_204_has_no_body(self, fake_api: FakeApi) -> None:
         fake_api.route("/ping", lambda _r: Reply(204))
         with client(fake_api) as http:
