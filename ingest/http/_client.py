@@ -505,13 +505,21 @@ class HttpClient:
                     error=str(exc), sleep=round(state.upcoming_sleep, 3))
 
     def _with_retries(self, fn: Callable[[], Any], cancel: CancelToken | threading.Event | None = None) -> Any:
-        attempts = 0
         cancel = cancel if cancel is not None else self._token()
+        _stop_if_cancelled(cancel)
+        try:  # the first attempt, without building the retry machinery (most requests need no second)
+            return fn()
+        except RetryableError as e:
+            failed: RetryableError | None = e
+        attempts = 0
 
         def attempt() -> Any:
-            nonlocal attempts
-            _stop_if_cancelled(cancel)
+            nonlocal attempts, failed
             attempts += 1
+            if failed is not None:  # tenacity sees the first attempt's failure as its own first attempt
+                error, failed = failed, None
+                raise error
+            _stop_if_cancelled(cancel)
             return fn()
 
         retrying = tenacity.Retrying(
