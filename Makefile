@@ -48,6 +48,7 @@ test: install system-deps node-deps
 bench: install
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/scim_bench.py $(if $(BENCH_LARGE),--large)
+	$(BIN)/python bench/micro.py
 	$(BIN)/python bench/resume.py --users $(or $(BENCH_RESUME_USERS),20000)
 	$(BIN)/python bench/idp.py
 	$(BIN)/python bench/cloud.py
