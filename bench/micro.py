@@ -13,7 +13,6 @@ this on each, in turn, several times.
 from __future__ import annotations
 
 import gc
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,13 +73,9 @@ def records() -> None:
 
 
 def requests() -> None:
-    bench = Path(scim_bench.__file__)
-    server = subprocess.Popen([sys.executable, str(bench), "--serve", "--users", "30000", "--groups", "3000",
-                               "--memberships", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(server.stdout.readline())
+    with scim_bench.serving(30_000, 3_000, 1) as server:
         paths = [f"Groups/{scim_bench.gid(g)}" for g in range(3000)]
-        with HttpClient(f"http://127.0.0.1:{port}/scim/v2", settings=HttpSettings(max_concurrency=1),
+        with HttpClient(f"http://127.0.0.1:{server.port}/scim/v2", settings=HttpSettings(max_concurrency=1),
                         connector="micro", auth=BearerAuth(scim_bench.TOKEN)) as http:
             for p in paths[:300]:
                 http.get_json(p)
@@ -90,10 +85,7 @@ def requests() -> None:
                 for p in paths:
                     http.get_json(p)
                 best = min(best, (time.process_time() - cpu) / len(paths) * 1e6)
-        print(f"one GET of a SCIM group (50 members), HttpClient.get_json: {best:.0f} µs of CPU")
-    finally:
-        server.stdin.close()
-        server.wait(timeout=30)
+    print(f"one GET of a SCIM group (50 members), HttpClient.get_json: {best:.0f} µs of CPU")
 
 
 if __name__ == "__main__":

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import scim_bench  # noqa: E402
+
 from connectors.scim import ScimConnector  # noqa: E402
 from ingest.connector import ConnectorContext  # noqa: E402
 from ingest.staging import GC_THRESHOLD  # noqa: E402
-
-BENCH = Path(__file__).resolve().parent / "scim_bench.py"
 
 
 def main() -> None:
@@ -34,16 +34,12 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="one capability (list_entitlements runs too: the fan-out needs it)")
     args = ap.parse_args()
     groups = args.groups or max(10, args.users // 50)
-    server = subprocess.Popen([sys.executable, str(BENCH), "--serve", "--users", str(args.users), "--groups",
-                               str(groups), "--memberships", str(args.memberships), "--page-size",
-                               str(args.page_size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(server.stdout.readline())
+    with scim_bench.serving(args.users, groups, args.memberships, args.page_size) as server:
         ctx = ConnectorContext(
             name="scim", settings=ScimConnector.Settings.model_validate({
-                "base_url": f"http://127.0.0.1:{port}/scim/v2", "page_size": args.page_size,
+                "base_url": f"http://127.0.0.1:{server.port}/scim/v2", "page_size": args.page_size,
                 "max_concurrency": args.concurrency}),
-            auth=ScimConnector.Auth.model_validate({"bearer_token": "scim-bench-token"}), state_dir=None)
+            auth=ScimConnector.Auth.model_validate({"bearer_token": scim_bench.TOKEN}), state_dir=None)
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLD)
         with ScimConnector(ctx) as connector:
@@ -55,9 +51,6 @@ def main() -> None:
                     n += 1
                 print(f"{capability:32s} {n:10,} records {time.perf_counter() - wall:7.2f} s wall "
                       f"{time.process_time() - cpu:7.2f} s CPU", flush=True)
-    finally:
-        server.stdin.close()
-        server.wait(timeout=60)
 
 
 if __name__ == "__main__":

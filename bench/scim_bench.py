@@ -215,6 +215,20 @@ def serve(args) -> None:
 
 # -- the bench -------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def serving(users: int, groups: int, memberships: int, page_size: int = 1000) -> Iterator[subprocess.Popen]:
+    """The bench's SCIM server in its own process (its port in ``.port``), stopped on leaving."""
+    srv = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", "--users", str(users),
+                            "--groups", str(groups), "--memberships", str(memberships), "--page-size",
+                            str(page_size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        srv.port = int(srv.stdout.readline())
+        yield srv
+    finally:
+        srv.stdin.close()
+        srv.wait(timeout=60)
+
+
 def set_day(port: int, day: int) -> None:
     import httpx
 
@@ -231,7 +245,7 @@ def scim_database(port: int, args, prefix: str = "ingest-scim-bench-") -> Iterat
         config.write_text(json.dumps({"connectors": {"scim": {"type": "scim", "settings": {
             "base_url": f"http://127.0.0.1:{port}/scim/v2", "page_size": args.page_size,
             "max_concurrency": args.concurrency}, "auth": {"bearer_token": TOKEN},
-            **({"stage_workers": args.workers} if args.workers is not None else {})}}}))
+            **({"stage_workers": w} if (w := getattr(args, "workers", None)) is not None else {})}}}))
         started = subprocess.run([*INGEST, "--config", str(config), "db", "start"], capture_output=True, text=True)
         if started.returncode != 0:
             raise SystemExit(f"ingest db start failed ({started.returncode}): {started.stderr[-2000:]}")
@@ -274,15 +288,8 @@ def main() -> None:
           f"page size {args.page_size}, max_concurrency {args.concurrency}")
     print(f"\n{args.users:,} users, {args.groups:,} groups, {args.users * args.memberships:,} memberships "
           "(day 2: 1 % changed and moved, 0.1 % removed, 0.1 % new)")
-    cmd = [sys.executable, __file__, "--serve", "--users", str(args.users), "--groups", str(args.groups),
-           "--memberships", str(args.memberships), "--page-size", str(args.page_size)]
-    srv = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(srv.stdout.readline())
-        runs = [bench_once(port, psutil.Process(srv.pid), args) for _ in range(args.repeat)]
-    finally:
-        srv.stdin.close()
-        srv.wait(timeout=60)
+    with serving(args.users, args.groups, args.memberships, args.page_size) as srv:
+        runs = [bench_once(srv.port, psutil.Process(srv.pid), args) for _ in range(args.repeat)]
     for day, label in ((1, "day 1 (first load)"), (2, "day 2 (after churn)")):
         rs = [r[day] for r in runs]
         print(line(label, rs) + f"  server CPU {statistics.median(r['server_cpu_s'] for r in rs):5.1f} s")

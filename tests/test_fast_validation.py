@@ -62,7 +62,7 @@ def _good(entity: str, field: str, rng: random.Random):
 
 @pytest.mark.parametrize("entity", sorted(ENTITIES))
 def test_fast_validation_accepts_only_what_the_model_accepts_and_stages_the_same_row(entity):
-    ent, fast = ENTITIES[entity], _VALIDATE[entity]
+    ent, fast = ENTITIES[entity], _VALIDATE[entity].check
     accepted = refused_by_both = fell_back = 0
     for rec in _records(entity, 3000, seed=len(entity)):
         try:
@@ -113,17 +113,17 @@ def test_a_typical_scim_account_takes_the_fast_path():
     rec = {"account_id": "u1", "email": "a@example.org", "username": "a", "display_name": "Zoë",
            "given_name": None, "family_name": "Ø", "status": "SUSPENDED", "account_type": "user",
            "custom_attributes": {"department": "Légal"}, "extra": {"schemas": ["x"], "meta": {"created": "2026"}}}
-    d = _VALIDATE["account"](rec)
+    d = _VALIDATE["account"].check(rec)
     assert d is not None and d["status"] == "SUSPENDED" and d["last_activity_at"] is None
-    assert _VALIDATE["account"]({**rec, "status": AccountStatus.ACTIVE})["status"] == "ACTIVE"
+    assert _VALIDATE["account"].check({**rec, "status": AccountStatus.ACTIVE})["status"] == "ACTIVE"
     # missing fields take the model's defaults
-    assert _VALIDATE["account"]({"account_id": "u2"}) == {
+    assert _VALIDATE["account"].check({"account_id": "u2"}) == {
         "account_id": "u2", "email": None, "username": None, "display_name": None, "given_name": None,
         "family_name": None, "status": "ACTIVE", "account_type": "user", "custom_attributes": {}, "extra": {},
         "last_activity_at": None}
     for bad in ({**rec, "status": "active"}, {**rec, "extra": {1: "x"}}, {**rec, "email": 5},
                 {**rec, "account_id": ""}, {**rec, "surprise": 1}, {k: v for k, v in rec.items() if k != "account_id"}):
-        assert _VALIDATE["account"](bad) is None
+        assert _VALIDATE["account"].check(bad) is None
 
 
 def test_every_entity_has_a_fast_path():
@@ -138,9 +138,9 @@ def test_text_with_a_nul_anywhere_is_refused_and_backslashes_are_not(where):
     ent = ENTITIES["account"]
     ok = {"account_id": "u1", "display_name": 'C:\\Users\\"x"', "custom_attributes": {"path": "a\\b"},
           "extra": {"meta": {"note": ['say "\\u0000" literally']}}}
-    row = STAGER.row(ent, _VALIDATE["account"](ok))
+    row = STAGER.row(ent, _VALIDATE["account"].check(ok))
     assert row[ent.columns.index("display_name")] == 'C:\\Users\\"x"'
     assert orjson.loads(row[ent.columns.index("extra")]) == ok["extra"]
     nul = {"display_name": "a\x00b", "custom_attributes": {"k": "a\x00b"}, "extra": {"deep": [{"x": "\x00"}]}}[where]
     with pytest.raises(ValueError, match="NUL"):
-        STAGER.row(ent, _VALIDATE["account"]({**ok, where: nul}))
+        STAGER.row(ent, _VALIDATE["account"].check({**ok, where: nul}))
