@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import gc
-import itertools
-import operator
 import os
 import queue
 import socket
@@ -20,13 +18,14 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from ingest import checkpoints
+from ingest import checkpoints, pages
 from ingest.checkpoints import Checkpoint, Position, ResumeRefused
 from ingest.config import LoadedConfig, ResolvedConnector
 from ingest.connector import CAPABILITIES, ConnectorContext
 from ingest.db import get_engine, migrate
 from ingest.errors import AlreadyRunningError, Cancelled, IngestError, ListingChangedError, MassDeletionError
 from ingest.http import CancelToken, using_token
+from ingest.pages import Undecoded
 from ingest.redact import redact
 from ingest.staging import GC_THRESHOLD
 from ingest.writer import SnapshotWriter
@@ -97,7 +96,7 @@ _IDLE = _Batch()  # the fetch side handed nothing for a while (checkpointed stre
 
 
 def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings, depth: int = 3,
-                position: Position | None = None) -> Iterator[list[Any]]:
+                position: Position | None = None, undecoded: bool = False) -> Iterator[list[Any]]:
     """Run ``source`` in a thread, handing batches over a bounded queue (fetch overlaps writing).
 
     ``timings.fetch`` gets the time the thread spent inside the connector (not waiting on the queue).
@@ -107,6 +106,9 @@ def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings, de
     With a ``position`` (a checkpointed stream), the reader's marks end batches: every page's last
     batch carries the position after it (``_Batch.mark``), and ``_IDLE`` comes when nothing arrived
     for half a second (staging may commit what it has).
+
+    ``undecoded``: the source may hand on pages undecoded (:mod:`ingest.pages`); each is a batch of its
+    own, with the ``seq`` of the page it is.
     """
     check = token.check
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -117,6 +119,7 @@ def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings, de
     def produce() -> None:
         with using_token(token):  # the HTTP layer (and any fetcher) in this thread obeys the run's token
             checkpoints.set_position(position)
+            pages.hand_on(undecoded)
             _produce()
 
     def put(batch: list[Any]) -> bool:
@@ -149,6 +152,16 @@ def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings, de
             for item in it:
                 if stop.is_set():  # cancelled or timed out: stop fetching now, not at the end of the source
                     return
+                if type(item) is Undecoded:  # a page as it came: a batch by itself, after what came before
+                    timings.fetch += clock() - started - waited[0]
+                    if batch and not put(batch):
+                        return
+                    batch = _Batch(batch.seq) if batch else batch
+                    item.seq = batch.seq
+                    if not put(item):
+                        return
+                    started, waited[0] = clock(), 0.0
+                    continue
                 batch.append(item)
                 if len(batch) >= _BATCH:
                     timings.fetch += clock() - started - waited[0]
@@ -511,16 +524,16 @@ def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any
     """Stage one stream: one transaction, or (``position``: checkpointed) one per segment, each with
     its checkpoint. ``append``: staging continues an earlier attempt's."""
     entities = _entities_of(capability)
-    segments = _Segments(_prefetched(records, token, timings, position=position),
+    segments = _Segments(_prefetched(records, token, timings, position=position, undecoded=writer.workers > 0),
                          CHECKPOINT_SECONDS if position is not None else float("inf"))
     create = not append
     while not segments.ended:
-        aside: list[list[Any]] = []  # associations hold two entities: nested groups go to their own table
+        # associations hold two entities: staging them as assignments puts their nested groups aside,
+        # staged into their own table in the same transaction as the segment
+        aside: list[tuple[int, list[Any]]] = []
         batches = segments.next()
-        if len(entities) > 1:
-            batches = _assignments(batches, aside)
 
-        def then(conn: Any, create: bool = create, aside: list[list[Any]] = aside) -> None:
+        def then(conn: Any, create: bool = create, aside: list[tuple[int, list[Any]]] = aside) -> None:
             if len(entities) > 1:
                 writer.copy_into(conn, entities[1], aside, create=create)
             if position is not None:
@@ -528,41 +541,14 @@ def _stage_stream(writer: SnapshotWriter, capability: str, records: Iterable[Any
                 checkpoints.save(conn, writer.snapshot_id, Checkpoint(
                     capability, seq, segments.ended, streams, {e: writer.counts(e) for e in entities}))
 
-        writer.stage(entities[0], batches, progress, append=not create, then=then, analyze=False, check=token.check)
+        writer.stage(entities[0], batches, progress, append=not create, then=then, analyze=False, check=token.check,
+                     divert=aside if len(entities) > 1 else None)
         create = False
         if position is not None and not segments.ended:
             log.info("stream_checkpointed", stream=capability, page_seq=segments.pending[0],
                      records={e: writer.staged[e].fetched for e in entities if e in writer.staged})
     for entity in entities:
         writer.analyze(entity)
-
-
-def _assignments(batches: Iterable[list[Any]], nested: list[list[Any]]) -> Iterator[list[Any]]:
-    """The assignments of each batch; its nested groups are appended to ``nested`` (same ``seq``)."""
-    capability = "find_entitlement_associations"
-
-    def is_nested(item: Any) -> bool:  # _entity_of, without its layers for the plain dicts most sources give
-        if type(item) is dict:
-            return "member_entitlement_id" in item
-        return _entity_of(capability, item) == "nested_entitlement"
-
-    for batch in batches:
-        if not batch:
-            yield batch
-            continue
-        if set(map(type, batch)) == {dict}:  # plain dicts (most sources): looked at without a Python call each
-            mixed = any(map(operator.contains, batch, itertools.repeat("member_entitlement_id")))
-        else:
-            mixed = any(map(is_nested, batch))
-        if mixed:
-            seq = getattr(batch, "seq", 0)
-            moved, kept = _Batch(seq), _Batch(seq)
-            for item in batch:
-                (moved if is_nested(item) else kept).append(item)
-            nested.append(moved)
-            kept.mark = getattr(batch, "mark", None)
-            batch = kept
-        yield batch
 
 
 def _json(value: Any) -> str:

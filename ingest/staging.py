@@ -27,6 +27,7 @@ import itertools
 import multiprocessing
 import operator
 import os
+import pickle
 import queue
 import re
 import secrets
@@ -43,14 +44,19 @@ import psycopg
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from ingest.errors import SnapshotError
+from ingest import errors
+from ingest.errors import IngestError, SnapshotError
+from ingest.pages import Undecoded, decode
 from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
 
-__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "Stager", "StagePool", "default_workers"]
+__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "PARALLEL_MIN_BYTES", "Stager", "StagePool", "default_workers"]
 
 log = structlog.get_logger("ingest.staging")
 MAX_INVALID_SAMPLES = 20
 PARALLEL_MIN = 5_000    # records a stream must reach before its staging goes to worker processes
+# ... or bytes of pages handed on undecoded (a page counts its records before mapping: one group's
+# page may hold thousands of memberships); about what 5,000 records of an average source take
+PARALLEL_MIN_BYTES = 2 << 20
 # the cyclic GC's thresholds while records are decoded and mapped (the run's process, during a run) or
 # decoded and staged (a worker): the default collects the youngest generation every 700 allocations, and
 # those records are millions of short-lived dicts freed by reference counting, without cycles
@@ -59,10 +65,12 @@ QUEUE_DEPTH = 2         # batches waiting per worker (the run's process blocks b
 
 
 def default_workers() -> int:
-    """Staging processes when the config does not say: one per CPU beside the run's own process, which
-    fetches, decodes and maps pages and hands them over (measured: on 2 CPUs a second worker only adds
-    ~60 MB; the run's process is the busier one)."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    """Staging processes when the config does not say: one per CPU, at most two. The run's process
+    fetches; a stream whose pages go to the workers undecoded (:mod:`ingest.pages`) is decoded,
+    mapped and staged there, so on 2 CPUs two workers keep both busy (measured, 300k SCIM users:
+    day-2 run 22.6 -> 17.1 s against one worker with the pages decoded in the run's process); each
+    costs ~65 MB, and more would break the memory promise (300 MB) for little."""
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -278,11 +286,14 @@ class Stager:
 
     def copy_into(self, conn: psycopg.Connection, ent: Entity, table: str, batches: Iterable[Any],
                   stats: _EntityStats, progress: Callable[[str, int], None] | None = None, *,
-                  create: bool = True, json_text: bool = False) -> None:
+                  create: bool = True, json_text: bool = False,
+                  divert: list[tuple[int, list[Any]]] | None = None) -> None:
         """COPY every batch into ``table`` in ``conn``'s transaction (``create``: a new table, FREEZE).
 
         A batch's ``seq`` attribute (default 0) is its rows' ``page_seq``; a ``(seq, records)`` tuple
-        says the same (how batches reach a worker)."""
+        says the same (how batches reach a worker). An :class:`~ingest.pages.Undecoded` page is a
+        batch of its own, decoded here. ``divert`` (staging assignments): nested groups among the
+        records are not staged but added to it, as ``(seq, records)``."""
         cols = ", ".join(ent.columns + ("key_hash", "row_hash", "page_seq"))
         if create:
             self.create(conn, ent, table, json_text)
@@ -294,6 +305,10 @@ class Stager:
                     seq, batch = batch
                 else:
                     seq = getattr(batch, "seq", 0)
+                if type(batch) is Undecoded:
+                    batch = batch.records()
+                if divert is not None:
+                    batch = _without_nested(batch, seq, divert)
                 stats.fetched += len(batch)
                 copy_batch(ent, batch, stats, copy.write_row, seq)
                 if progress is not None:
@@ -387,35 +402,86 @@ class Stager:
             write((*values, h, h, seq))
 
 
+def _is_nested(item: Any) -> bool:
+    """An entitlement association that is a group in a group (not an account's assignment)."""
+    if type(item) is dict:
+        return "member_entitlement_id" in item
+    return (getattr(item, "entity", None) == "nested_entitlement"
+            or (isinstance(item, dict) and "member_entitlement_id" in item))
+
+
+def _without_nested(batch: list[Any], seq: int, nested: list[tuple[int, list[Any]]]) -> list[Any]:
+    """The assignments of a batch of entitlement associations; its nested groups go to ``nested``."""
+    if not batch:
+        return batch
+    if set(map(type, batch)) == {dict}:  # plain dicts (most sources): looked at without a Python call each
+        mixed = any(map(operator.contains, batch, itertools.repeat("member_entitlement_id")))
+    else:
+        mixed = any(map(_is_nested, batch))
+    if not mixed:
+        return batch
+    nested.append((seq, [item for item in batch if _is_nested(item)]))
+    return [item for item in batch if not _is_nested(item)]
+
+
 # -- worker processes ----------------------------------------------------------------------------------
 
 _END = "end"  # after an entity's last batch
+_SPEC = "spec"  # (_SPEC, key, pickled PageSpec): how the Undecoded pages that name ``key`` become records
 
 
 def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, results: Any) -> None:
-    """One staging process: for each entity, ``(entity, table, json_text)``, then batches, then ``_END``; ``None`` stops it."""
+    """One staging process: for each entity, ``(entity, table, json_text, divert)``, then batches (and
+    the page specs they need), then ``_END``; ``None`` stops it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: it stops the workers
     # see GC_THRESHOLD (decoding a handed-over SCIM user: 12 -> 4.4 us); what was imported stays out of the scans
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)
     stager = Stager(connector, snapshot_id, log_invalid=False)
+    specs: dict[str, Any] = {}
     entity = None
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             while (msg := tasks.get()) is not None:
-                entity, table, json_text = msg
+                entity, table, json_text, divert = msg
 
                 def batches() -> Iterator[tuple[int, list[Any]]]:
                     while (item := tasks.get()) != _END:
-                        seq, batch = item
-                        yield seq, orjson.loads(batch) if type(batch) is bytes else batch
+                        if len(item) == 2:  # records: JSON or pickled by the queue
+                            seq, batch = item
+                            yield seq, orjson.loads(batch) if type(batch) is bytes else batch
+                        elif item[0] == _SPEC:
+                            specs[item[1]] = pickle.loads(item[2])
+                        else:  # an undecoded page
+                            seq, key, body, skip, parent = item
+                            yield seq, decode(specs[key], body, skip, pickle.loads(parent))
 
                 stats = _EntityStats()
+                nested: list[tuple[int, list[Any]]] | None = [] if divert else None
                 with conn.transaction():  # created and filled in one transaction: COPY FREEZE
-                    stager.copy_into(conn, ENTITIES[entity], table, batches(), stats, json_text=json_text)
-                results.put(("done", wid, entity, table, stats.invalid, stats.samples))
+                    stager.copy_into(conn, ENTITIES[entity], table, batches(), stats, json_text=json_text,
+                                     divert=nested)
+                results.put(("done", wid, entity, table, stats.fetched, stats.invalid, stats.samples, nested))
     except BaseException as e:  # reported to the run's process, which fails the stage
-        results.put(("error", wid, entity, f"{type(e).__name__}: {e}"))
+        kind = type(e).__name__ if isinstance(e, IngestError) else None
+        results.put(("error", wid, entity, f"{type(e).__name__}: {e}",
+                     (kind, e.message, e.stream) if kind else None))
+
+
+def _raise_failed(msg: tuple) -> None:
+    """A worker's error: the source's (an IngestError raised decoding or mapping its pages) as it was,
+    anything else as a SnapshotError."""
+    _, wid, entity, text, ingest = msg
+    if ingest is not None:
+        cls = getattr(errors, ingest[0], None)
+        if isinstance(cls, type) and issubclass(cls, IngestError):
+            try:
+                error = cls(ingest[1], stream=ingest[2])
+            except TypeError:  # an error class with arguments of its own
+                pass
+            else:
+                raise error
+    raise SnapshotError(f"staging {entity or 'records'} failed in worker {wid}: {text}; nothing was committed")
 
 
 _MAIN_LOCK = threading.Lock()
@@ -455,6 +521,7 @@ class StagePool:
             for p in self.procs:
                 p.start()
         self.closed = False
+        self.specs: set[str] = set()  # keys of the page specs every worker has been sent
         self.calls = 0  # stage() calls; with the pool's tag, segment names never repeat (a resumed
         self.tag = secrets.token_hex(3)  # attempt adopts an earlier one's segments, renamed to its own id)
 
@@ -466,8 +533,7 @@ class StagePool:
             msg = None
         if msg is not None:
             if msg[0] == "error":
-                raise SnapshotError(f"staging {msg[2] or 'records'} failed in worker {msg[1]}: {msg[3]}; "
-                                    "nothing was committed")
+                _raise_failed(msg)
             self._early.append(msg)
         for k, p in enumerate(self.procs):
             if not p.is_alive():
@@ -486,35 +552,51 @@ class StagePool:
     def stage(self, ent: Entity, table: str, batches: Iterable[list[Any]], stats: _EntityStats,
               progress: Callable[[str, int], None] | None = None, check: Callable[[], None] | None = None, *,
               create: bool = True, then: Callable[[psycopg.Connection], None] | None = None,
-              analyze: bool = True, json_text: bool = False) -> None:
-        """Stage ``batches`` into ``table`` through the workers; raises SnapshotError if any of them fails.
+              analyze: bool = True, json_text: bool = False,
+              divert: list[tuple[int, list[Any]]] | None = None) -> None:
+        """Stage ``batches`` into ``table`` through the workers; raises SnapshotError if any of them fails
+        (or the IngestError a worker met decoding the source's pages).
 
         Each worker commits its segment; then one transaction of the run's process (re)creates
         ``table`` (``create``), attaches the segments to it and runs ``then(conn)`` (a checkpoint
         commits with the rows it covers: a crash before that leaves segments no table inherits,
-        which the snapshot's staging clean-up drops).
+        which the snapshot's staging clean-up drops). ``divert``: as :meth:`Stager.copy_into`'s,
+        filled before ``then`` runs.
         """
         n = len(self.procs)
         self._early: list[tuple] = []
         self.calls += 1
         segments = [f"{table}_{self.tag}_{self.calls}_{k}" for k in range(n)]
         for k in range(n):
-            self._put(k, (ent.name, segments[k], json_text), check)
+            self._put(k, (ent.name, segments[k], json_text, divert is not None), check)
         rotation = itertools.cycle(range(n))
         as_json = ent.name in _AS_JSON
+        sent = 0  # records (an undecoded page: the records it holds before mapping), for progress
         for batch in batches:
-            stats.fetched += len(batch)
+            if not len(batch):  # a checkpoint's mark after a page handed on by itself
+                continue
+            sent += len(batch)
             seq = getattr(batch, "seq", 0)
-            # JSON bytes cost the run's process a fraction of pickling the same records (a ninth for plain
-            # strings, about a third for decoded SCIM users); a batch with anything JSON would not give back
-            # as it was (a model, a datetime, a subclass of dict / str / int, an int beyond 64 bits) is
-            # pickled as it is, as a plain list (the runner's batches carry attributes workers need not)
-            plain = batch if type(batch) is list else list(batch)  # the runner's _Batch is a list subclass
-            try:
-                payload: Any = _dumps(plain, option=_HAND_OVER) if as_json else plain
-            except TypeError:
-                payload = plain
-            item = (seq, payload)
+            if type(batch) is Undecoded:
+                spec = batch.spec
+                if spec.key not in self.specs:  # every worker learns how to decode the stream's pages
+                    self.specs.add(spec.key)
+                    message = (_SPEC, spec.key, pickle.dumps(spec))
+                    for k in range(n):
+                        self._put(k, message, check)
+                # pickled here, not in the queue's feeder thread (where an error would lose the page)
+                item: tuple = (seq, spec.key, batch.body, batch.skip, pickle.dumps(batch.parent))
+            else:
+                # JSON bytes cost the run's process a fraction of pickling the same records (a ninth for plain
+                # strings, about a third for decoded SCIM users); a batch with anything JSON would not give back
+                # as it was (a model, a datetime, a subclass of dict / str / int, an int beyond 64 bits) is
+                # pickled as it is, as a plain list (the runner's batches carry attributes workers need not)
+                plain = batch if type(batch) is list else list(batch)  # the runner's _Batch is a list subclass
+                try:
+                    payload: Any = _dumps(plain, option=_HAND_OVER) if as_json else plain
+                except TypeError:
+                    payload = plain
+                item = (seq, payload)
             k = next(rotation)
             for _ in range(n):  # the first worker with room, starting at the next in turn
                 try:
@@ -525,7 +607,7 @@ class StagePool:
             else:
                 self._put(k, item, check)
             if progress is not None:
-                progress(ent.name, stats.fetched)
+                progress(ent.name, stats.fetched + sent)
         for k in range(n):
             self._put(k, _END, check)
         done = set()
@@ -540,11 +622,13 @@ class StagePool:
                         check()
                     continue
             if msg[0] == "error":
-                raise SnapshotError(f"staging {msg[2] or 'records'} failed in worker {msg[1]}: {msg[3]}; "
-                                    "nothing was committed")
-            _, wid, _entity, _table, invalid, samples = msg
+                _raise_failed(msg)
+            _, wid, _entity, _table, fetched, invalid, samples, nested = msg
             done.add(wid)
+            stats.fetched += fetched
             stats.invalid += invalid
+            if nested:
+                divert.extend(nested)
             for s in samples:
                 if len(stats.samples) < MAX_INVALID_SAMPLES:
                     stats.samples.append(s)

@@ -48,6 +48,12 @@ A :class:`Stream` has:
 ``skip_missing``
     a parent whose listing answers 404 (deleted since it was listed) gives no
     records instead of failing the run (``stream_parent_missing`` is logged).
+``pass_through``
+    the connector hands the stream's records on untouched (it returns
+    ``reader.records(stream)`` or yields from it): when the run stages through
+    worker processes, pages may then reach them undecoded, decoded and mapped
+    there (:mod:`ingest.pages`; the ``selector`` and ``map`` must be module-level
+    functions or ``functools.partial`` of them, else pages are decoded here).
 
 Errors raised while reading a stream carry its name (``IngestError.stream``).
 
@@ -61,7 +67,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import pickle
 import re
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +82,7 @@ from ingest.checkpoints import Position, ResumeRefused, current_position
 from ingest.errors import AuthError, FatalError, IngestError, NotFoundError, ProtocolError
 from ingest.http import HttpClient, Paginator, SinglePage, current_token, json_path
 from ingest.http._fetcher import Fetcher
+from ingest.pages import PageSpec, Undecoded, accepting, map_page
 
 __all__ = ["Stream", "StreamReader", "render"]
 
@@ -96,6 +105,7 @@ class Stream:
     skip_missing: bool = False
     concurrency: int | None = None
     ordered: bool = True
+    pass_through: bool = False
 
     def __post_init__(self) -> None:
         takes_parent = False
@@ -141,21 +151,45 @@ class StreamReader:
         self.default_paginator = paginator
         self._keep = {id(s) for s in keep}
         self._kept: dict[int, list[Any]] = {}
+        self._specs: dict[int, PageSpec | None] = {}
 
     # -- public -----------------------------------------------------------------------------------
     def records(self, stream: Stream) -> Iterator[Any]:
-        """Every mapped record of the stream."""
-        for page in self.pages(stream):
-            yield from page
+        """Every mapped record of the stream (for a ``pass_through`` stream read by a run that stages
+        through workers, pages as :class:`~ingest.pages.Undecoded` items where they can be)."""
+        spec = self._page_spec(stream) if stream.pass_through and accepting() else None
+        for page in self._collected(stream, spec):
+            if type(page) is Undecoded:
+                yield page
+            else:
+                yield from page
 
     def pages(self, stream: Stream) -> Iterator[list[Any]]:
         """The stream's mapped records, a page at a time."""
+        return self._collected(stream, None)
+
+    def _page_spec(self, stream: Stream) -> PageSpec | None:
+        """How a worker turns the stream's pages into records, if they can go to one (picklable)."""
+        if id(stream) in self._keep:
+            return None
+        if id(stream) not in self._specs:
+            spec: PageSpec | None = PageSpec(secrets.token_hex(6), stream.name, stream.selector, stream.map,
+                                             getattr(stream, "_map_takes_parent", False))
+            try:
+                pickle.dumps(spec)
+            except Exception as e:  # a closure, a lambda, a bound method of something that does not pickle
+                log.debug("stream_pages_decoded_here", stream=stream.name, reason=f"{type(e).__name__}: {e}")
+                spec = None
+            self._specs[id(stream)] = spec
+        return self._specs[id(stream)]
+
+    def _collected(self, stream: Stream, spec: PageSpec | None) -> Iterator[Any]:
         keep = id(stream) in self._keep
         position = current_position()
         if keep and position is not None and position.depth == 0 and position.saved_for(stream.name):
             keep = False  # continued from a checkpoint: this process sees only part of it
         kept: list[Any] | None = [] if keep else None
-        for page in self._pages(stream):
+        for page in self._pages(stream, spec):
             if kept is not None:
                 kept.extend(page)
             yield page
@@ -169,31 +203,31 @@ class StreamReader:
             return ()
         if isinstance(parent, Stream):
             kept = self._kept.get(id(parent))
-            return kept if kept is not None else self.records(parent)
+            return kept if kept is not None else (r for page in self.pages(parent) for r in page)
         return parent()
 
     # -- engine -----------------------------------------------------------------------------------
-    def _pages(self, stream: Stream) -> Iterator[list[Any]]:
+    def _pages(self, stream: Stream, spec: PageSpec | None) -> Iterator[list[Any]]:
         position = current_position()
         if position is not None and position.depth == 0:
             position.depth += 1
             try:
-                yield from self._tracked(stream, position)
+                yield from self._tracked(stream, position, spec)
             finally:
                 position.depth -= 1
             return
         if stream.for_each is None:
-            yield from self._listing(stream, None, None, None)
+            yield from self._listing(stream, None, None, None, spec=spec)
             return
         width = stream.concurrency or self.http.settings.max_concurrency
-        fetcher = Fetcher(lambda parent, stop: self._listing(stream, parent, stop, 1), self.parents(stream),
+        fetcher = Fetcher(lambda parent, stop: self._listing(stream, parent, stop, 1, spec=spec), self.parents(stream),
                           width=width, ordered=stream.ordered, cancel=current_token() or self.http.cancel,
                           name=f"ingest-stream-{stream.name}")
         with fetcher:
             for _, page in fetcher:
                 yield page
 
-    def _tracked(self, stream: Stream, position: Position) -> Iterator[list[Any]]:
+    def _tracked(self, stream: Stream, position: Position, spec: PageSpec | None) -> Iterator[list[Any]]:
         """``_pages`` of a checkpointed stream: from its saved position, marking what it hands on."""
         name, saved = stream.name, position.saved_for(stream.name) or {}
         if saved.get("done"):
@@ -204,7 +238,7 @@ class StreamReader:
             position.begin(name, resumable=pager.resumable)
             resume = saved.get("state") if saved.get("resumable") else None
             pages = self._listing(stream, None, None, None, resume=resume,
-                                  on_page=lambda state: position.page(name, state=state))
+                                  on_page=lambda state: position.page(name, state=state), spec=spec)
             if resume is not None:
                 log.info("stream_resumed", stream=name, connector=self.http.connector, page_seq=position.seq)
                 try:
@@ -224,7 +258,7 @@ class StreamReader:
         if not stream.ordered:  # pages come as they arrive: no parent is known to be done before the end
             position.begin(name, resumable=False)
             yield from self._fan_out(stream, self.parents(stream), lambda parent, stop: self._listing(
-                stream, parent, stop, 1), position=None)
+                stream, parent, stop, 1, spec=spec), position=None)
             position.done(name)
             return
         position.begin(name, resumable=True)
@@ -246,7 +280,7 @@ class StreamReader:
                                     connector=self.http.connector, stream=name)
 
         def listing(item: tuple[int, Any], stop: Any) -> Iterator[Any]:
-            yield from self._listing(stream, item[1], stop, 1)
+            yield from self._listing(stream, item[1], stop, 1, spec=spec)
             yield _PARENT_DONE
 
         yield from self._fan_out(stream, numbered(), listing, position=position)
@@ -273,17 +307,22 @@ class StreamReader:
         return hashlib.md5(repr((path, params)).encode()).hexdigest()
 
     def _listing(self, stream: Stream, parent: Any, stop: Any, concurrency: int | None,
-                 resume: dict[str, Any] | None = None, on_page: Callable[[dict[str, Any]], None] | None = None
-                 ) -> Iterator[list[Any]]:
-        """One listing: the stream's path (for one parent), every page, mapped."""
+                 resume: dict[str, Any] | None = None, on_page: Callable[[dict[str, Any]], None] | None = None,
+                 spec: PageSpec | None = None) -> Iterator[list[Any]]:
+        """One listing: the stream's path (for one parent), every page, mapped (``spec``: or handed on
+        undecoded, where the HTTP layer can page without decoding it)."""
         try:
             path = render(stream.path, parent, stream=stream.name, key="path", in_path=True)
             params = {k: render(v, parent, stream=stream.name, key=f"params.{k}") for k, v in stream.params.items()}
+            undecoded = None
+            if spec is not None:
+                def undecoded(body: bytes, skip: tuple[int, ...], count: int) -> Undecoded:
+                    return Undecoded(spec, body, skip, parent, count)
             pages = self.http.paginate(path, paginator=stream.paginator or self.default_paginator or SinglePage(),
                                        selector=stream.selector, params=params, concurrency=concurrency,
-                                       cancel=stop, resume=resume, on_page=on_page)
+                                       cancel=stop, resume=resume, on_page=on_page, undecoded=undecoded)
             for raw in pages:
-                yield self._mapped(stream, raw, parent)
+                yield raw if type(raw) is Undecoded else self._mapped(stream, raw, parent)
         except NotFoundError as e:
             if stream.skip_missing and parent is not None:
                 log.warning("stream_parent_missing", stream=stream.name, path=path, connector=self.http.connector)
@@ -294,18 +333,6 @@ class StreamReader:
             e.stream = e.stream or stream.name
             raise
 
-    def _mapped(self, stream: Stream, raw: list[Any], parent: Any) -> list[Any]:
-        fn = stream.map
-        if fn is None:
-            return raw
-        with_parent = getattr(stream, "_map_takes_parent", False)
-        out: list[Any] = []
-        for record in raw:
-            got = fn(record, parent) if with_parent else fn(record)
-            if got is None:
-                continue
-            if type(got) is dict or isinstance(got, (dict, BaseModel)):
-                out.append(got)
-            else:
-                out.extend(got)
-        return out
+    @staticmethod
+    def _mapped(stream: Stream, raw: list[Any], parent: Any) -> list[Any]:
+        return map_page(stream.map, getattr(stream, "_map_takes_parent", False), raw, parent)

@@ -24,10 +24,12 @@ import sqlalchemy as sa
 import structlog
 
 from ingest.errors import MassDeletionError, SnapshotError
+from ingest.pages import Undecoded
 from ingest.staging import (
     ENTITIES,
     MAX_INVALID_SAMPLES,
     PARALLEL_MIN,
+    PARALLEL_MIN_BYTES,
     Entity,
     StagePool,
     Stager,
@@ -81,17 +83,21 @@ class SnapshotWriter:
     def stage(self, entity: str, batches: Iterable[list[Any]],
               progress: Callable[[str, int], None] | None = None, *, append: bool = False,
               then: Callable[[psycopg.Connection], None] | None = None, analyze: bool = True,
-              check: Callable[[], None] | None = None) -> None:
+              check: Callable[[], None] | None = None, divert: list[tuple[int, list[Any]]] | None = None) -> None:
         """COPY batches of ``entity`` records (models or dicts) into staging, validating each one.
 
         The staging table is created (``append``: added to) and filled, then ``then(conn)`` runs in
         the transaction that makes the rows part of the staging (a checkpoint commits with the rows
         it covers). A batch's ``seq`` attribute (default 0) is its rows' ``page_seq``.
 
-        A call that reaches ``parallel_min`` records is staged by ``workers`` processes
-        (:class:`~ingest.staging.StagePool`); ``check`` is called while waiting on them (the run's
-        cancellation). Otherwise one transaction here: created (or added to) and filled, so a
+        A call that reaches ``parallel_min`` records (or ``PARALLEL_MIN_BYTES`` of undecoded pages) is
+        staged by ``workers`` processes (:class:`~ingest.staging.StagePool`); ``check`` is called
+        while waiting on them (the run's cancellation). Otherwise one transaction here: created (or added to) and filled, so a
         new table is COPYed with FREEZE.
+
+        A batch may be an :class:`~ingest.pages.Undecoded` page (decoded where it is staged).
+        ``divert`` (entitlement associations staged as assignments): their nested groups are added
+        to it as ``(seq, records)`` before ``then`` runs, not staged.
         """
         ent = ENTITIES[entity]
         stats = self.staged.setdefault(entity, _EntityStats())
@@ -101,11 +107,13 @@ class SnapshotWriter:
         head: list[list[Any]] = []
         parallel = False
         if self.workers > 0:
-            n = 0
+            n = size = 0
             for batch in batches:
                 head.append(batch)
                 n += len(batch)
-                if n >= self.parallel_min:
+                if type(batch) is Undecoded:
+                    size += len(batch.body)
+                if n >= self.parallel_min or size >= PARALLEL_MIN_BYTES:
                     parallel = True
                     break
         stream = itertools.chain(head, batches)
@@ -114,7 +122,7 @@ class SnapshotWriter:
                 self._pool = StagePool(self._dsn(), self.connector, self.snapshot_id, self.workers)
             try:
                 self._pool.stage(ent, table, stream, stats, progress, check, create=not append, then=then,
-                                 analyze=analyze, json_text=json_text)
+                                 analyze=analyze, json_text=json_text, divert=divert)
             except BaseException:
                 self._pool.abort()
                 self._pool = None
@@ -123,7 +131,7 @@ class SnapshotWriter:
             with psycopg.connect(self._dsn(), autocommit=True) as conn:
                 with conn.transaction():
                     self._stager.copy_into(conn, ent, table, stream, stats, progress, create=not append,
-                                           json_text=json_text)
+                                           json_text=json_text, divert=divert)
                     if then is not None:
                         then(conn)
                 if analyze:

@@ -61,6 +61,8 @@ from ingest.http._fetcher import END, Fetcher
 from ingest.http._paginators import PageRequest, Paginator, SinglePage, json_path
 from ingest.http._readonly import READ_METHODS, ReadOnlyRequests, compile_read_only, is_read_only
 from ingest.http._settings import HttpSettings, HttpStats
+from ingest.pages import light_decode
+from ingest.pages import loads as _loads
 from ingest.redact import redact, redact_url, register_secret
 
 __all__ = ["HttpClient", "RateLimiter", "retry_after_seconds"]
@@ -97,15 +99,6 @@ def _rate_limit(response: httpx.Response) -> tuple[float | None, float | None]:
     if remaining is None and reset is None:
         remaining, reset = _structured_ratelimit(h.get("RateLimit"))
     return remaining, reset
-
-
-def _loads(content: bytes) -> Any:
-    """orjson (several times faster on big pages), else the stdlib for what orjson refuses
-    (NaN, integers beyond 64 bits); ValueError when it is not JSON at all."""
-    try:
-        return orjson.loads(content)
-    except ValueError:
-        return json.loads(content)
 
 
 def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
@@ -593,6 +586,7 @@ class HttpClient:
         cancel: CancelToken | None = None,
         resume: dict[str, Any] | None = None,
         on_page: Callable[[dict[str, Any]], None] | None = None,
+        undecoded: Callable[[bytes, tuple[int, ...], int], Any] | None = None,
     ) -> Iterator[list[Any]]:
         """Yield each page's records, in order; the paginator decides where the next page is.
 
@@ -612,6 +606,12 @@ class HttpClient:
         ``resume``: a paginator ``state()`` saved by an earlier listing; paging continues at the page after
         it (no look-ahead plan then). ``on_page(state)`` is called once the consumer has taken a page that
         has a next one, with the paginator's state at that point (what a later ``resume`` continues from).
+
+        ``undecoded(body, skip, count)``: when the paginator reads no more than a page's top-level fields
+        and its records' ids (``Paginator.light``), a page that :func:`ingest.pages.light_decode` can read
+        is not decoded: what ``undecoded`` makes of its body, the indexes of the records the paginator
+        dropped and the number of records left is yielded instead of its records (other pages come as
+        records, as without it).
         """
         cancel = cancel if cancel is not None else self._token()
         pager = (paginator or SinglePage()).fresh()
@@ -638,12 +638,25 @@ class HttpClient:
                               url=redact_url(request.url))
                     ahead.close()
                     ahead = None
+                light = (pager.id_field or True) if undecoded is not None and pager.light else False
                 if ahead is not None:
-                    response, data = self._parsed_ahead(ahead.take()[1], request, cancel)
+                    response, data = self._parsed_ahead(ahead.take()[1], request, cancel, light=light)
+                elif light:
+                    response = self._with_retries(
+                        lambda: self._send_once("GET", request.url, request.params, cancel), cancel)
+                    response, data = self._parsed_ahead(response, request, cancel, light=light)
                 else:
                     response, data = self._get_parsed("GET", request.url, request.params, cancel)
                 page += 1
-                records = self._page_records(pager, response, data, selector, page)
+                light = type(data) is _Light
+                if light:
+                    data = data.data
+                selected = self._selected(response, data, selector)
+                if light and pager.counted and not _ids_usable(selected, pager.id_field):
+                    # a record without an id is told from others by its whole content: decode the page
+                    response, data = self._parsed_ahead(response, request, cancel)
+                    light, selected = False, self._selected(response, data, selector)
+                records = self._page_records(pager, response, data, selected, page)
                 if distinct is not None:
                     distinct.update(map(functools.partial(_record_hash, pager.id_field), records))
                 if page == 1 and width > 1 and pager.has_next:
@@ -651,7 +664,11 @@ class HttpClient:
                     if planned is not None:
                         ahead = Fetcher(self._fetch_ahead, planned, width=width, cancel=cancel,
                                         name=f"ingest-pages-{self.connector or 'http'}")
-                yield records
+                if light:
+                    skip = () if records is selected else _dropped(selected, records)
+                    yield undecoded(response.content, skip, len(records))
+                else:
+                    yield records
                 if not pager.has_next:
                     if distinct is not None and resume is None:  # a resumed listing saw only its tail
                         self._check_complete(pager, len(distinct), response)
@@ -692,28 +709,40 @@ class HttpClient:
         return [self._with_retries(lambda: self._send_once("GET", request.url, request.params, stop), stop)]
 
     def _parsed_ahead(self, response: httpx.Response, request: PageRequest,
-                      cancel: CancelToken) -> tuple[httpx.Response, Any]:
+                      cancel: CancelToken, light: bool | str = False) -> tuple[httpx.Response, Any]:
         """A page fetched ahead, decoded; a body that is not valid JSON is fetched again, retried as
-        ``_get_parsed`` retries it (the page fetched ahead was its first attempt)."""
+        ``_get_parsed`` retries it (the page fetched ahead was its first attempt). ``light`` (the
+        paginator's id field, or True): what :func:`~ingest.pages.light_decode` reads of it, as a
+        ``_Light``, when it can."""
         ahead = [response]
 
         def attempt() -> tuple[httpx.Response, Any]:
             got = ahead.pop() if ahead else self._send_once("GET", request.url, request.params, cancel)
+            if light and got.status_code != 204:
+                data = light_decode(got.content, light if type(light) is str else None)
+                if data is not None:
+                    got.stream = httpx.ByteStream(b"")  # see _get_parsed
+                    return got, _Light(data)
             data = self._parse(got, lambda: f"GET {redact_url(got.request.url)}")
             got.stream = httpx.ByteStream(b"")  # see _get_parsed
             return got, data
 
         return self._with_retries(attempt, cancel)
 
-    def _page_records(self, pager: Paginator, response: httpx.Response, data: Any,
-                      selector: str | Callable[[Any], list] | None, page: int) -> list[Any]:
-        """The page's records after the paginator has read the page (it may drop records already seen)."""
+    def _selected(self, response: httpx.Response, data: Any, selector: str | Callable[[Any], list] | None
+                  ) -> list[Any]:
+        """The page's records, as the selector finds them."""
         records = selector(data) if callable(selector) else json_path(data, selector)
         if records is None:
             records = []
         if not isinstance(records, list):
             raise ProtocolError(f"expected a list at {selector!r}, got {type(records).__name__}",
                                 request=f"GET {redact_url(response.request.url)}", connector=self.connector)
+        return records
+
+    def _page_records(self, pager: Paginator, response: httpx.Response, data: Any, records: list[Any],
+                      page: int) -> list[Any]:
+        """The page's records after the paginator has read the page (it may drop records already seen)."""
         try:
             kept = pager.update_state(response, data, records)
         except IngestError as e:
@@ -748,6 +777,33 @@ class HttpClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Light:
+    """What :func:`~ingest.pages.light_decode` read of a page (its records reduced to their ids)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+
+def _ids_usable(records: list[Any], id_field: str | None) -> bool:
+    """Every reduced record has an id that tells it apart (see ``_record_hash``)."""
+    if not id_field:
+        return False
+    for r in records:
+        if type(r) is dict:
+            v = r.get(id_field)
+            if v is None or isinstance(v, (dict, list)):
+                return False
+    return True
+
+
+def _dropped(selected: list[Any], kept: list[Any]) -> tuple[int, ...]:
+    """The indexes in ``selected`` of the records not in ``kept`` (a subset, by identity)."""
+    keep = set(map(id, kept))
+    return tuple(i for i, r in enumerate(selected) if id(r) not in keep)
 
 
 def _debug_enabled() -> bool:

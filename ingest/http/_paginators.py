@@ -54,6 +54,7 @@ from urllib.parse import urljoin
 import httpx
 
 from ingest.errors import PaginationLoopError, ProtocolError
+from ingest.pages import json_path
 
 __all__ = [
     "PageRequest",
@@ -87,22 +88,6 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def json_path(data: Any, path: str | None) -> Any:
-    """Follow a dotted path (``"meta.next"``) into parsed JSON; None when absent."""
-    if not path:
-        return data
-    if isinstance(data, dict) and path in data:  # a key that itself has dots: "@odata.nextLink"
-        return data[path]
-    for part in path.split("."):
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return None
-    return data
-
-
 class Paginator:
     """Base class: subclasses implement ``update_state`` and ``_next``; loop detection lives here."""
 
@@ -111,6 +96,9 @@ class Paginator:
     id_field: str | None = None  # what makes two records the same, for that check (None: the whole record)
 
     resumable: bool = False  # a listing may continue from ``state()`` in a later process (module docstring)
+    # reads of a page no more than its top-level fields and its records' count and ids (``id_field``): its
+    # pages may be handed on undecoded (ingest.pages; paging reads the page's light decode)
+    light: bool = False
     _state_fields: tuple[str, ...] = ()  # what ``state()`` saves and ``restore()`` sets
 
     def state(self) -> dict[str, Any]:
@@ -175,6 +163,8 @@ class Paginator:
 
 class SinglePage(Paginator):
     """No pagination: one request."""
+
+    light = True
 
     def update_state(self, response, data, records):
         self.has_next = False
@@ -396,6 +386,7 @@ class ScimPaginator(Paginator):
     """
 
     counted = True
+    light = True
     _state_fields = ("start_index", "received", "unique")
 
     def __init__(self, count: int = 100, id_field: str = "id") -> None:
