@@ -2,12 +2,13 @@
 
     python bench/micro.py
 
-What a SCIM user costs the run's process (decode its page, map it, encode it for a staging worker)
-and a staging worker (decode, validate, row: hashes and JSON text, COPY formatting); what an
-assignment costs a worker; what one small GET (a SCIM group) costs through ``HttpClient.get_json``
-against the bench's SCIM server. These figures hold still on a noisy machine where whole runs do
-not (a run's seconds drift with the machine's load): compare two versions of the code by running
-this on each, in turn, several times.
+What a SCIM user and a membership cost the run's process (reading what paging needs of their page:
+pages go to the workers undecoded, see ingest.pages) and a staging worker (decode the page, map,
+validate, row: hashes and JSON text, COPY formatting); what handing over records costs a stream
+that is not passed through (encoded by the run's process, decoded by the worker); what one small
+GET (a SCIM group) costs through ``HttpClient.get_json`` against the bench's SCIM server. These
+figures hold still on a noisy machine where whole runs do not (a run's seconds drift with the
+machine's load): compare two versions of the code by running this on each, in turn, several times.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import scim_bench  # noqa: E402
 from psycopg._copy_base import TextFormatter  # noqa: E402
 from psycopg.adapt import Transformer  # noqa: E402
 
-from connectors.scim import map_user  # noqa: E402
+from connectors.scim import map_group_members, map_user  # noqa: E402
 from ingest.http import BearerAuth, HttpClient, HttpSettings  # noqa: E402
+from ingest.pages import light_decode  # noqa: E402
 from ingest.staging import _HAND_OVER, _VALIDATE, ENTITIES, Stager, _EntityStats  # noqa: E402
 
 N = 500
@@ -55,21 +57,29 @@ def records() -> None:
     fmt = TextFormatter(Transformer())
     out: list = []
     print("a SCIM user, the run's process:")
+    per_item("read its page for paging", lambda: light_decode(page, "id"))
+    print("a SCIM user, a staging worker:")
     per_item("decode its page", lambda: orjson.loads(page))
     per_item("map_user", lambda: [map_user(u) for u in raw])
-    per_item("encode for the worker", lambda: orjson.dumps(mapped, option=_HAND_OVER))
-    print("a SCIM user, a staging worker:")
-    per_item("decode the hand-over", lambda: orjson.loads(handed))
     per_item("validate", lambda: [check(m) for m in mapped])
     per_item("row (hashes, JSON text)", lambda: [stager.row(account, v) for v in valid])
     per_item("validate + row", lambda: (out.clear(), stager._copy_records(account, mapped, _EntityStats(),
                                                                            out.append)))
     per_item("COPY formatting", lambda: [fmt.write_row(r) for r in rows])
-    grants = [{"account_id": scim_bench.uid(i), "entitlement_id": scim_bench.gid(7), "resource_type": "",
-               "resource_id": ""} for i in range(N)]
-    print("an assignment, a staging worker:")
-    per_item("validate + row", lambda: (out.clear(), stager._copy_plain(assignment, grants, _EntityStats(),
-                                                                         out.append)))
+    print("a SCIM user of a stream that is not passed through (records handed over):")
+    per_item("encode, the run's process", lambda: orjson.dumps(mapped, option=_HAND_OVER))
+    per_item("decode, a staging worker", lambda: orjson.loads(handed))
+    group = orjson.dumps(tenant.group(7, list(range(N))))
+    members = orjson.loads(group)
+    ids = frozenset(scim_bench.gid(g) for g in range(20))
+    grants = map_group_members(members, {"entitlement_id": scim_bench.gid(7)}, group_ids=ids)
+    print(f"a membership ({N} in a group's page):")
+    per_item("read the page, the run's process", lambda: light_decode(group, None))
+    per_item("decode the page, a staging worker", lambda: orjson.loads(group))
+    per_item("map, a staging worker", lambda: map_group_members(members, {"entitlement_id": scim_bench.gid(7)},
+                                                               group_ids=ids))
+    per_item("validate + row, a staging worker", lambda: (out.clear(), stager._copy_plain(
+        assignment, grants, _EntityStats(), out.append)))
 
 
 def requests() -> None:

@@ -148,6 +148,13 @@ _ANY = msgspec.json.Decoder()
 _IDS: dict[str, msgspec.json.Decoder] = {}
 
 
+class _Object(msgspec.Struct):
+    """An object of a list, read for no field (a paginator that reads no ids: only how many there are)."""
+
+
+_OBJECTS = msgspec.json.Decoder(list[_Object])
+
+
 def _ids_decoder(id_field: str) -> msgspec.json.Decoder:
     dec = _IDS.get(id_field)
     if dec is None:
@@ -156,10 +163,12 @@ def _ids_decoder(id_field: str) -> msgspec.json.Decoder:
     return dec
 
 
-def _light_value(raw: Any, ids: msgspec.json.Decoder, id_field: str) -> Any:
+def _light_value(raw: Any, id_field: str | None) -> Any:
     if memoryview(raw)[:1] == b"[":
         try:
-            return [{id_field: r.value} for r in ids.decode(raw)]
+            if id_field is None:
+                return _OBJECTS.decode(raw)
+            return [{id_field: r.value} for r in _ids_decoder(id_field).decode(raw)]
         except msgspec.ValidationError:  # not a list of objects: decoded as it is
             pass
     return _ANY.decode(raw)
@@ -171,16 +180,16 @@ def light_decode(body: bytes, id_field: str | None) -> Any:
     A top-level object comes back with every field decoded, except that a field holding a list of
     objects holds ``{id_field: id}`` for each (None when the object has none); a top-level list of
     objects the same way. The records of the page are then those reduced objects: a paginator or
-    a selector sees the same shapes, counts and ids it would in the full page.
+    a selector sees the same shapes, counts and ids it would in the full page. Without an
+    ``id_field`` (a paginator that reads no ids) each object is an empty placeholder.
     """
     head = body[:64].lstrip()[:1]
     if head not in (b"{", b"["):
         return None
-    ids = _ids_decoder(id_field or "id")
     try:
         if head == b"[":
-            return _light_value(body, ids, id_field or "id")
-        return {k: _light_value(v, ids, id_field or "id") for k, v in _TOP.decode(body).items()}
+            return _light_value(body, id_field)
+        return {k: _light_value(v, id_field) for k, v in _TOP.decode(body).items()}
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
 

@@ -27,7 +27,7 @@ from ingest.errors import AlreadyRunningError, Cancelled, IngestError, ListingCh
 from ingest.http import CancelToken, using_token
 from ingest.pages import Undecoded
 from ingest.redact import redact
-from ingest.staging import GC_THRESHOLD
+from ingest.staging import GC_THRESHOLD, is_nested
 from ingest.writer import SnapshotWriter
 
 __all__ = ["RunResult", "Cancelled", "run", "interrupt_stale", "Progress"]
@@ -58,9 +58,7 @@ class RunResult:
 
 def _entity_of(capability: str, item: Any) -> str:
     if capability == "find_entitlement_associations":
-        is_nested = (getattr(item, "entity", None) == "nested_entitlement"
-                     or (isinstance(item, dict) and "member_entitlement_id" in item))
-        return "nested_entitlement" if is_nested else "assignment"
+        return "nested_entitlement" if is_nested(item) else "assignment"
     return CAPABILITIES[capability]
 
 

@@ -49,7 +49,7 @@ from ingest.errors import IngestError, SnapshotError
 from ingest.pages import Undecoded, decode
 from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
 
-__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "PARALLEL_MIN_BYTES", "Stager", "StagePool", "default_workers"]
+__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "PARALLEL_MIN_BYTES", "Stager", "StagePool", "default_workers", "is_nested"]
 
 log = structlog.get_logger("ingest.staging")
 MAX_INVALID_SAMPLES = 20
@@ -402,7 +402,7 @@ class Stager:
             write((*values, h, h, seq))
 
 
-def _is_nested(item: Any) -> bool:
+def is_nested(item: Any) -> bool:
     """An entitlement association that is a group in a group (not an account's assignment)."""
     if type(item) is dict:
         return "member_entitlement_id" in item
@@ -417,11 +417,11 @@ def _without_nested(batch: list[Any], seq: int, nested: list[tuple[int, list[Any
     if set(map(type, batch)) == {dict}:  # plain dicts (most sources): looked at without a Python call each
         mixed = any(map(operator.contains, batch, itertools.repeat("member_entitlement_id")))
     else:
-        mixed = any(map(_is_nested, batch))
+        mixed = any(map(is_nested, batch))
     if not mixed:
         return batch
-    nested.append((seq, [item for item in batch if _is_nested(item)]))
-    return [item for item in batch if not _is_nested(item)]
+    nested.append((seq, [item for item in batch if is_nested(item)]))
+    return [item for item in batch if not is_nested(item)]
 
 
 # -- worker processes ----------------------------------------------------------------------------------
@@ -432,7 +432,9 @@ _SPEC = "spec"  # (_SPEC, key, pickled PageSpec): how the Undecoded pages that n
 
 def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, results: Any) -> None:
     """One staging process: for each entity, ``(entity, table, json_text, divert)``, then batches (and
-    the page specs they need), then ``_END``; ``None`` stops it."""
+    the page specs they need), then ``_END``; ``None`` stops it. A batch is ``(seq, JSON)``,
+    ``(seq, None, pickled records)`` or an undecoded page ``(seq, spec key, body, skip, pickled
+    parent)``; a spec is ``(_SPEC, key, pickled PageSpec)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: it stops the workers
     # see GC_THRESHOLD (decoding a handed-over SCIM user: 12 -> 4.4 us); what was imported stays out of the scans
     gc.freeze()
@@ -447,11 +449,12 @@ def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, re
 
                 def batches() -> Iterator[tuple[int, list[Any]]]:
                     while (item := tasks.get()) != _END:
-                        if len(item) == 2:  # records: JSON or pickled by the queue
-                            seq, batch = item
-                            yield seq, orjson.loads(batch) if type(batch) is bytes else batch
+                        if len(item) == 2:  # records as JSON
+                            yield item[0], orjson.loads(item[1])
                         elif item[0] == _SPEC:
                             specs[item[1]] = pickle.loads(item[2])
+                        elif len(item) == 3:  # records pickled
+                            yield item[0], pickle.loads(item[2])
                         else:  # an undecoded page
                             seq, key, body, skip, parent = item
                             yield seq, decode(specs[key], body, skip, pickle.loads(parent))
@@ -590,13 +593,15 @@ class StagePool:
                 # JSON bytes cost the run's process a fraction of pickling the same records (a ninth for plain
                 # strings, about a third for decoded SCIM users); a batch with anything JSON would not give back
                 # as it was (a model, a datetime, a subclass of dict / str / int, an int beyond 64 bits) is
-                # pickled as it is, as a plain list (the runner's batches carry attributes workers need not)
+                # pickled as it is, as a plain list (the runner's batches carry attributes workers need not),
+                # here: in the queue's feeder thread an error would lose the batch without a word
                 plain = batch if type(batch) is list else list(batch)  # the runner's _Batch is a list subclass
                 try:
-                    payload: Any = _dumps(plain, option=_HAND_OVER) if as_json else plain
+                    if not as_json:
+                        raise TypeError
+                    item = (seq, _dumps(plain, option=_HAND_OVER))
                 except TypeError:
-                    payload = plain
-                item = (seq, payload)
+                    item = (seq, None, pickle.dumps(plain))
             k = next(rotation)
             for _ in range(n):  # the first worker with room, starting at the next in turn
                 try:

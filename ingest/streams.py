@@ -53,7 +53,9 @@ A :class:`Stream` has:
     ``reader.records(stream)`` or yields from it): when the run stages through
     worker processes, pages may then reach them undecoded, decoded and mapped
     there (:mod:`ingest.pages`; the ``selector`` and ``map`` must be module-level
-    functions or ``functools.partial`` of them, else pages are decoded here).
+    functions or ``functools.partial`` of them, else pages are decoded here). A
+    ``selector`` function then sees each record reduced to its id: it must pick
+    the records (and may check the page's top-level fields), not look into them.
 
 Errors raised while reading a stream carry its name (``IngestError.stream``).
 

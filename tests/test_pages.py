@@ -70,6 +70,10 @@ class TestLightDecode:
     def test_a_body_it_cannot_read_is_left_to_the_full_decode(self, body: bytes) -> None:
         assert light_decode(body, "id") is None
 
+    def test_without_an_id_field_objects_are_only_counted(self) -> None:
+        light = light_decode(b'{"members": [{"value": "u1"}, {"value": "u2"}], "id": "g1", "tags": ["a"]}', None)
+        assert light["id"] == "g1" and light["tags"] == ["a"] and len(light["members"]) == 2
+
     def test_ids_are_read_under_the_paginators_id_field(self) -> None:
         light = light_decode(b'{"r": [{"uid": "a", "id": "x"}, {"uid": "b"}]}', "uid")
         assert light == {"r": [{"uid": "a"}, {"uid": "b"}]}
@@ -261,6 +265,26 @@ class TestStaging:
             writer.stage("assignment", [*undecoded, bad, *undecoded], divert=[])
         assert e.value.stream == "assignments"
         writer.discard()
+
+
+    def test_a_batch_that_cannot_reach_a_worker_fails_the_stage_instead_of_vanishing(self, database_url) -> None:
+        """Records JSON cannot carry are pickled in the run's process: a failure there is the stage's
+        (in the queue's feeder thread it was printed, and the batch lost)."""
+        engine = get_engine(database_url)
+        migrate(engine)
+        with engine.begin() as conn:
+            sid = conn.execute(sa.text(
+                "INSERT INTO ingest.snapshots (connector, connector_type, trigger, status) "
+                "VALUES ('unpicklable', 'scim', 'manual', 'running') RETURNING snapshot_id")).scalar_one()
+        accounts = [{"account_id": f"u{i}", "extra": {"i": i}} for i in range(300)]
+        accounts[150]["extra"] = {"callback": lambda: None}  # neither JSON nor picklable
+        writer = SnapshotWriter(engine, "unpicklable", sid, workers=1, parallel_min=10)
+        with pytest.raises(Exception, match="pickle|lambda"):
+            writer.stage("account", [accounts[i:i + 50] for i in range(0, 300, 50)])
+        writer.discard()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM pg_tables WHERE schemaname = 'ingest_stage' "
+                                        "AND tablename LIKE :p"), {"p": f"s{sid}\\_%"}).scalar_one() == 0
 
 
 def _page_records(page: Undecoded) -> list[Any]:

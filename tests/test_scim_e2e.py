@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 
 from tests import engine
@@ -123,8 +124,18 @@ def changes_of(database_url: str, snapshot_id: int) -> set[tuple[str, str, str]]
 # -- two days ---------------------------------------------------------------------------------------------
 
 class TestTwoDays:
+    # by workers: every page of users and of each group goes to the staging workers undecoded (ingest.pages),
+    # nested groups come back from them; in the run: the same pages decoded in the run's process
+    @pytest.mark.parametrize("by_workers", [False, True], ids=["staged-in-the-run", "staged-by-workers"])
     def test_day_two_shows_exactly_the_changes_and_day_one_stays_reconstructible(self, tmp_path, database_url,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, by_workers):
+        from ingest.staging import StagePool
+
+        monkeypatch.setattr("ingest.writer.PARALLEL_MIN_BYTES", 1 if by_workers else 10**12)
+        pooled: list[str] = []
+        stage = StagePool.stage
+        monkeypatch.setattr(StagePool, "stage", lambda self, ent, *a, **kw: (pooled.append(ent.name),
+                                                                               stage(self, ent, *a, **kw))[1])
         token = "scim-e2e-" + uuid.uuid4().hex
         monkeypatch.setenv("SCIM_E2E_TOKEN", token)
         with ScimServer(token=token) as server:
@@ -164,6 +175,7 @@ class TestTwoDays:
             assert again.exit_code == 0, output(again)
             snap3 = last_snapshot(database_url)
             assert changes_of(database_url, snap3["snapshot_id"]) == set(), "an unchanged source changes nothing"
+            assert pooled == (["account", "assignment"] * 3 if by_workers else [])
 
 
 # -- faults -------------------------------------------------------------------------------------------------

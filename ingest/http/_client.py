@@ -638,7 +638,9 @@ class HttpClient:
                               url=redact_url(request.url))
                     ahead.close()
                     ahead = None
-                light = (pager.id_field or True) if undecoded is not None and pager.light else False
+                light: bool | str = False  # what is read of a page handed on undecoded: the ids a count needs
+                if undecoded is not None and pager.light:
+                    light = (pager.id_field if pager.counted else None) or True
                 if ahead is not None:
                     response, data = self._parsed_ahead(ahead.take()[1], request, cancel, light=light)
                 elif light:
