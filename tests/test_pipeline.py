@@ -92,6 +92,26 @@ class TestMerge:
                              "ORDER BY valid_from")
         assert len(versions) == 2 and versions[0]["valid_to"] == sid and versions[1]["valid_to"] is None
 
+    def test_a_merge_that_writes_many_versions_vacuums_that_history_after_its_commit(self, tmp_path, database_url,
+                                                                                    monkeypatch):
+        import structlog
+
+        from ingest.config import load_config
+        from ingest.runner import run
+
+        monkeypatch.setattr("ingest.writer.VACUUM_AFTER_ROWS", 11)  # 12 assignments, 10 accounts
+        org = _org(tmp_path, database_url, name="vacuumed")
+        with structlog.testing.capture_logs() as logs:
+            assert run(load_config(org.config), org.name, database_url=database_url).ok
+            assert run(load_config(org.config), org.name, database_url=database_url).ok  # no change: no vacuum
+        events = [e["event"] for e in logs]
+        vacuumed = [e for e in logs if e["event"] == "history_vacuumed"]
+        assert [e["tables"] for e in vacuumed] == [["ingest.assignments_history"]]
+        assert events.index("history_vacuumed") < events.index("people_refreshed")  # before anything reads them
+        pages = org.query("SELECT relpages, relallvisible FROM pg_class "
+                          "WHERE oid = CAST('ingest.assignments_history' AS regclass)")[0]
+        assert pages["relallvisible"] > 0  # set by VACUUM (an INSERT and ANALYZE leave it at 0)
+
     def test_rerun_over_unchanged_source_makes_zero_changes_and_writes_nothing(self, tmp_path, database_url):
         org = _org(tmp_path, database_url)
         assert org.run().exit_code == 0
