@@ -153,7 +153,6 @@ class StreamReader:
         self.default_paginator = paginator
         self._keep = {id(s) for s in keep}
         self._kept: dict[int, list[Any]] = {}
-        self._specs: dict[int, PageSpec | None] = {}
 
     # -- public -----------------------------------------------------------------------------------
     def records(self, stream: Stream) -> Iterator[Any]:
@@ -174,16 +173,19 @@ class StreamReader:
         """How a worker turns the stream's pages into records, if they can go to one (picklable)."""
         if id(stream) in self._keep:
             return None
-        if id(stream) not in self._specs:
-            spec: PageSpec | None = PageSpec(secrets.token_hex(6), stream.name, stream.selector, stream.map,
-                                             getattr(stream, "_map_takes_parent", False))
-            try:
-                pickle.dumps(spec)
-            except Exception as e:  # a closure, a lambda, a bound method of something that does not pickle
-                log.debug("stream_pages_decoded_here", stream=stream.name, reason=f"{type(e).__name__}: {e}")
-                spec = None
-            self._specs[id(stream)] = spec
-        return self._specs[id(stream)]
+        try:  # made once per stream, kept on it (an id() could name a newer stream once this one is gone)
+            return stream._page_spec  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        spec: PageSpec | None = PageSpec(secrets.token_hex(6), stream.name, stream.selector, stream.map,
+                                         getattr(stream, "_map_takes_parent", False))
+        try:
+            pickle.dumps(spec)
+        except Exception as e:  # a closure, a lambda, a bound method of something that does not pickle
+            log.debug("stream_pages_decoded_here", stream=stream.name, reason=f"{type(e).__name__}: {e}")
+            spec = None
+        object.__setattr__(stream, "_page_spec", spec)
+        return spec
 
     def _collected(self, stream: Stream, spec: PageSpec | None) -> Iterator[Any]:
         keep = id(stream) in self._keep

@@ -185,6 +185,19 @@ class TestStreams:
                          {"account_id": "u2", "entitlement_id": "g2", "resource_type": "", "resource_id": ""}]
         assert listed == [{"entitlement_id": "g1"}, {"entitlement_id": "g2"}]  # the fan-out's parents: records
 
+    def test_each_stream_gets_its_own_spec_even_where_a_gone_one_had_its_id(self, fake_api) -> None:
+        """A connector builds its fan-out stream anew for a listing done again: the new one maps with its own
+        group ids, whatever id() the old stream had."""
+        reader, _, _ = self._reader(fake_api)
+
+        def members(ids: set[str]) -> Stream:
+            return Stream("assignments", "/Groups/{parent.entitlement_id}", pass_through=True,
+                          selector=functools.partial(group_resource, base_url="x"),
+                          map=functools.partial(map_group_members, group_ids=frozenset(ids)))
+
+        for ids in ({"g1"}, {"g2"}, {"g3"}):  # each stream is gone before the next is made
+            assert reader._page_spec(members(ids)).map.keywords["group_ids"] == frozenset(ids)
+
     def test_a_page_that_is_not_what_the_selector_wants_fails_in_the_run_process(self, fake_api) -> None:
         reader, _, members = self._reader(fake_api)
         fake_api.add_json("/Groups/g2", ["not", "a", "group"])
