@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,11 +193,3 @@ def light_decode(body: bytes, id_field: str | None) -> Any:
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
 
-
-def walk(records: Iterator[Any]) -> Iterator[Any]:
-    """The records of a stream whose items may be :class:`Undecoded` pages, each decoded in turn."""
-    for item in records:
-        if type(item) is Undecoded:
-            yield from item.records()
-        else:
-            yield item
