@@ -267,6 +267,28 @@ class TestStaging:
         assert len(a[0]) == 60 * 120 and len(a[1]) == 12
         assert a[2]["assignment"] == {"fetched": 7200, "added": 7200}
 
+    @pytest.mark.parametrize("min_bytes, pooled", [(100_000, True), (10**9, False)])
+    def test_undecoded_pages_go_to_the_workers_by_their_bytes(self, database_url, monkeypatch, min_bytes,
+                                                              pooled) -> None:
+        """60 groups' pages count 60 records before mapping (7,200 memberships): the decision to stage in
+        workers counts their bytes, or the run's process would hold every page until 5,000 groups."""
+        from ingest.staging import StagePool
+
+        monkeypatch.setattr("ingest.writer.PARALLEL_MIN_BYTES", min_bytes)
+        used: list[str] = []
+        stage = StagePool.stage
+        monkeypatch.setattr(StagePool, "stage", lambda self, ent, *a, **kw: (used.append(ent.name),
+                                                                               stage(self, ent, *a, **kw))[1])
+        engine = get_engine(database_url)
+        sid = _snapshot(engine, f"bybytes{min_bytes}")
+        _, undecoded = _group_pages(60, 120)
+        assert sum(len(p.body) for p in undecoded) > 100_000
+        writer = SnapshotWriter(engine, f"bybytes{min_bytes}", sid, workers=1, parallel_min=5_000)
+        writer.stage("assignment", undecoded, divert=[])
+        assert used == (["assignment"] if pooled else [])
+        assert writer.staged["assignment"].fetched == 7_200
+        writer.discard()
+
     def test_a_source_error_met_in_a_worker_fails_the_stage_as_that_error(self, database_url) -> None:
         engine = get_engine(database_url)
         sid = _snapshot(engine, "brokenpage")
