@@ -596,12 +596,13 @@ class StagePool:
                 # pickled as it is, as a plain list (the runner's batches carry attributes workers need not),
                 # here: in the queue's feeder thread an error would lose the batch without a word
                 plain = batch if type(batch) is list else list(batch)  # the runner's _Batch is a list subclass
-                try:
-                    if not as_json:
-                        raise TypeError
-                    item = (seq, _dumps(plain, option=_HAND_OVER))
-                except TypeError:
-                    item = (seq, None, pickle.dumps(plain))
+                payload = None
+                if as_json:
+                    try:
+                        payload = _dumps(plain, option=_HAND_OVER)
+                    except TypeError:
+                        pass
+                item = (seq, payload) if payload is not None else (seq, None, pickle.dumps(plain))
             k = next(rotation)
             for _ in range(n):  # the first worker with room, starting at the next in turn
                 try:

@@ -629,6 +629,10 @@ class HttpClient:
         width = self.settings.max_concurrency if concurrency is None else max(1, concurrency)
         ahead: Fetcher[PageRequest, tuple[httpx.Response, Any]] | None = None
         distinct = DistinctCount() if pager.counted else None
+        # pages handed on undecoded are read for their paging fields and the ids a count needs (a counted
+        # listing without an id field tells records apart by their content: its pages are decoded)
+        readable = undecoded is not None and pager.light and (pager.id_field is not None or not pager.counted)
+        ids = pager.id_field if pager.counted else None
         try:
             while True:
                 if ahead is not None and ((planned_next := ahead.next_item()) is END
@@ -638,15 +642,12 @@ class HttpClient:
                               url=redact_url(request.url))
                     ahead.close()
                     ahead = None
-                light: bool | str = False  # what is read of a page handed on undecoded: the ids a count needs
-                if undecoded is not None and pager.light:
-                    light = (pager.id_field if pager.counted else None) or True
                 if ahead is not None:
-                    response, data = self._parsed_ahead(ahead.take()[1], request, cancel, light=light)
-                elif light:
+                    response, data = self._parsed_ahead(ahead.take()[1], request, cancel, readable, ids)
+                elif readable:
                     response = self._with_retries(
                         lambda: self._send_once("GET", request.url, request.params, cancel), cancel)
-                    response, data = self._parsed_ahead(response, request, cancel, light=light)
+                    response, data = self._parsed_ahead(response, request, cancel, True, ids)
                 else:
                     response, data = self._get_parsed("GET", request.url, request.params, cancel)
                 page += 1
@@ -711,17 +712,18 @@ class HttpClient:
         return [self._with_retries(lambda: self._send_once("GET", request.url, request.params, stop), stop)]
 
     def _parsed_ahead(self, response: httpx.Response, request: PageRequest,
-                      cancel: CancelToken, light: bool | str = False) -> tuple[httpx.Response, Any]:
+                      cancel: CancelToken, light: bool = False, ids: str | None = None
+                      ) -> tuple[httpx.Response, Any]:
         """A page fetched ahead, decoded; a body that is not valid JSON is fetched again, retried as
-        ``_get_parsed`` retries it (the page fetched ahead was its first attempt). ``light`` (the
-        paginator's id field, or True): what :func:`~ingest.pages.light_decode` reads of it, as a
+        ``_get_parsed`` retries it (the page fetched ahead was its first attempt). ``light``: what
+        :func:`~ingest.pages.light_decode` reads of it (records reduced to their ``ids`` field), as a
         ``_Light``, when it can."""
         ahead = [response]
 
         def attempt() -> tuple[httpx.Response, Any]:
             got = ahead.pop() if ahead else self._send_once("GET", request.url, request.params, cancel)
             if light and got.status_code != 204:
-                data = light_decode(got.content, light if type(light) is str else None)
+                data = light_decode(got.content, ids)
                 if data is not None:
                     got.stream = httpx.ByteStream(b"")  # see _get_parsed
                     return got, _Light(data)
@@ -790,10 +792,8 @@ class _Light:
         self.data = data
 
 
-def _ids_usable(records: list[Any], id_field: str | None) -> bool:
+def _ids_usable(records: list[Any], id_field: str) -> bool:
     """Every reduced record has an id that tells it apart (see ``_record_hash``)."""
-    if not id_field:
-        return False
     for r in records:
         if type(r) is dict:
             v = r.get(id_field)
