@@ -73,6 +73,8 @@ def records() -> None:
     members = orjson.loads(group)
     ids = frozenset(scim_bench.gid(g) for g in range(20))
     grants = map_group_members(members, {"entitlement_id": scim_bench.gid(7)}, group_ids=ids)
+    assignment_rows: list = []
+    stager._copy_plain(assignment, grants, _EntityStats(), assignment_rows.append)
     print(f"a membership ({N} in a group's page):")
     per_item("read the page, the run's process", lambda: light_decode(group, None))
     per_item("decode the page, a staging worker", lambda: orjson.loads(group))
@@ -80,6 +82,9 @@ def records() -> None:
                                                                group_ids=ids))
     per_item("validate + row, a staging worker", lambda: (out.clear(), stager._copy_plain(
         assignment, grants, _EntityStats(), out.append)))
+    per_item("... as COPY text (what staging does)", lambda: (out.clear(), stager._copy_plain(
+        assignment, grants, _EntityStats(), out.append, 0, out.append)))
+    per_item("COPY formatting, row by row", lambda: [fmt.write_row(r) for r in assignment_rows])
 
 
 def requests() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -144,3 +145,40 @@ def test_text_with_a_nul_anywhere_is_refused_and_backslashes_are_not(where):
     nul = {"display_name": "a\x00b", "custom_attributes": {"k": "a\x00b"}, "extra": {"deep": [{"x": "\x00"}]}}[where]
     with pytest.raises(ValueError, match="NUL"):
         STAGER.row(ent, _VALIDATE["account"].check({**ok, where: nul}))
+
+
+def test_key_only_rows_written_as_copy_text_are_the_rows_copied_one_by_one(database_url):
+    """Assignments go to COPY as one block of text a batch: every value PostgreSQL gets back is the
+    one the per-row path (psycopg's own escaping) stores, with the characters COPY escapes, a literal
+    ``\\N``, non-ASCII, a record pydantic must convert, an invalid one and a NUL in the same batch."""
+    import psycopg
+
+    from ingest.db import get_engine, migrate
+
+    migrate(get_engine(database_url))
+    tricky = ["tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", "\\.", "Zoë Ødegård", "end\\"]
+    batch = [{"account_id": f"u{i}", "entitlement_id": f"g{i % 7}"} for i in range(300)]
+    batch += [{"account_id": t, "entitlement_id": f"g-{t}", "resource_type": t, "resource_id": "r"} for t in tricky]
+    batch += [{"account_id": "u-bytes", "entitlement_id": b"g-bytes"},     # not the exact type: pydantic's path
+              {"account_id": "", "entitlement_id": "g"},                    # invalid: empty id
+              {"account_id": "u\x00", "entitlement_id": "g"}]              # invalid: NUL
+    ent = ENTITIES["assignment"]
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows, stats = {}, {}
+        for table, plain in (("ingest_stage.t_text", True), ("ingest_stage.t_rows", False)):
+            stats[table] = _EntityStats()
+            Stager.create(conn, ent, table)
+            with conn.transaction(), conn.cursor() as cur, cur.copy(
+                    f"COPY {table} ({', '.join(ent.columns)}, key_hash, row_hash, page_seq) FROM STDIN") as copy:
+                STAGER._copy_plain(ent, batch, stats[table], copy.write_row, 5, copy.write if plain else None)
+            rows[table] = conn.execute(f"SELECT {', '.join(ent.columns)}, key_hash::text, page_seq "
+                                       f"FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
+            conn.execute(f"DROP TABLE {table}")
+    assert rows["ingest_stage.t_text"] == rows["ingest_stage.t_rows"]
+    assert len(rows["ingest_stage.t_text"]) == 300 + len(tricky) + 1
+    assert {r[0] for r in rows["ingest_stage.t_text"]} >= set(tricky) | {"u-bytes"}
+    assert {r[-1] for r in rows["ingest_stage.t_text"]} == {5}
+    assert stats["ingest_stage.t_text"].invalid == stats["ingest_stage.t_rows"].invalid == 2
+    first = next(r for r in rows["ingest_stage.t_text"] if r[0] == "u0")
+    assert first[4] == str(uuid.UUID(hashlib.md5(b"conn\x1fu0\x1fg0\x1f\x1f").hexdigest()))
