@@ -144,6 +144,13 @@ def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings, de
             batch = _Batch(seq + 1)
             waited[0] += clock() - t
 
+        def hand(b: Any) -> bool:  # the time since the last hand-over (less the marks' waits) was fetching
+            nonlocal started
+            timings.fetch += clock() - started - waited[0]
+            handed = put(b)
+            started, waited[0] = clock(), 0.0
+            return handed
+
         if position is not None:
             position.on_mark = on_mark
         try:
@@ -151,22 +158,19 @@ def _prefetched(source: Iterable[Any], token: CancelToken, timings: _Timings, de
                 if stop.is_set():  # cancelled or timed out: stop fetching now, not at the end of the source
                     return
                 if type(item) is Undecoded:  # a page as it came: a batch by itself, after what came before
-                    timings.fetch += clock() - started - waited[0]
-                    if batch and not put(batch):
-                        return
-                    batch = _Batch(batch.seq) if batch else batch
+                    if batch:
+                        if not hand(batch):
+                            return
+                        batch = _Batch(batch.seq)
                     item.seq = batch.seq
-                    if not put(item):
+                    if not hand(item):
                         return
-                    started, waited[0] = clock(), 0.0
                     continue
                 batch.append(item)
                 if len(batch) >= _BATCH:
-                    timings.fetch += clock() - started - waited[0]
-                    if not put(batch):
+                    if not hand(batch):
                         return
                     batch = _Batch(batch.seq)
-                    started, waited[0] = clock(), 0.0
             timings.fetch += clock() - started - waited[0]
             q.put(batch)
             q.put(done)

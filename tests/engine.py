@@ -82,3 +82,14 @@ def query(database_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
 def last_snapshot(database_url: str, connector: str) -> dict[str, Any]:
     return query(database_url, "SELECT * FROM ingest.snapshots WHERE connector = %s "
                                "ORDER BY snapshot_id DESC LIMIT 1", connector)[0]
+
+
+def spy_stage_pool(monkeypatch) -> list[str]:
+    """The entities staged through worker processes (``StagePool.stage``), in order, as the test runs."""
+    from ingest.staging import StagePool
+
+    pooled: list[str] = []
+    stage = StagePool.stage
+    monkeypatch.setattr(StagePool, "stage", lambda self, ent, *a, **kw: (pooled.append(ent.name),
+                                                                           stage(self, ent, *a, **kw))[1])
+    return pooled

@@ -19,6 +19,7 @@ from ingest.http import HttpClient, HttpSettings, OffsetPaginator, ScimPaginator
 from ingest.pages import PageSpec, Undecoded, decode, json_path, light_decode
 from ingest.streams import Stream, StreamReader
 from ingest.writer import SnapshotWriter
+from tests.engine import spy_stage_pool
 from tests.servers.fake_api import SCIM_LIST, FakeApi, Reply, fake_api  # noqa: F401
 
 USERS = [{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": f"u{i:03d}", "userName": f"user{i}",
@@ -272,13 +273,8 @@ class TestStaging:
                                                               pooled) -> None:
         """60 groups' pages count 60 records before mapping (7,200 memberships): the decision to stage in
         workers counts their bytes, or the run's process would hold every page until 5,000 groups."""
-        from ingest.staging import StagePool
-
         monkeypatch.setattr("ingest.writer.PARALLEL_MIN_BYTES", min_bytes)
-        used: list[str] = []
-        stage = StagePool.stage
-        monkeypatch.setattr(StagePool, "stage", lambda self, ent, *a, **kw: (used.append(ent.name),
-                                                                               stage(self, ent, *a, **kw))[1])
+        used = spy_stage_pool(monkeypatch)
         engine = get_engine(database_url)
         sid = _snapshot(engine, f"bybytes{min_bytes}")
         _, undecoded = _group_pages(60, 120)

@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from tests import engine
-from tests.engine import cli, output, query
+from tests.engine import cli, output, query, spy_stage_pool
 from tests.servers.faulty_proxy import FAULTS, FaultyProxy
 from tests.servers.scim_server import ScimServer, group_id, load_org, make_org, source_state, user_id
 
@@ -129,13 +129,8 @@ class TestTwoDays:
     @pytest.mark.parametrize("by_workers", [False, True], ids=["staged-in-the-run", "staged-by-workers"])
     def test_day_two_shows_exactly_the_changes_and_day_one_stays_reconstructible(self, tmp_path, database_url,
                                                                                  monkeypatch, by_workers):
-        from ingest.staging import StagePool
-
         monkeypatch.setattr("ingest.writer.PARALLEL_MIN_BYTES", 1 if by_workers else 10**12)
-        pooled: list[str] = []
-        stage = StagePool.stage
-        monkeypatch.setattr(StagePool, "stage", lambda self, ent, *a, **kw: (pooled.append(ent.name),
-                                                                               stage(self, ent, *a, **kw))[1])
+        pooled = spy_stage_pool(monkeypatch)
         token = "scim-e2e-" + uuid.uuid4().hex
         monkeypatch.setenv("SCIM_E2E_TOKEN", token)
         with ScimServer(token=token) as server:
