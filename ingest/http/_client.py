@@ -439,15 +439,17 @@ class HttpClient:
                 if isinstance(error, RateLimitedError):
                     self.stats.add("throttled")
                 raise error
-        wait = retry_after_seconds(response)
         remaining, _ = _rate_limit(response)
-        if 200 <= code < 300:
-            if wait and remaining == 0:
-                log.info("rate_limit_window_exhausted", connector=self.connector, wait=round(wait, 3))
-                self.limiter.pause(min(wait, self.settings.max_retry_after))
+        if 200 <= code < 300:  # the rate-limit headers read once; the wait only when the window is spent
+            if remaining == 0:
+                wait = retry_after_seconds(response)
+                if wait:
+                    log.info("rate_limit_window_exhausted", connector=self.connector, wait=round(wait, 3))
+                    self.limiter.pause(min(wait, self.settings.max_retry_after))
             elif remaining is not None and remaining > 0:
                 self._pace(response, remaining)
             return
+        wait = retry_after_seconds(response)
         kw: dict[str, Any] = {"request": f"{line()} -> {code}", "connector": self.connector, "status_code": code}
         detail = _detail(response)
         if code == 429 or (code == 403 and (remaining == 0 or "Retry-After" in response.headers)):
