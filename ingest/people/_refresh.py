@@ -27,6 +27,10 @@ log = structlog.get_logger("ingest.people")
 _LOCK = "ingest:people"
 
 
+_LINK_COLUMNS = "connector, account_id, identity_id, matched_by, candidates"
+_PEOPLE_COLUMNS = "identity_id, display_name, email, employee_id, status, source_connector"
+
+
 def _config_json(cfg: IdentityConfig | None) -> dict[str, Any]:
     return {"configured": cfg is not None, **(cfg or IdentityConfig()).model_dump(mode="json")}
 
@@ -108,12 +112,23 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
 
         # 2. identity resolution (compiled SQL holds literals that must not be read as bind parameters)
         res = compile_resolution(cfg, connector=scope)
-        links_of = "" if scope is None else " WHERE connector = " + _literal(scope)
-        conn.exec_driver_sql("CREATE TEMP TABLE _people_links ON COMMIT DROP AS " + res.query(
-            "SELECT connector, account_id, identity_id, matched_by, candidates FROM links" + links_of))
+        link_cols, people_cols = _LINK_COLUMNS, _PEOPLE_COLUMNS
         if scope is None:
-            conn.exec_driver_sql("CREATE TEMP TABLE _people_new ON COMMIT DROP AS " + res.query(
-                "SELECT identity_id, display_name, email, employee_id, status, source_connector FROM people"))
+            # links and people in one statement: the accounts are read, keyed and sorted into anchors once
+            # (as two statements each did it again: 2.1 + 1.4 s at 300,000 accounts, e-mail only)
+            conn.exec_driver_sql("CREATE TEMP TABLE _people_both ON COMMIT DROP AS " + res.query(
+                f"SELECT true AS is_link, {link_cols}, NULL::text AS display_name, NULL::text AS email, "
+                "NULL::text AS employee_id, NULL::text AS status, NULL::text AS source_connector FROM links "
+                "UNION ALL SELECT false, NULL::text, NULL::text, identity_id, NULL::text, NULL::uuid[], "
+                "display_name, email, employee_id, status, source_connector FROM people"))
+            conn.exec_driver_sql(f"CREATE TEMP TABLE _people_links ON COMMIT DROP AS SELECT {link_cols} "
+                                 "FROM _people_both WHERE is_link")
+            conn.exec_driver_sql(f"CREATE TEMP TABLE _people_new ON COMMIT DROP AS SELECT {people_cols} "
+                                 "FROM _people_both WHERE NOT is_link")
+            conn.exec_driver_sql("DROP TABLE _people_both")
+        else:
+            conn.exec_driver_sql("CREATE TEMP TABLE _people_links ON COMMIT DROP AS " + res.query(
+                f"SELECT {link_cols} FROM links WHERE connector = " + _literal(scope)))
         conn.execute(sa.text("ANALYZE _people_links"))
         lap("resolve_s")
         if scope is None:
