@@ -142,7 +142,10 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
                     FROM _people_new n WHERE n.identity_id = i.identity_id
                       AND (i.display_name, i.email, i.employee_id, i.status, i.source_connector) IS DISTINCT FROM
                           (n.display_name, n.email, n.employee_id, n.status, n.source_connector)"""),
-                "added": _exec(conn, "INSERT INTO ingest.identities SELECT * FROM _people_new ON CONFLICT DO NOTHING"),
+                # new rows by an anti-join (one pass over each side), not by a unique-index probe per person
+                # that ON CONFLICT alone costs (0.47-0.75 -> 0.09-0.14 s at 300,000 people, none new)
+                "added": _exec(conn, """INSERT INTO ingest.identities SELECT * FROM _people_new n WHERE NOT EXISTS (
+                    SELECT 1 FROM ingest.identities i WHERE i.identity_id = n.identity_id) ON CONFLICT DO NOTHING"""),
             }
         in_scope = "" if scope is None else " AND t.connector = :c"
         counts["identity_accounts"] = {
@@ -150,8 +153,11 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
                 SELECT 1 FROM _people_links n WHERE n.connector = t.connector AND n.account_id = t.account_id
                   AND n.identity_id = t.identity_id AND n.matched_by = t.matched_by){in_scope}""", c=scope),
             "added": _exec(conn, """INSERT INTO ingest.identity_accounts (identity_id, connector, account_id, matched_by)
-                SELECT identity_id, connector, account_id, matched_by FROM _people_links
-                WHERE identity_id IS NOT NULL ON CONFLICT DO NOTHING"""),
+                SELECT identity_id, connector, account_id, matched_by FROM _people_links n
+                WHERE identity_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ingest.identity_accounts t
+                    WHERE t.connector = n.connector AND t.account_id = n.account_id AND t.identity_id = n.identity_id
+                      AND t.matched_by = n.matched_by)
+                ON CONFLICT DO NOTHING"""),  # 0.67-0.73 -> 0.18-0.19 s at 300,000 links, none new
         }
         counts["ambiguous"] = conn.execute(sa.text(
             "SELECT count(*) FROM _people_links WHERE candidates IS NOT NULL")).scalar()
