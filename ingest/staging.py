@@ -398,9 +398,7 @@ class Stager:
         fast, md5, prefix = _FAST[ent.name], hashlib.md5, self.connector + "\x1f"
         key = _ROW_PARTS[ent.name][0]
         texts: list[str] = []  # the rows' key texts: looked at once for what COPY escapes
-        lines: list[str] = []
-        rows: list[tuple[Any, str]] = []
-        tail = f"\t{seq}\n"
+        rows: list[tuple[Any, str]] = []  # their values and hash
         for item in batch:
             d = fast(item)
             if d is None:
@@ -417,18 +415,18 @@ class Stager:
             else:
                 texts.append(text)
                 rows.append((values, h))
-                lines.append("\t".join(values) + f"\t{h}\t{h}{tail}")
-        if not lines:
+        if not rows:
             return
+        tail = f"\t{seq}\n"
         every = "".join(texts)
         if "\\" in every or "\t" in every or "\n" in every or "\r" in every:  # rare: those rows one by one
-            for text, (values, h), line in zip(texts, rows, lines):
+            for text, (values, h) in zip(texts, rows):
                 if _COPY_ESCAPED.search(text):
                     write((*values, h, h, seq))
                 else:
-                    write_text(line)
+                    write_text("\t".join(values) + f"\t{h}\t{h}{tail}")
             return
-        write_text("".join(lines))
+        write_text("".join(["\t".join(values) + f"\t{h}\t{h}{tail}" for values, h in rows]))
 
 
 def is_nested(item: Any) -> bool:

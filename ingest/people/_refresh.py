@@ -112,23 +112,22 @@ def refresh(engine: sa.Engine, cfg: IdentityConfig | None, snapshot_id: int,
 
         # 2. identity resolution (compiled SQL holds literals that must not be read as bind parameters)
         res = compile_resolution(cfg, connector=scope)
-        link_cols, people_cols = _LINK_COLUMNS, _PEOPLE_COLUMNS
         if scope is None:
             # links and people in one statement: the accounts are read, keyed and sorted into anchors once
             # (as two statements each did it again: 2.1 + 1.4 s at 300,000 accounts, e-mail only)
             conn.exec_driver_sql("CREATE TEMP TABLE _people_both ON COMMIT DROP AS " + res.query(
-                f"SELECT true AS is_link, {link_cols}, NULL::text AS display_name, NULL::text AS email, "
+                f"SELECT true AS is_link, {_LINK_COLUMNS}, NULL::text AS display_name, NULL::text AS email, "
                 "NULL::text AS employee_id, NULL::text AS status, NULL::text AS source_connector FROM links "
                 "UNION ALL SELECT false, NULL::text, NULL::text, identity_id, NULL::text, NULL::uuid[], "
                 "display_name, email, employee_id, status, source_connector FROM people"))
-            conn.exec_driver_sql(f"CREATE TEMP TABLE _people_links ON COMMIT DROP AS SELECT {link_cols} "
+            conn.exec_driver_sql(f"CREATE TEMP TABLE _people_links ON COMMIT DROP AS SELECT {_LINK_COLUMNS} "
                                  "FROM _people_both WHERE is_link")
-            conn.exec_driver_sql(f"CREATE TEMP TABLE _people_new ON COMMIT DROP AS SELECT {people_cols} "
+            conn.exec_driver_sql(f"CREATE TEMP TABLE _people_new ON COMMIT DROP AS SELECT {_PEOPLE_COLUMNS} "
                                  "FROM _people_both WHERE NOT is_link")
             conn.exec_driver_sql("DROP TABLE _people_both")
         else:
             conn.exec_driver_sql("CREATE TEMP TABLE _people_links ON COMMIT DROP AS " + res.query(
-                f"SELECT {link_cols} FROM links WHERE connector = " + _literal(scope)))
+                f"SELECT {_LINK_COLUMNS} FROM links WHERE connector = " + _literal(scope)))
         conn.execute(sa.text("ANALYZE _people_links"))
         lap("resolve_s")
         # rows already there: new ones are then added by an anti-join (one pass over each side) rather than
