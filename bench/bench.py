@@ -151,6 +151,10 @@ def streams_line(label: str, runs: list[dict]) -> str:
     vacuum = [r["vacuum_s"] for r in runs if r.get("vacuum_s") is not None]
     if vacuum:
         parts.append(f"then the vacuum of what it loaded {statistics.median(vacuum):.1f} s")
+    reused = statistics.median(sum(v.get("reused", 0) for v in r["stats"].values() if isinstance(v, dict))
+                               for r in runs)
+    if reused:
+        parts.append(f"{reused:,.0f} records staged from the memo")
     people = [r["people_s"] for r in runs if r.get("people_s") is not None]
     if people:
         parts.append(f"then the people refresh {statistics.median(people):.1f} s (in wall, not in run)")

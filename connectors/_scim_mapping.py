@@ -90,6 +90,10 @@ def _without_location(raw: dict[str, Any], *drop_meta: str, drop: tuple[str, ...
     return out
 
 
+# what map_user never reads (extra leaves them out): the users stream's ignored_fields (ingest.memo)
+USER_IGNORED_FIELDS = ("groups", "meta.location", "meta.lastModified", "meta.version")
+
+
 def map_user(raw: Any) -> dict[str, Any]:
     """A SCIM User resource -> an Account record (dict). ``extra`` keeps the raw resource
     without what changes when the user does not: ``meta.location`` (depends on the URL it

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from connectors._scim_mapping import (
     ENTERPRISE_USER,
+    USER_IGNORED_FIELDS,
     group_resource,
     list_response_resources,
     map_group,
@@ -310,17 +311,19 @@ class ScimConnector(Connector):
 
     # -- streams (declared; ingest.streams does the paging, the fan-out and the checks) ---------------
     def _list_stream(self, name: str, path: str, scim_filter: str | None, mapping: Any, pass_through: bool = False,
-                     **params: Any) -> Stream:
+                     ignored_fields: tuple[str, ...] = (), **params: Any) -> Stream:
         if scim_filter:
             params["filter"] = scim_filter
         return Stream(name, path, params=params, paginator=ScimPaginator(count=self.page_size),
                       selector=functools.partial(list_response_resources, what=f"GET /{path}"), map=mapping,
-                      pass_through=pass_through)
+                      pass_through=pass_through, ignored_fields=ignored_fields)
 
     @functools.cached_property
     def users(self) -> Stream:
-        # pass_through: list_accounts hands the records on as they are (pages may go to staging undecoded)
-        return self._list_stream("accounts", "Users", self.settings.users_filter, map_user, pass_through=True)
+        # pass_through: list_accounts hands the records on as they are (pages may go to staging undecoded);
+        # ignored_fields: what map_user leaves out, so a user whose provider only touched those is not decoded
+        return self._list_stream("accounts", "Users", self.settings.users_filter, map_user, pass_through=True,
+                                 ignored_fields=USER_IGNORED_FIELDS)
 
     @functools.cached_property
     def groups(self) -> Stream:

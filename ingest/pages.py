@@ -78,6 +78,7 @@ class PageSpec:
     selector: str | Callable[[Any], list] | None
     map: Callable[..., Any] | None
     with_parent: bool
+    ignored: tuple[str, ...] = ()  # fields the map never reads (Stream.ignored_fields; see ingest.memo)
 
 
 class Undecoded:

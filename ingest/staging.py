@@ -19,6 +19,7 @@ costs more than it saves; so does everything with ``workers`` 0.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import gc
@@ -46,7 +47,10 @@ from pydantic import BaseModel, ValidationError
 
 from ingest import errors
 from ingest.errors import IngestError, SnapshotError
-from ingest.pages import Undecoded, decode
+from ingest.memo import digest as memo_digest
+from ingest.memo import keys as memo_keys
+from ingest.memo import split as memo_split
+from ingest.pages import PageSpec, Undecoded, loads
 from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
 
 __all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "PARALLEL_MIN_BYTES", "Stager", "StagePool", "default_workers", "is_nested"]
@@ -252,13 +256,45 @@ def json_columns(ent: Entity) -> tuple[str, ...]:
 
 
 class _EntityStats:
-    __slots__ = ("fetched", "invalid", "samples")
+    __slots__ = ("fetched", "invalid", "samples", "reused", "memo")
 
     def __init__(self) -> None:
         self.fetched = 0
         self.invalid = 0
+        self.reused = 0  # records staged from the memo (counted in fetched too)
+        self.memo = 0  # rows staged with a src (the next run's memo)
         self.samples: list[dict[str, str]] = []
 
+
+
+class _Copies:
+    """The one COPY open on a cursor at a time: ``get(sql)`` ends the open one if it is another."""
+
+    def __init__(self, cur: psycopg.Cursor) -> None:
+        self.cur = cur
+        self.sql: str | None = None
+        self._cm: Any = None
+        self.copy: Any = None
+
+    def get(self, sql: str) -> Any:
+        if sql != self.sql:
+            self.end()
+            self._cm = self.cur.copy(sql)
+            self.copy, self.sql = self._cm.__enter__(), sql
+        return self.copy
+
+    def end(self) -> None:
+        cm, self._cm, self.copy, self.sql = self._cm, None, None, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+    def __enter__(self) -> _Copies:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        cm, self._cm, self.copy, self.sql = self._cm, None, None, None
+        if cm is not None:
+            cm.__exit__(*exc)
 
 
 class Stager:
@@ -268,48 +304,65 @@ class Stager:
         self.connector = connector
         self.snapshot_id = snapshot_id
         self.log_invalid = log_invalid  # a worker returns samples instead (its logs would reach no one)
+        self._digests: dict[str, bytes | None] = {}  # per page spec: see ingest.memo.digest
 
     @staticmethod
     def create(conn: psycopg.Connection, ent: Entity, table: str, json_text: bool = False) -> None:
         """(Re)create an empty staging table of ``ent``'s shape (``page_seq``: the page of its stream a
-        row came in; checkpoints cover pages, see :mod:`ingest.checkpoints`).
+        row came in; checkpoints cover pages, see :mod:`ingest.checkpoints`; ``src``: the record bytes it
+        came from, see :mod:`ingest.memo`).
 
         ``json_text``: the JSON columns are ``text``, not ``jsonb`` (see :func:`json_columns`)."""
         conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
         if ent.table is None:  # last activity: not versioned, its own shape
             conn.execute(f"CREATE UNLOGGED TABLE {table} (account_id text, last_activity_at timestamptz, "
-                         "event_type text, key_hash uuid, row_hash uuid, page_seq integer)")
+                         "event_type text, key_hash uuid, row_hash uuid, page_seq integer, src uuid)")
             return
         as_text = json_columns(ent) if json_text else ()
         cols = ", ".join(f"{c}::text AS {c}" if c in as_text else c for c in ent.columns + ("key_hash", "row_hash"))
-        conn.execute(f"CREATE UNLOGGED TABLE {table} AS SELECT {cols}, 0::integer AS page_seq "
+        conn.execute(f"CREATE UNLOGGED TABLE {table} AS SELECT {cols}, 0::integer AS page_seq, NULL::uuid AS src "
                      f"FROM ingest.{ent.table}_history WITH NO DATA")
 
     def copy_into(self, conn: psycopg.Connection, ent: Entity, table: str, batches: Iterable[Any],
                   stats: _EntityStats, progress: Callable[[str, int], None] | None = None, *,
                   create: bool = True, json_text: bool = False,
-                  divert: list[tuple[int, list[Any]]] | None = None) -> None:
+                  divert: list[tuple[int, list[Any]]] | None = None, memo: str | None = None) -> None:
         """COPY every batch into ``table`` in ``conn``'s transaction (``create``: a new table, FREEZE).
 
         A batch's ``seq`` attribute (default 0) is its rows' ``page_seq``; a ``(seq, records)`` tuple
         says the same (how batches reach a worker). An :class:`~ingest.pages.Undecoded` page is a
-        batch of its own, decoded here. ``divert`` (staging assignments): nested groups among the
+        batch of its own, decoded here, record by record where its stream can be memoised (each row
+        gets its ``src``; ``memo``, the connector's memo of ``ent``, gives the rows of the records it
+        already has: :mod:`ingest.memo`). ``divert`` (staging assignments): nested groups among the
         records are not staged but added to it, as ``(seq, records)``."""
         cols = ", ".join(ent.columns + ("key_hash", "row_hash", "page_seq"))
         if create:
             self.create(conn, ent, table, json_text)
-        with conn.cursor() as cur, cur.copy(
-                f"COPY {table} ({cols}) FROM STDIN{' (FREEZE)' if create else ''}") as copy:
-            plain = ent.name in _FAST
+        freeze = " (FREEZE)" if create else ""
+        if memo is not None:  # whatever the memo's statistics say, its index: never a scan of it for each page
+            conn.execute("SET LOCAL enable_seqscan = off")
+        plain = ent.name in _FAST
+        memoised = stats.memo
+        with conn.cursor() as cur, _Copies(cur) as copies:
             for batch in batches:
                 if type(batch) is tuple:
                     seq, batch = batch
                 else:
                     seq = getattr(batch, "seq", 0)
                 if type(batch) is Undecoded:
+                    raws = None
+                    if divert is None and (dig := self._digest(batch.spec, ent)) is not None:
+                        raws = memo_split(batch.spec, batch.body, batch.skip)
+                    if raws is not None:
+                        self._stage_memoised(conn, copies, ent, table, batch.spec, raws, dig, seq, stats,
+                                             f"COPY {table} ({cols}, src) FROM STDIN{freeze}", memo, json_text)
+                        if progress is not None:
+                            progress(ent.name, stats.fetched)
+                        continue
                     batch = batch.records()
                 if divert is not None:
                     batch = _without_nested(batch, seq, divert)
+                copy = copies.get(f"COPY {table} ({cols}) FROM STDIN{freeze}")
                 stats.fetched += len(batch)
                 if plain:
                     self._copy_plain(ent, batch, stats, copy.write_row, seq, copy.write)
@@ -317,6 +370,77 @@ class Stager:
                     self._copy_records(ent, batch, stats, copy.write_row, seq)
                 if progress is not None:
                     progress(ent.name, stats.fetched)
+        if stats.memo > memoised:  # what the next run's memo looks up (see ingest.memo.keep)
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {table.rpartition('.')[2]}_src ON {table} (src)")
+
+    def _digest(self, spec: PageSpec, ent: Entity) -> bytes | None:
+        try:
+            return self._digests[spec.key]
+        except KeyError:
+            got = self._digests[spec.key] = memo_digest(spec, self.connector, ent.name)
+            return got
+
+    def _stage_memoised(self, conn: psycopg.Connection, copies: _Copies, ent: Entity, table: str, spec: PageSpec,
+                        raws: list[Any], dig: bytes, seq: int, stats: _EntityStats, copy_sql: str,
+                        memo: str | None, json_text: bool) -> None:
+        """Stage a page's records (their bytes) with their ``src``: those the memo has by an INSERT from
+        it, the others decoded, mapped and COPYed. A record that maps to more (or fewer) than one record
+        is staged without a ``src`` (the memo would not give them all back)."""
+        srcs = memo_keys(raws, dig, spec.ignored)
+        hits: set[str] | frozenset[str] = frozenset()
+        if memo is not None and srcs:
+            ask = srcs
+            if len(set(srcs)) < len(srcs):  # a record twice in the page: both the full way (both are staged)
+                seen = collections.Counter(srcs)
+                ask = [x for x in srcs if seen[x] == 1]
+            copies.end()
+            hits = {x for (x,) in conn.execute(self._memo_insert(ent, table, memo, json_text), (seq, ask),
+                                               prepare=False)}
+            stats.fetched += len(hits)
+            stats.reused += len(hits)
+            stats.memo += len(hits)
+        fn = spec.map
+        validate, row = self.validate, self.row
+        try:
+            for r, src in zip(raws, srcs):
+                if src in hits:
+                    continue
+                try:
+                    record = orjson.loads(memoryview(r))
+                except ValueError:
+                    record = loads(bytes(r))
+                got = record if fn is None else fn(record)
+                if got is None:
+                    continue
+                if type(got) is dict or isinstance(got, (dict, BaseModel)):
+                    items: Any = (got,)
+                else:
+                    items, src = list(got), None
+                for item in items:
+                    stats.fetched += 1
+                    fields = validate(ent, item, stats)
+                    if fields is None:
+                        continue
+                    try:
+                        values = row(ent, fields)
+                    except ValueError as e:
+                        self._invalid(ent, item, stats, str(e))
+                        continue
+                    copies.get(copy_sql).write_row((*values, seq, src))
+                    if src is not None:
+                        stats.memo += 1
+        except IngestError as e:
+            e.stream = e.stream or spec.stream
+            raise
+
+    def _memo_insert(self, ent: Entity, table: str, memo: str, json_text: bool) -> str:
+        """The rows of a page's records the memo has, inserted with this page's seq, their src returned."""
+        cols = ent.columns + ("key_hash", "row_hash")
+        as_json = json_columns(ent)
+        picked = ", ".join(f"CAST({c} AS {'text' if json_text else 'jsonb'})" if c in as_json else c for c in cols)
+        return (f"INSERT INTO {table} ({', '.join(cols)}, page_seq, src) "
+                f"SELECT DISTINCT ON (src) {picked}, %s, src FROM {memo} WHERE src = ANY(%s::uuid[]) "
+                "RETURNING replace(CAST(src AS text), '-', '')")
 
     def row(self, ent: Entity, d: dict[str, Any]) -> tuple:
         """The staging row of a validated record's fields: columns, key hash, row hash.
@@ -458,7 +582,7 @@ _SPEC = "spec"  # (_SPEC, key, pickled PageSpec): how the Undecoded pages that n
 
 
 def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, results: Any) -> None:
-    """One staging process: for each entity, ``(entity, table, json_text, divert)``, then batches (and
+    """One staging process: for each entity, ``(entity, table, json_text, divert, memo)``, then batches (and
     the page specs they need), then ``_END``; ``None`` stops it. A batch is ``(seq, JSON)``,
     ``(seq, None, pickled records)`` or an undecoded page ``(seq, spec key, body, skip, pickled
     parent)``; a spec is ``(_SPEC, key, pickled PageSpec)``."""
@@ -472,7 +596,7 @@ def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, re
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             while (msg := tasks.get()) is not None:
-                entity, table, json_text, divert = msg
+                entity, table, json_text, divert, memo = msg
 
                 def batches() -> Iterator[tuple[int, list[Any]]]:
                     while (item := tasks.get()) != _END:
@@ -484,14 +608,15 @@ def _worker(dsn: str, connector: str, snapshot_id: int, wid: int, tasks: Any, re
                             yield item[0], pickle.loads(item[2])
                         else:  # an undecoded page
                             seq, key, body, skip, parent = item
-                            yield seq, decode(specs[key], body, skip, pickle.loads(parent))
+                            yield seq, Undecoded(specs[key], body, skip, pickle.loads(parent), 0)
 
                 stats = _EntityStats()
                 nested: list[tuple[int, list[Any]]] | None = [] if divert else None
                 with conn.transaction():  # created and filled in one transaction: COPY FREEZE
                     stager.copy_into(conn, ENTITIES[entity], table, batches(), stats, json_text=json_text,
-                                     divert=nested)
-                results.put(("done", wid, entity, table, stats.fetched, stats.invalid, stats.samples, nested))
+                                     divert=nested, memo=memo)
+                results.put(("done", wid, entity, table, stats.fetched, stats.invalid, stats.samples, nested,
+                             stats.reused, stats.memo))
     except BaseException as e:  # reported to the run's process, which fails the stage
         kind = type(e).__name__ if isinstance(e, IngestError) else None
         results.put(("error", wid, entity, f"{type(e).__name__}: {e}",
@@ -583,7 +708,7 @@ class StagePool:
               progress: Callable[[str, int], None] | None = None, check: Callable[[], None] | None = None, *,
               create: bool = True, then: Callable[[psycopg.Connection], None] | None = None,
               analyze: bool = True, json_text: bool = False,
-              divert: list[tuple[int, list[Any]]] | None = None) -> None:
+              divert: list[tuple[int, list[Any]]] | None = None, memo: str | None = None) -> None:
         """Stage ``batches`` into ``table`` through the workers; raises SnapshotError if any of them fails
         (or the IngestError a worker met decoding the source's pages).
 
@@ -591,14 +716,14 @@ class StagePool:
         ``table`` (``create``), attaches the segments to it and runs ``then(conn)`` (a checkpoint
         commits with the rows it covers: a crash before that leaves segments no table inherits,
         which the snapshot's staging clean-up drops). ``divert``: as :meth:`Stager.copy_into`'s,
-        filled before ``then`` runs.
+        filled before ``then`` runs. ``memo``: as :meth:`Stager.copy_into`'s.
         """
         n = len(self.procs)
         self._early: list[tuple] = []
         self.calls += 1
         segments = [f"{table}_{self.tag}_{self.calls}_{k}" for k in range(n)]
         for k in range(n):
-            self._put(k, (ent.name, segments[k], json_text, divert is not None), check)
+            self._put(k, (ent.name, segments[k], json_text, divert is not None, memo), check)
         rotation = itertools.cycle(range(n))
         as_json = ent.name in _AS_JSON
         sent = 0  # records (an undecoded page: the records it holds before mapping), for progress
@@ -656,10 +781,12 @@ class StagePool:
                     continue
             if msg[0] == "error":
                 _raise_failed(msg)
-            _, wid, _entity, _table, fetched, invalid, samples, nested = msg
+            _, wid, _entity, _table, fetched, invalid, samples, nested, reused, memoised = msg
             done.add(wid)
             stats.fetched += fetched
             stats.invalid += invalid
+            stats.reused += reused
+            stats.memo += memoised
             if nested:
                 divert.extend(nested)
             for s in samples:

@@ -56,6 +56,12 @@ A :class:`Stream` has:
     functions or ``functools.partial`` of them, else pages are decoded here). A
     ``selector`` function then sees each record reduced to its id: it must pick
     the records (and may check the page's top-level fields), not look into them.
+``ignored_fields``
+    fields of a record that its ``map`` never reads, top-level or one level down
+    (``"groups"``, ``"meta.lastModified"``): a re-run tells a record it already
+    staged by its bytes without them (:mod:`ingest.memo`), so one that changed
+    only there (provider bookkeeping) is not decoded again. A field listed here
+    that the map does read would leave its change out of the staging.
 
 Errors raised while reading a stream carry its name (``IngestError.stream``).
 
@@ -108,6 +114,7 @@ class Stream:
     concurrency: int | None = None
     ordered: bool = True
     pass_through: bool = False
+    ignored_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         takes_parent = False
@@ -178,7 +185,7 @@ class StreamReader:
         except AttributeError:
             pass
         spec: PageSpec | None = PageSpec(secrets.token_hex(6), stream.name, stream.selector, stream.map,
-                                         getattr(stream, "_map_takes_parent", False))
+                                         getattr(stream, "_map_takes_parent", False), tuple(stream.ignored_fields))
         try:
             pickle.dumps(spec)
         except Exception as e:  # a closure, a lambda, a bound method of something that does not pickle

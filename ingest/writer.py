@@ -23,6 +23,7 @@ import psycopg
 import sqlalchemy as sa
 import structlog
 
+from ingest import memo
 from ingest.errors import MassDeletionError, SnapshotError
 from ingest.pages import Undecoded
 from ingest.redact import redact
@@ -73,6 +74,7 @@ class SnapshotWriter:
         self.merge_timings: dict[str, float] = {}
         self._prefix = f"s{snapshot_id}_"
         self._json_text: dict[str, bool] = {}  # per entity: its staging holds JSON columns as text
+        self._memo: dict[str, str | None] = {}  # per entity: the connector's memo of it (ingest.memo)
         self.loaded: list[str] = []  # history tables the commit wrote VACUUM_AFTER_ROWS versions or more into
 
     def stage_table(self, entity: str) -> str:
@@ -127,7 +129,7 @@ class SnapshotWriter:
                 self._pool = StagePool(self._dsn(), self.connector, self.snapshot_id, self.workers)
             try:
                 self._pool.stage(ent, table, stream, stats, progress, check, create=not append, then=then,
-                                 analyze=analyze, json_text=json_text, divert=divert)
+                                 analyze=analyze, json_text=json_text, divert=divert, memo=self.memo(ent))
             except BaseException:
                 self._pool.abort()
                 self._pool = None
@@ -136,7 +138,7 @@ class SnapshotWriter:
             with psycopg.connect(self._dsn(), autocommit=True) as conn:
                 with conn.transaction():
                     self._stager.copy_into(conn, ent, table, stream, stats, progress, create=not append,
-                                           json_text=json_text, divert=divert)
+                                           json_text=json_text, divert=divert, memo=self.memo(ent))
                     if then is not None:
                         then(conn)
                 if analyze:
@@ -152,19 +154,29 @@ class SnapshotWriter:
         self._stager.copy_into(conn, ent, self.stage_table(entity), batches, stats, progress, create=create,
                                json_text=self.json_as_text(ent, not create))
 
+    def memo(self, ent: Entity) -> str | None:
+        """The connector's memo of ``ent`` (:mod:`ingest.memo`), looked for once per entity."""
+        if ent.name not in self._memo:
+            with self.engine.connect() as c:
+                self._memo[ent.name] = memo.find(c, self.connector, ent.name, ent.columns + ("key_hash", "row_hash"))
+        return self._memo[ent.name]
+
     def json_as_text(self, ent: Entity, append: bool) -> bool:
         """Whether ``ent``'s staging holds its JSON columns as text (see :func:`~ingest.staging.json_columns`):
         on a re-run (the connector has a succeeded snapshot), not on a first load. Decided once per
-        entity; a staging table that already exists (``append``: a resumed attempt's) keeps its own kind."""
+        entity; a staging table that already exists (``append``: a resumed attempt's) keeps its own kind,
+        and so does a re-run with a memo of ``ent`` (:mod:`ingest.memo`): most of its rows are copied
+        from it, and a copy from ``jsonb`` to text would cost more than parsing the few it decodes."""
         if ent.name in self._json_text or not json_columns(ent):
             return self._json_text.get(ent.name, False)
+        like = self.stage_table(ent.name) if append else self.memo(ent)
         with self.engine.connect() as c:
             kind = None
-            if append:
+            if like is not None:
                 kind = c.execute(sa.text(
                     "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
                     "WHERE a.attrelid = to_regclass(:t) AND a.attname = :col AND NOT a.attisdropped"),
-                    {"t": self.stage_table(ent.name), "col": json_columns(ent)[0]}).scalar()
+                    {"t": like, "col": json_columns(ent)[0]}).scalar()
             if kind is not None:
                 text = kind == "text"
             else:
@@ -231,6 +243,8 @@ class SnapshotWriter:
                     s = self._merge(conn, ent)
                     s["fetched"] = self.staged[name].fetched
                     s["invalid"] = self.staged[name].invalid
+                    if self.staged[name].reused:  # of fetched: staged from the memo (ingest.memo)
+                        s["reused"] = self.staged[name].reused
                     if name in self.duplicates:
                         s["duplicates"], duplicate_samples[name] = self.duplicates[name]
                     stats[name] = s
@@ -263,6 +277,7 @@ class SnapshotWriter:
                     )
                     err.stats = stats
                     raise err  # leaving the block rolls the merge back
+                memo.keep(conn, self.connector, self.snapshot_id, [n for n, st in self.staged.items() if st.memo])
                 drop_staging(conn, self.snapshot_id)
                 self._drop_superseded_rejections(conn)
                 if finish is not None:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from connectors.scim import (
     ENTERPRISE_USER,
+    USER_IGNORED_FIELDS,
     LucidScimConnector,
     ProviderConfig,
     ScimAuth,
@@ -229,6 +230,22 @@ class TestMapUser:
         }
         assert rec["extra"][ENTERPRISE_USER]["manager"]["displayName"] == "John Smith"
         assert rec["extra"]["meta"] == {"resourceType": "User"}, "location depends on the URL, version moves alone"
+
+    def test_the_fields_the_users_stream_says_it_ignores_never_reach_the_record(self):
+        """``USER_IGNORED_FIELDS`` lets a re-run stage a user that changed only there from the memo of the
+        last run (ingest.memo): the record must be the same whatever they hold, or whether they are there."""
+        base = {**user(1), "groups": [{"value": "g1"}],
+                "meta": {"resourceType": "User", "created": "2026-01-01T00:00:00Z", "lastModified": "2026-01-02T00:00:00Z",
+                         "version": 'W/"1"', "location": "https://a/Users/1"}}
+        variants = [{**base, "groups": [{"value": "g2"}, {"value": "g3"}]}, {k: v for k, v in base.items() if k != "groups"},
+                    {**base, "meta": {**base["meta"], "lastModified": "2026-12-03T00:00:00Z", "version": 'W/"9"',
+                                      "location": "https://b/scim/v2/Users/1"}},
+                    {**base, "meta": {"resourceType": "User", "created": "2026-01-01T00:00:00Z"}}]
+        assert USER_IGNORED_FIELDS and all(f.split(".")[0] in base for f in USER_IGNORED_FIELDS)
+        for v in variants:
+            assert map_user(v) == map_user(base)
+        # and a field that is not ignored does reach it
+        assert map_user({**base, "meta": {**base["meta"], "created": "2025-01-01T00:00:00Z"}}) != map_user(base)
 
     def test_inactive_user_is_suspended(self):
         assert map_user(user(1, active=False))["status"] == "SUSPENDED"
