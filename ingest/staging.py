@@ -53,7 +53,8 @@ from ingest.memo import split as memo_split
 from ingest.pages import PageSpec, Undecoded, loads
 from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
 
-__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "PARALLEL_MIN_BYTES", "Stager", "StagePool", "default_workers", "is_nested"]
+__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "PARALLEL_MIN_BYTES", "Stager", "StagePool", "analyze_statement",
+           "default_workers", "is_nested"]
 
 log = structlog.get_logger("ingest.staging")
 MAX_INVALID_SAMPLES = 20
@@ -253,6 +254,15 @@ def json_columns(ent: Entity) -> tuple[str, ...]:
     row, parses them in the COPY, which runs beside the fetching instead of in the merge after it.
     """
     return tuple(ent.values[i] for i in _COLUMN_KINDS[ent.name][0])
+
+
+def analyze_statement(ent: Entity, table: str) -> str:
+    """ANALYZE of a staging table, for what the merge plans by: its keys, hashes and extra columns.
+
+    The values (names, JSON) are read only for the rows the merge writes and never filtered on;
+    their statistics (wide text and JSON, detoasted and sorted for every sampled row) were most of
+    what an ANALYZE of the whole table cost (measured, 300k SCIM users: 1.5 s)."""
+    return f"ANALYZE {table} ({', '.join(ent.key + ent.extra_cols + ('key_hash', 'row_hash'))})"
 
 
 class _EntityStats:
@@ -803,7 +813,7 @@ class StagePool:
                 if then is not None:
                     then(conn)
             if analyze:
-                conn.execute(f"ANALYZE {table}")
+                conn.execute(analyze_statement(ent, table))
 
     def close(self) -> None:
         """Stop the workers: politely when they are idle, at once otherwise (an open COPY rolls back)."""

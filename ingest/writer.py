@@ -36,6 +36,7 @@ from ingest.staging import (
     StagePool,
     Stager,
     _EntityStats,
+    analyze_statement,
     default_workers,
     json_columns,
     stage_schema,
@@ -142,7 +143,7 @@ class SnapshotWriter:
                     if then is not None:
                         then(conn)
                 if analyze:
-                    conn.execute(f"ANALYZE {table}")
+                    conn.execute(analyze_statement(ent, table))
         if progress is not None:
             progress(entity, stats.fetched)
 
@@ -194,7 +195,7 @@ class SnapshotWriter:
 
     def analyze(self, entity: str) -> None:
         with psycopg.connect(self._dsn(), autocommit=True) as conn:
-            conn.execute(f"ANALYZE {self.stage_table(entity)}")
+            conn.execute(analyze_statement(ENTITIES[entity], self.stage_table(entity)))
 
     def restore(self, entity: str, counts: dict[str, Any]) -> None:
         """What an earlier attempt staged of ``entity`` (its checkpoint's counts): the stats go on from there."""
