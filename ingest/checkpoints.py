@@ -212,6 +212,8 @@ def adopt(conn: sa.Connection, old: int, new: int, entities: Callable[[str], tup
             continue
         for ent in ents:
             conn.execute(sa.text(f'ALTER TABLE ingest_stage."s{old}_{ent}" RENAME TO "s{new}_{ent}"'))
+            # staged by a version without the memo's column (ingest.memo): every table of it gets one
+            conn.execute(sa.text(f'ALTER TABLE ingest_stage."s{new}_{ent}" ADD COLUMN IF NOT EXISTS src uuid'))
             for child in conn.execute(sa.text(  # segments staged by worker processes move along
                     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                     "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": f'ingest_stage."s{new}_{ent}"'}).scalars():

@@ -204,6 +204,8 @@ def keep(conn: Any, connector: str, snapshot_id: int, entities: list[str]) -> No
         conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}" CASCADE'))
     for entity in entities:
         parent = f"s{snapshot_id}_{entity}"
+        if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f'ingest_stage."{parent}"'}).scalar() is None:
+            continue
         children = conn.execute(sa.text(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
             "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": f'ingest_stage."{parent}"'}).scalars().all()
