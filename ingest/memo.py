@@ -40,6 +40,7 @@ __all__ = ["digest", "find", "keep", "keys", "split"]
 _TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ANY = msgspec.json.Decoder()
 _RAWS = msgspec.json.Decoder(list[msgspec.Raw])
+_ENCODE = msgspec.json.Encoder().encode
 VERSION = b"ingest-memo-1"
 # the modules whose code decides what a record's staging row is, beside the stream's own mapping
 _ENGINE = ("ingest.pages", "ingest.records", "ingest.staging", "ingest.memo")
@@ -138,13 +139,13 @@ def keys(raws: list[Any], dig: bytes, ignored: tuple[str, ...] = ()) -> list[str
             h.update(r)
             out.append(h.hexdigest())
         return out
-    top = frozenset(f for f in ignored if "." not in f)
-    inner: dict[str, frozenset[str]] = {}
+    top = tuple(f for f in ignored if "." not in f)
+    inner: dict[str, list[str]] = {}
     for f in ignored:
         if "." in f:
             k, _, sub = f.partition(".")
-            inner[k] = inner.get(k, frozenset()) | {sub}
-    decode, sep = _TOP.decode, b"\x00"
+            inner.setdefault(k, []).append(sub)
+    decode, encode = _TOP.decode, _ENCODE
     for r in raws:
         h = base.copy()
         try:
@@ -154,20 +155,16 @@ def keys(raws: list[Any], dig: bytes, ignored: tuple[str, ...] = ()) -> list[str
             h.update(r)
             out.append(h.hexdigest())
             continue
-        parts = []
-        for k, v in fields.items():
-            if k in top:
-                continue
-            subs = inner.get(k)
-            if subs is not None and memoryview(v)[:1] == b"{":
-                parts.append(k.encode() + b"\x02")
-                for k2, v2 in decode(v).items():
-                    if k2 not in subs:
-                        parts += (k2.encode(), sep, v2, sep)
-                parts.append(b"\x03")
-                continue
-            parts += (k.encode(), sep, v, sep)
-        h.update(b"".join(parts))
+        for k in top:
+            fields.pop(k, None)
+        for k, subs in inner.items():
+            v = fields.get(k)
+            if v is not None and memoryview(v)[:1] == b"{":
+                nested = decode(v)
+                for sub in subs:
+                    nested.pop(sub, None)
+                fields[k] = msgspec.Raw(encode(nested))  # the object without them, re-encoded
+        h.update(encode(fields))  # the Raw values verbatim, in the record's order
         out.append(h.hexdigest())
     return out
 

@@ -405,7 +405,7 @@ class Stager:
                 ask = [x for x in srcs if seen[x] == 1]
             copies.end()
             hits = {x for (x,) in conn.execute(self._memo_insert(ent, table, memo, json_text), (seq, ask),
-                                               prepare=False)}
+                                               prepare=True)}
             stats.fetched += len(hits)
             stats.reused += len(hits)
             stats.memo += len(hits)

@@ -284,6 +284,21 @@ class TestSplit:
         assert memo.split(PageSpec("k", "s", "Resources", None, False), b'{"Resources": [{"id": ', ()) is None
         assert memo.split(PageSpec("k", "s", "Resources", None, False), b'"text"', ()) is None
 
+    def test_keys_leave_out_the_ignored_fields_and_nothing_else(self):
+        import msgspec
+
+        records = [b'{"id": "a", "meta": {"lastModified": "x", "created": "c"}, "groups": [1]}',
+                   b'{"id": "a", "meta": {"created": "c", "lastModified": "y"}}',      # only ignored fields differ
+                   b'{"id": "a", "meta": {"lastModified": "y", "created": "d"}}',      # meta.created differs
+                   b'{"id": "a", "meta": "{}"}', b'{"id": "a", "meta": {}}', b'{"id": "a", "meta": "e30="}',
+                   b'{"id": "a", "meta": {"created": "c"}, "groups": "x"}', b'5', b'"a"']
+        raws = [msgspec.json.decode(r, type=msgspec.Raw) for r in records]
+        keys = memo.keys(raws, b"digest", ("groups", "meta.lastModified"))
+        assert keys[0] == keys[1] == keys[6]
+        assert len(set(keys)) == len(keys) - 2
+        assert len(set(memo.keys(raws, b"digest"))) == len(keys)  # without ignored fields: the bytes
+        assert memo.keys(raws[:1], b"other") != keys[:1]
+
     def test_a_fan_out_is_never_memoised(self):
         assert memo.digest(PageSpec("k", "s", "members", map_record, True), "c", "assignment") is None
         a = memo.digest(SPEC, "c", "account")
