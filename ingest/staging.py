@@ -53,7 +53,7 @@ from ingest.memo import split as memo_split
 from ingest.pages import PageSpec, Undecoded, loads
 from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
 
-__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "PARALLEL_MIN_BYTES", "Stager", "StagePool", "analyze_statement",
+__all__ = ["ENTITIES", "Entity", "PARALLEL_MIN", "PARALLEL_MIN_BYTES", "Stager", "StagePool", "analyze_stage",
            "default_workers", "is_nested"]
 
 log = structlog.get_logger("ingest.staging")
@@ -256,13 +256,20 @@ def json_columns(ent: Entity) -> tuple[str, ...]:
     return tuple(ent.values[i] for i in _COLUMN_KINDS[ent.name][0])
 
 
-def analyze_statement(ent: Entity, table: str) -> str:
-    """ANALYZE of a staging table, for what the merge plans by: its keys, hashes and extra columns.
+STAGE_STATISTICS = 10  # default_statistics_target for ANALYZE of staging (PostgreSQL's default: 100)
 
-    The values (names, JSON) are read only for the rows the merge writes and never filtered on;
-    their statistics (wide text and JSON, detoasted and sorted for every sampled row) were most of
-    what an ANALYZE of the whole table cost (measured, 300k SCIM users: 1.5 s)."""
-    return f"ANALYZE {table} ({', '.join(ent.key + ent.extra_cols + ('key_hash', 'row_hash'))})"
+
+def analyze_stage(conn: psycopg.Connection, table: str) -> None:
+    """ANALYZE a staging table from a small sample (3,000 rows instead of 30,000).
+
+    The merge plans by its row count and by the width of its rows (the diff hashes the narrower side);
+    neither needs a fine histogram. The sample was most of what it cost (measured, 300k SCIM users:
+    0.93 s with PostgreSQL's default, 0.35 s for the keys and hashes alone, 0.07 s for every column
+    from the small sample); without the values' widths the planner once hashed the wide staging
+    side of the diff, spilling ~2 GB at 1M accounts."""
+    with conn.transaction():
+        conn.execute(f"SET LOCAL default_statistics_target = {STAGE_STATISTICS}")
+        conn.execute(f"ANALYZE {table}")
 
 
 class _EntityStats:
@@ -813,7 +820,7 @@ class StagePool:
                 if then is not None:
                     then(conn)
             if analyze:
-                conn.execute(analyze_statement(ent, table))
+                analyze_stage(conn, table)
 
     def close(self) -> None:
         """Stop the workers: politely when they are idle, at once otherwise (an open COPY rolls back)."""

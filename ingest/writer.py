@@ -36,7 +36,7 @@ from ingest.staging import (
     StagePool,
     Stager,
     _EntityStats,
-    analyze_statement,
+    analyze_stage,
     default_workers,
     json_columns,
     stage_schema,
@@ -143,7 +143,7 @@ class SnapshotWriter:
                     if then is not None:
                         then(conn)
                 if analyze:
-                    conn.execute(analyze_statement(ent, table))
+                    analyze_stage(conn, table)
         if progress is not None:
             progress(entity, stats.fetched)
 
@@ -195,7 +195,7 @@ class SnapshotWriter:
 
     def analyze(self, entity: str) -> None:
         with psycopg.connect(self._dsn(), autocommit=True) as conn:
-            conn.execute(analyze_statement(ENTITIES[entity], self.stage_table(entity)))
+            analyze_stage(conn, self.stage_table(entity))
 
     def restore(self, entity: str, counts: dict[str, Any]) -> None:
         """What an earlier attempt staged of ``entity`` (its checkpoint's counts): the stats go on from there."""
@@ -487,26 +487,12 @@ class SnapshotWriter:
                 self._timed(conn, f"{name}.analyze", f"ANALYZE {hist}")
             return {"added": opened, "modified": 0, "removed": 0, "unchanged": 0, "before": 0}
         diff = f"_diff_{name}"
-        current = f"(SELECT key_hash, row_hash FROM {hist} WHERE connector = :c AND valid_to IS NULL) h"
-        changed = "WHERE s.key_hash IS NULL OR h.key_hash IS NULL OR s.row_hash <> h.row_hash"
-        if not ent.values:  # key-only rows are as narrow as their hashes: one pass
-            self._timed(conn, f"{name}.diff", (
-                f"CREATE TEMP TABLE {diff} ON COMMIT DROP AS SELECT s.*, h.key_hash AS old_key_hash "
-                f"FROM {stage} s FULL JOIN {current} ON h.key_hash = s.key_hash {changed}"), p)
-        else:
-            # the hashes first, then the changed rows: a join of the wide staging rows against the current
-            # hashes let the planner hash the staging side when it misjudged their width, spilling ~2 GB to
-            # disk at 1M accounts (measured: 1.0 -> 4.3-8.8 s); the changed keys are few and counted exactly
-            keys = f"_diff_keys_{name}"
-            self._timed(conn, f"{name}.diff", (
-                f"CREATE TEMP TABLE {keys} ON COMMIT DROP AS SELECT s.key_hash, s.row_hash, h.key_hash AS old_key_hash "
-                f"FROM (SELECT key_hash, row_hash FROM {stage}) s FULL JOIN {current} ON h.key_hash = s.key_hash "
-                f"{changed}"), p)
-            conn.execute(sa.text(f"ANALYZE {keys}"))
-            self._timed(conn, f"{name}.diff_rows", (
-                f"CREATE TEMP TABLE {diff} ON COMMIT DROP AS SELECT s.*, k.old_key_hash FROM {keys} k "
-                f"LEFT JOIN {stage} s ON s.key_hash = k.key_hash AND s.row_hash = k.row_hash"))
-            conn.execute(sa.text(f"DROP TABLE {keys}"))
+        self._timed(conn, f"{name}.diff", (
+            f"CREATE TEMP TABLE {diff} ON COMMIT DROP AS "
+            f"SELECT s.*, h.key_hash AS old_key_hash FROM {stage} s FULL JOIN "
+            f"(SELECT key_hash, row_hash FROM {hist} WHERE connector = :c AND valid_to IS NULL) h "
+            f"ON h.key_hash = s.key_hash "
+            f"WHERE s.key_hash IS NULL OR h.key_hash IS NULL OR s.row_hash <> h.row_hash"), p)
         new_rows, new_keys, mod_rows, mod_keys, removed = (int(x) for x in self._timed(conn, f"{name}.count", (
             f"SELECT count(*) FILTER (WHERE old_key_hash IS NULL), "
             f"count(DISTINCT key_hash) FILTER (WHERE old_key_hash IS NULL), "
