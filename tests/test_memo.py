@@ -134,6 +134,8 @@ def test_a_rerun_stages_from_the_memo_exactly_what_the_full_path_stages(database
 
     sid2, w2 = stage(_pages(day2))
     got = _staged(engine, w2)
+    # a re-run with a memo keeps the memo's JSON kind (day 1 staged jsonb); without one, text (json_as_text)
+    assert w2._json_text == {"account": False} and ref._json_text == {"account": True}
     stats = vars_of(w2.staged["account"])
     assert got == expected
     # every record of day 1 that is on day 2 as it was (to the byte), once on its page, and mapped to one
@@ -224,40 +226,36 @@ def test_a_memo_of_other_code_or_another_shape_gives_nothing(database_url, monke
     engine = get_engine(database_url)
     migrate(engine)
     users = _users(120)
-    sid = _snapshot(engine, "other")
-    w = SnapshotWriter(engine, "other", sid, workers=0)
-    w.stage("account", _pages(users))
-    w.commit(finish=_finish(sid))
-
+    _run(engine, "other", _pages(users))
     monkeypatch.setattr(memo, "VERSION", b"ingest-memo-test")
-    sid = _snapshot(engine, "other")
-    w = SnapshotWriter(engine, "other", sid, workers=0)
-    w.stage("account", _pages(users))
+    w = _run(engine, "other", _pages(users))
     assert w.staged["account"].reused == 0 and w.staged["account"].memo == 120
-    w.commit(finish=_finish(sid))
 
     table = next(iter(_memo_tables(engine, "other")))
     with engine.begin() as conn:
         conn.execute(sa.text(f'ALTER TABLE ingest_stage."{table}" DROP COLUMN display_name'))
-    sid = _snapshot(engine, "other")
-    w = SnapshotWriter(engine, "other", sid, workers=0)
+    w = _run(engine, "other", _pages(users), commit=False)
     assert w.memo(ENTITIES["account"]) is None
-    w.stage("account", _pages(users))
     assert w.staged["account"].reused == 0 and w.staged["account"].fetched == 120
+
+
+def _run(engine: sa.Engine, connector: str, pages: list[Undecoded], commit: bool = True) -> SnapshotWriter:
+    """A snapshot of ``pages`` staged in this process, committed unless told not to."""
+    sid = _snapshot(engine, connector)
+    w = SnapshotWriter(engine, connector, sid, workers=0)
+    w.stage("account", pages)
+    if commit:
+        w.commit(finish=_finish(sid))
+    return w
 
 
 def test_a_failed_run_leaves_the_memo_of_the_last_snapshot(database_url):
     engine = get_engine(database_url)
     migrate(engine)
     users = _users(100)
-    sid1 = _snapshot(engine, "keep")
-    w = SnapshotWriter(engine, "keep", sid1, workers=0)
-    w.stage("account", _pages(users))
-    w.commit(finish=_finish(sid1))
+    _run(engine, "keep", _pages(users))
     before = _memo_tables(engine, "keep")
-    sid2 = _snapshot(engine, "keep")
-    w = SnapshotWriter(engine, "keep", sid2, workers=0)
-    w.stage("account", _pages(users))
+    w = _run(engine, "keep", _pages(users), commit=False)
     assert w.staged["account"].reused == 100
     w.discard()
     assert _memo_tables(engine, "keep") == before
