@@ -5,7 +5,7 @@
 What a SCIM user and a membership cost the run's process (reading what paging needs of their page:
 pages go to the workers undecoded, see ingest.pages) and a staging worker (decode the page, map,
 validate, row: hashes and JSON text, COPY formatting; what telling an unchanged user by the hash
-of its bytes would cost instead); what handing over records costs a stream
+of its bytes costs instead: ingest.memo); what handing over records costs a stream
 that is not passed through (encoded by the run's process, decoded by the worker); what one small
 GET (a SCIM group) costs through ``HttpClient.get_json`` against the bench's SCIM server. These
 figures hold still on a noisy machine where whole runs do not (a run's seconds drift with the
@@ -15,12 +15,10 @@ machine's load): compare two versions of the code by running this on each, in tu
 from __future__ import annotations
 
 import gc
-import hashlib
 import sys
 import time
 from pathlib import Path
 
-import msgspec
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,9 +27,11 @@ import scim_bench  # noqa: E402
 from psycopg._copy_base import TextFormatter  # noqa: E402
 from psycopg.adapt import Transformer  # noqa: E402
 
+from connectors._scim_mapping import USER_IGNORED_FIELDS  # noqa: E402
 from connectors.scim import map_group_members, map_user  # noqa: E402
+from ingest import memo  # noqa: E402
 from ingest.http import BearerAuth, HttpClient, HttpSettings  # noqa: E402
-from ingest.pages import light_decode  # noqa: E402
+from ingest.pages import PageSpec, light_decode  # noqa: E402
 from ingest.staging import _HAND_OVER, _VALIDATE, ENTITIES, Stager, _EntityStats  # noqa: E402
 
 N = 500
@@ -69,10 +69,12 @@ def records() -> None:
     per_item("validate + row", lambda: (out.clear(), stager._copy_records(account, mapped, _EntityStats(),
                                                                            out.append)))
     per_item("COPY formatting", lambda: [fmt.write_row(r) for r in rows])
-    # what telling an unchanged record by its bytes would cost (a re-run that skips what it has seen)
-    split = msgspec.json.Decoder(dict[str, list[msgspec.Raw]])
-    per_item("split its page, hash each (md5)", lambda: [hashlib.md5(r).digest()
-                                                        for r in split.decode(page)["Resources"]])
+    # what telling an unchanged record by its bytes costs (ingest.memo: a re-run copies what it has)
+    spec = PageSpec("micro", "accounts", "Resources", map_user, False, USER_IGNORED_FIELDS)
+    dig = memo.digest(spec, "scim", "account")
+    per_item("memo: split its page", lambda: memo.split(spec, page, ()))
+    raws = memo.split(spec, page, ())
+    per_item("memo: its key (less ignored)", lambda: memo.keys(raws, dig, spec.ignored))
     print("a SCIM user of a stream that is not passed through (records handed over):")
     per_item("encode, the run's process", lambda: orjson.dumps(mapped, option=_HAND_OVER))
     per_item("decode, a staging worker", lambda: orjson.loads(handed))

@@ -41,7 +41,8 @@ import structlog
 from ingest.errors import SourceError
 
 __all__ = ["Checkpoint", "Position", "ResumeRefused", "adopt", "config_hash", "current_position",
-           "drop_staging", "forget_connector", "previous_attempt", "resumable", "save", "set_position"]
+           "drop_staging", "forget_connector", "previous_attempt", "rename_staging", "resumable", "save",
+           "set_position"]
 
 log = structlog.get_logger("ingest.checkpoints")
 RESUME_WITHIN = timedelta(hours=12)  # ``ingest run``: an unfinished attempt older than this starts over
@@ -211,14 +212,9 @@ def adopt(conn: sa.Connection, old: int, new: int, entities: Callable[[str], tup
                 conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."s{old}_{ent}" CASCADE'))
             continue
         for ent in ents:
-            conn.execute(sa.text(f'ALTER TABLE ingest_stage."s{old}_{ent}" RENAME TO "s{new}_{ent}"'))
+            rename_staging(conn, f"s{old}_{ent}", f"s{new}_{ent}")
             # staged by a version without the memo's column (ingest.memo): every table of it gets one
             conn.execute(sa.text(f'ALTER TABLE ingest_stage."s{new}_{ent}" ADD COLUMN IF NOT EXISTS src uuid'))
-            for child in conn.execute(sa.text(  # segments staged by worker processes move along
-                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                    "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": f'ingest_stage."s{new}_{ent}"'}).scalars():
-                conn.execute(sa.text(f'ALTER TABLE ingest_stage."{child}" RENAME TO '
-                                     f'"s{new}_{child.removeprefix(f"s{old}_")}"'))
         kept[cp.stream] = cp
     for table in set(_stage_tables(conn, old)):  # staging of streams without a checkpoint
         conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}" CASCADE'))
@@ -226,6 +222,18 @@ def adopt(conn: sa.Connection, old: int, new: int, entities: Callable[[str], tup
     for cp in kept.values():
         save_sa(conn, new, cp)
     return kept
+
+
+def rename_staging(conn: sa.Connection, table: str, to: str) -> list[str]:
+    """Rename staging table ``table`` (in ``ingest_stage``) to ``to``, and its worker segments (its
+    children, named after it) along; returns the new names, the table's first."""
+    children = conn.execute(sa.text(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": f'ingest_stage."{table}"'}).scalars().all()
+    conn.execute(sa.text(f'ALTER TABLE ingest_stage."{table}" RENAME TO "{to}"'))
+    for child in children:
+        conn.execute(sa.text(f'ALTER TABLE ingest_stage."{child}" RENAME TO "{to}{child.removeprefix(table)}"'))
+    return [to, *(to + child.removeprefix(table) for child in children)]
 
 
 _UPSERT = ("INSERT INTO ingest.stage_checkpoints (snapshot_id, stream, page_seq, done, positions, counts) "

@@ -193,6 +193,8 @@ def keep(conn: Any, connector: str, snapshot_id: int, entities: list[str]) -> No
     holds rows indexed on ``src``. ``conn``: a SQLAlchemy connection."""
     import sqlalchemy as sa
 
+    from ingest.checkpoints import rename_staging
+
     old = conn.execute(sa.text(
         "SELECT t.tablename FROM pg_tables t JOIN ingest.snapshots s ON t.tablename LIKE 'm' || s.snapshot_id || '\\_%' "
         "WHERE t.schemaname = 'ingest_stage' AND s.connector = :c ORDER BY length(t.tablename)"),
@@ -203,12 +205,7 @@ def keep(conn: Any, connector: str, snapshot_id: int, entities: list[str]) -> No
         parent = f"s{snapshot_id}_{entity}"
         if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f'ingest_stage."{parent}"'}).scalar() is None:
             continue
-        children = conn.execute(sa.text(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = CAST(:t AS regclass)"), {"t": f'ingest_stage."{parent}"'}).scalars().all()
-        for table in (parent, *children):
-            name = "m" + table[1:]
-            conn.execute(sa.text(f'ALTER TABLE ingest_stage."{table}" RENAME TO "{name}"'))
+        for name in rename_staging(conn, parent, "m" + parent[1:]):
             indexed = conn.execute(sa.text(
                 "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = CAST(:t AS regclass))"),
                 {"t": f'ingest_stage."{name}"'}).scalar()

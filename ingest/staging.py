@@ -356,6 +356,7 @@ class Stager:
         if create:
             self.create(conn, ent, table, json_text)
         freeze = " (FREEZE)" if create else ""
+        copy_sql, memo_copy_sql = (f"COPY {table} ({cols}{extra}) FROM STDIN{freeze}" for extra in ("", ", src"))
         if memo is not None:  # whatever the memo's statistics say, its index: never a scan of it for each page
             conn.execute("SET LOCAL enable_seqscan = off")
         plain = ent.name in _FAST
@@ -372,14 +373,14 @@ class Stager:
                         raws = memo_split(batch.spec, batch.body, batch.skip)
                     if raws is not None:
                         self._stage_memoised(conn, copies, ent, table, batch.spec, raws, dig, seq, stats,
-                                             f"COPY {table} ({cols}, src) FROM STDIN{freeze}", memo, json_text)
+                                             memo_copy_sql, memo, json_text)
                         if progress is not None:
                             progress(ent.name, stats.fetched)
                         continue
                     batch = batch.records()
                 if divert is not None:
                     batch = _without_nested(batch, seq, divert)
-                copy = copies.get(f"COPY {table} ({cols}) FROM STDIN{freeze}")
+                copy = copies.get(copy_sql)
                 stats.fetched += len(batch)
                 if plain:
                     self._copy_plain(ent, batch, stats, copy.write_row, seq, copy.write)
@@ -418,6 +419,7 @@ class Stager:
             stats.memo += len(hits)
         fn = spec.map
         validate, row = self.validate, self.row
+        write = None  # the COPY, opened at the page's first row to write (after the memo's INSERT)
         try:
             for r, src in zip(raws, srcs):
                 if src in hits:
@@ -443,7 +445,9 @@ class Stager:
                     except ValueError as e:
                         self._invalid(ent, item, stats, str(e))
                         continue
-                    copies.get(copy_sql).write_row((*values, seq, src))
+                    if write is None:
+                        write = copies.get(copy_sql).write_row
+                    write((*values, seq, src))
                     if src is not None:
                         stats.memo += 1
         except IngestError as e:
