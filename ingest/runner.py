@@ -404,12 +404,8 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
     try:
         check()
         with rc.cls(ctx) as connector:
-            done: list[str] = []  # entities of the streams staged so far
             for capability, records in connector.streams():
                 check()
-                # another stream follows theirs: the big ones merge while it stages (never the last
-                # stream's, which the commit merges at once, free to take the bulk path)
-                writer.merge_early(done)
                 cp = saved.get(capability)
                 if cp is not None:
                     for entity in _entities_of(capability):
@@ -419,7 +415,7 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                                                        for e in _entities_of(capability)}}
                     if cp.done:
                         log.info("stream_resumed", stream=capability, skipped="staged before")
-                        done.extend(_entities_of(capability))
+                        writer.merge_early(_entities_of(capability))
                         continue
                 position = Position(cp.positions, cp.page_seq) if cp is not None else Position() if tracked else None
                 log.info("stream_started", stream=capability, resumed_at=cp.page_seq if cp is not None else None)
@@ -456,7 +452,7 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                 timings.stage += elapsed
                 log.info("stream_staged", stream=capability, seconds=round(elapsed, 3),
                          records={e: s.fetched for e, s in writer.staged.items()})
-                done.extend(_entities_of(capability))
+                writer.merge_early(_entities_of(capability))  # big ones: while the next streams stage
             check()
 
             merge_started = time.perf_counter()

@@ -79,7 +79,6 @@ class SnapshotWriter:
         self.early_min = EARLY_MERGE_MIN if early_min is None else early_min
         self._early: _EarlyMerge | None = None  # the commit's transaction, begun by merge_early
         self._committing = False  # commit() has taken the transaction over (merges are no longer early)
-        self._submitted: set[str] = set()  # entities merge_early has taken
         self._stager = Stager(connector, snapshot_id)
         self._pool: StagePool | None = None
         self.staged: dict[str, _EntityStats] = {}
@@ -239,10 +238,8 @@ class SnapshotWriter:
         """
         for name in entities:
             st = self.staged.get(name)
-            if (ENTITIES[name].table is None or st is None or st.fetched - st.invalid < self.early_min
-                    or name in self._submitted):
+            if ENTITIES[name].table is None or st is None or st.fetched - st.invalid < self.early_min:
                 continue
-            self._submitted.add(name)
             if self._early is None:
                 self._early = _EarlyMerge(self)
             self._early.submit(name)
@@ -662,9 +659,6 @@ class _EarlyMerge:
         self.raw = conn.connection.driver_connection
         conn.begin()
         w._settings(conn)
-        # merging while later streams stage into the same PostgreSQL: no parallel workers taking the
-        # cores from their COPY (at 1M accounts the parallel diff cost the users' next stream more than it saved)
-        conn.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:c))"),
                      {"ns": COMMIT_LOCK_NS, "c": w.connector})
         status = conn.execute(sa.text("SELECT status FROM ingest.snapshots WHERE snapshot_id = :sid"),
