@@ -415,7 +415,6 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                                                        for e in _entities_of(capability)}}
                     if cp.done:
                         log.info("stream_resumed", stream=capability, skipped="staged before")
-                        writer.merge_early(_entities_of(capability))
                         continue
                 position = Position(cp.positions, cp.page_seq) if cp is not None else Position() if tracked else None
                 log.info("stream_started", stream=capability, resumed_at=cp.page_seq if cp is not None else None)
@@ -452,7 +451,6 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                 timings.stage += elapsed
                 log.info("stream_staged", stream=capability, seconds=round(elapsed, 3),
                          records={e: s.fetched for e, s in writer.staged.items()})
-                writer.merge_early(_entities_of(capability))  # big ones: while the next streams stage
             check()
 
             merge_started = time.perf_counter()

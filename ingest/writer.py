@@ -15,10 +15,8 @@ the connector and requires its snapshot to still be ``running``.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import psycopg
@@ -54,12 +52,6 @@ BULK_LOAD = True  # a first load into an empty history table builds its indexes 
 # vacuumed once the snapshot committed (vacuum_loaded)
 VACUUM_AFTER_ROWS = 100_000
 COMMIT_LOCK_NS = 1770  # advisory lock namespace: (1770, hashtext(connector)) = "a commit of this connector"
-# an entity with this many staged rows is merged as soon as its stream is done, while later streams stage
-# (SnapshotWriter.merge_early); below it a merge is too short to be worth a transaction held open
-EARLY_MERGE_MIN = 100_000
-# a first load into a table that keeps its indexes inserts in key order when its key index (about this many
-# bytes a row) would outgrow half of shared_buffers: see SnapshotWriter._insert_sorted
-INDEX_BYTES_PER_ROW = 40
 
 
 class SnapshotWriter:
@@ -70,15 +62,12 @@ class SnapshotWriter:
     """
 
     def __init__(self, engine: sa.Engine, connector: str, snapshot_id: int, *, workers: int | None = None,
-                 parallel_min: int = PARALLEL_MIN, early_min: int | None = None) -> None:
+                 parallel_min: int = PARALLEL_MIN) -> None:
         self.engine = engine
         self.connector = connector
         self.snapshot_id = snapshot_id
         self.workers = workers if workers is not None else default_workers()  # staging processes (0: none)
         self.parallel_min = parallel_min
-        self.early_min = EARLY_MERGE_MIN if early_min is None else early_min
-        self._early: _EarlyMerge | None = None  # the commit's transaction, begun by merge_early
-        self._committing = False  # commit() has taken the transaction over (merges are no longer early)
         self._stager = Stager(connector, snapshot_id)
         self._pool: StagePool | None = None
         self.staged: dict[str, _EntityStats] = {}
@@ -223,40 +212,6 @@ class SnapshotWriter:
         return url.render_as_string(hide_password=False).replace("postgresql+psycopg://", "postgresql://", 1)
 
     # -- commit ----------------------------------------------------------------
-    def merge_early(self, entities: Iterable[str]) -> None:
-        """Merge ``entities`` now, in the background, in the transaction :meth:`commit` will finish.
-
-        For entities whose streams are done (their staging is final) while later streams still
-        stage: a big merge (a first load's insert, mostly writing) then overlaps the staging of
-        the rest instead of following it. Only entities with ``early_min`` staged rows or more.
-        Nothing is visible before the commit; a failed or stopped run rolls it back
-        (:meth:`discard`). The transaction holds the connector's commit lock from its start, so
-        a run that took the connector over waits for it, then finds this snapshot no longer
-        ``running`` and nothing committed. Its merges never take the bulk path's exclusive lock
-        on a history table: a transaction never holds that lock while it waits for anything
-        but later tables' locks, so two commits never wait on each other in a circle.
-        """
-        for name in entities:
-            st = self.staged.get(name)
-            if ENTITIES[name].table is None or st is None or st.fetched - st.invalid < self.early_min:
-                continue
-            if self._early is None:
-                self._early = _EarlyMerge(self)
-            self._early.submit(name)
-
-    def _settings(self, conn: sa.Connection) -> None:
-        """The commit transaction's own settings."""
-        # the diff's hash join and the sorts stay in memory (PostgreSQL's default 4 MB spills them to disk
-        # in many batches)
-        conn.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
-        # the diff (CREATE TABLE AS: the only statement here PostgreSQL runs in parallel) keeps only
-        # the changed rows, but the planner cannot know how few they are and prices every row through
-        # the Gather; at the default 0.1 it never plans the parallel hash join (measured, 5M current
-        # assignments, 1 % changed: 4.5 s one process -> 3.4 s with two workers)
-        conn.execute(sa.text(f"SET LOCAL parallel_tuple_cost = {MERGE_PARALLEL_TUPLE_COST}"))
-        # begun early (merge_early), the transaction waits idle while later streams stage
-        conn.execute(sa.text("SET LOCAL idle_in_transaction_session_timeout = 0"))
-
     def commit(self, *, max_deletion_ratio: float = 1.0, allow_mass_delete: bool = False,
                finish: Callable[[sa.Connection, dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Merge every staged entity in one transaction and return the stats.
@@ -266,75 +221,68 @@ class SnapshotWriter:
         :class:`MassDeletionError` (nothing committed, staging kept) when an
         entity would lose more than ``max_deletion_ratio`` of its rows, and
         :class:`SnapshotError` (nothing committed) when the snapshot is no longer
-        ``running`` (another run took the connector over). Entities merged early
-        (:meth:`merge_early`) are merged in the same transaction, which this call finishes.
+        ``running`` (another run took the connector over).
         """
         self.close_workers()
         stats: dict[str, Any] = {}
         too_many: list[str] = []
         duplicate_samples: dict[str, list[dict[str, Any]]] = {}
-        early, self._early = self._early, None
-        merged: dict[str, dict[str, int]] = {}
-        if early is not None:
-            conn, merged = early.join()  # an early merge's error is raised here, rolled back
-        else:
-            conn = self.engine.connect()
-        self._committing = True
-        try:
-            if early is None:
-                conn.begin()
-                self._settings(conn)
-            self._hold_snapshot(conn)
-            for name, ent in ENTITIES.items():
-                if ent.table is None or name not in self.staged:
-                    continue
-                s = merged[name] if name in merged else self._merge(conn, ent)
-                s["fetched"] = self.staged[name].fetched
-                s["invalid"] = self.staged[name].invalid
-                if self.staged[name].reused:  # of fetched: staged from the memo (ingest.memo)
-                    s["reused"] = self.staged[name].reused
-                if name in self.duplicates:
-                    s["duplicates"], duplicate_samples[name] = self.duplicates[name]
-                stats[name] = s
-                if s["added"] + s["modified"] >= VACUUM_AFTER_ROWS:
-                    self.loaded.append(f"ingest.{ent.table}_history")
-                if (not allow_mass_delete and s["before"] > 0
-                        and s["removed"] / s["before"] > max_deletion_ratio):
-                    too_many.append(f"{s['removed']} of {s['before']} {ent.table}")
-            moved = self._record_last_activity(conn)
-            if "last_activity" in self.staged:
-                la = self.staged["last_activity"]
-                stats["last_activity"] = {"fetched": la.fetched, "invalid": la.invalid}
-            if moved is not None:
-                stats.setdefault("last_activity", {})["updated"] = moved
-            samples = {k: v.samples for k, v in self.staged.items() if v.samples}
-            if samples:
-                stats["invalid_samples"] = samples
-            if duplicate_samples:
-                stats["duplicate_samples"] = duplicate_samples
-            stats["merge_timings"] = dict(self.merge_timings)
-            if merged:
-                stats["merged_early"] = list(merged)
-            for s in stats.values():
-                if isinstance(s, dict):
-                    s.pop("before", None)
-            if too_many:
-                err = MassDeletionError(
-                    f"rejected: the run would remove {', '.join(too_many)} (more than "
-                    f"max_deletion_ratio {max_deletion_ratio:g}); the fetched data is kept in "
-                    f"{self.stage_table('*')} for inspection; re-run with --allow-mass-delete to accept it",
-                    connector=self.connector,
-                )
-                err.stats = stats
-                raise err  # closing the connection rolls the merge back
-            memo.keep(conn, self.connector, self.snapshot_id, [n for n, st in self.staged.items() if st.memo])
-            drop_staging(conn, self.snapshot_id)
-            self._drop_superseded_rejections(conn)
-            if finish is not None:
-                finish(conn, stats)
-            conn.commit()
-        finally:
-            conn.close()  # not committed: rolled back
+        with self.engine.connect() as conn:
+            with conn.begin():
+                self._hold_snapshot(conn)
+                # ours to set for this transaction only: the diff's hash join and the sorts stay in
+                # memory (PostgreSQL's default 4 MB spills them to disk in many batches)
+                conn.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
+                # the diff (CREATE TABLE AS: the only statement here PostgreSQL runs in parallel) keeps only
+                # the changed rows, but the planner cannot know how few they are and prices every row through
+                # the Gather; at the default 0.1 it never plans the parallel hash join (measured, 5M current
+                # assignments, 1 % changed: 4.5 s one process -> 3.4 s with two workers)
+                conn.execute(sa.text(f"SET LOCAL parallel_tuple_cost = {MERGE_PARALLEL_TUPLE_COST}"))
+                for name, ent in ENTITIES.items():
+                    if ent.table is None or name not in self.staged:
+                        continue
+                    s = self._merge(conn, ent)
+                    s["fetched"] = self.staged[name].fetched
+                    s["invalid"] = self.staged[name].invalid
+                    if self.staged[name].reused:  # of fetched: staged from the memo (ingest.memo)
+                        s["reused"] = self.staged[name].reused
+                    if name in self.duplicates:
+                        s["duplicates"], duplicate_samples[name] = self.duplicates[name]
+                    stats[name] = s
+                    if s["added"] + s["modified"] >= VACUUM_AFTER_ROWS:
+                        self.loaded.append(f"ingest.{ent.table}_history")
+                    if (not allow_mass_delete and s["before"] > 0
+                            and s["removed"] / s["before"] > max_deletion_ratio):
+                        too_many.append(f"{s['removed']} of {s['before']} {ent.table}")
+                moved = self._record_last_activity(conn)
+                if "last_activity" in self.staged:
+                    la = self.staged["last_activity"]
+                    stats["last_activity"] = {"fetched": la.fetched, "invalid": la.invalid}
+                if moved is not None:
+                    stats.setdefault("last_activity", {})["updated"] = moved
+                samples = {k: v.samples for k, v in self.staged.items() if v.samples}
+                if samples:
+                    stats["invalid_samples"] = samples
+                if duplicate_samples:
+                    stats["duplicate_samples"] = duplicate_samples
+                stats["merge_timings"] = dict(self.merge_timings)
+                for s in stats.values():
+                    if isinstance(s, dict):
+                        s.pop("before", None)
+                if too_many:
+                    err = MassDeletionError(
+                        f"rejected: the run would remove {', '.join(too_many)} (more than "
+                        f"max_deletion_ratio {max_deletion_ratio:g}); the fetched data is kept in "
+                        f"{self.stage_table('*')} for inspection; re-run with --allow-mass-delete to accept it",
+                        connector=self.connector,
+                    )
+                    err.stats = stats
+                    raise err  # leaving the block rolls the merge back
+                memo.keep(conn, self.connector, self.snapshot_id, [n for n, st in self.staged.items() if st.memo])
+                drop_staging(conn, self.snapshot_id)
+                self._drop_superseded_rejections(conn)
+                if finish is not None:
+                    finish(conn, stats)
         return stats
 
     def vacuum_loaded(self) -> None:
@@ -489,33 +437,6 @@ class SnapshotWriter:
             self._timed(conn, f"{ent.name}.index", definition)
         return opened
 
-    def _lock_for_load(self, conn: sa.Connection, ent: Entity) -> bool:
-        """Lock ``ent``'s history table for a first load without its indexes, if no other transaction
-        holds a lock on it now: a commit never waits for this lock (see merge_early); without it the
-        load keeps the indexes."""
-        try:
-            with conn.begin_nested():
-                self._timed(conn, f"{ent.name}.lock", f"LOCK TABLE ingest.{ent.table}_history "
-                            "IN ACCESS EXCLUSIVE MODE NOWAIT")
-            return True
-        except sa.exc.OperationalError as e:
-            if not isinstance(e.orig, psycopg.errors.LockNotAvailable):
-                raise
-            log.info("bulk_load_skipped", entity=ent.name, reason="its history table is in use by another commit")
-            return False
-
-    def _insert_sorted(self, conn: sa.Connection, rows: int) -> bool:
-        """Whether a first load into a table that keeps its indexes inserts in key order.
-
-        In key order the unique index on ``key_hash`` grows at its right edge; in any other order
-        each row lands on a random index page, which costs nothing while the index stays in
-        shared_buffers and a read and a write per row once it does not. Sorting wide rows costs
-        their spill to disk. Measured (a fresh table, default settings): 1M SCIM accounts 8.0 s
-        unsorted, 11.2 s sorted; 5M assignments 24.3 s unsorted, 12.3 s sorted.
-        """
-        buffers = conn.execute(sa.text("SELECT pg_size_bytes(current_setting('shared_buffers'))")).scalar_one()
-        return rows * INDEX_BYTES_PER_ROW > buffers // 2
-
     def _merge(self, conn: sa.Connection, ent: Entity) -> dict[str, int]:
         """Merge one entity's staging into its history; the cost follows the change.
 
@@ -539,22 +460,21 @@ class SnapshotWriter:
         name = ent.name
         st = self.staged[name]
         rows = st.fetched - st.invalid - self.duplicates.get(name, (0, []))[0]  # rows in staging
-        # lock before this transaction reads the table (two first loads never wait on each other's reads),
-        # never early (see merge_early)
-        bulk = (BULK_LOAD and self._committing and self._first_in_database(conn, ent)
-                and self._lock_for_load(conn, ent))
+        bulk = BULK_LOAD and self._first_in_database(conn, ent)
+        if bulk:  # lock before this transaction reads the table: two first loads never wait on each other's reads
+            self._timed(conn, f"{name}.lock", f"LOCK TABLE {hist} IN ACCESS EXCLUSIVE MODE")
         has_current = self._timed(conn, f"{name}.exists", f"SELECT EXISTS (SELECT 1 FROM {hist} "
                                   "WHERE connector = :c AND valid_to IS NULL)", p).scalar()
         if not has_current:
             insert = (f"INSERT INTO {hist} (connector, {cols}, key_hash, row_hash, valid_from) "
-                      f"SELECT :c, {values}, key_hash, row_hash, :sid FROM {stage}")
+                      f"SELECT :c, {values}, key_hash, row_hash, :sid FROM {stage} ORDER BY key_hash")
             empty = bulk and not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {hist})")).scalar()
 
             def load() -> int:
-                if empty:  # no index to keep in order while inserting: the index builds sort by themselves
-                    return self._load_without_indexes(conn, ent, insert, p)
-                ordered = insert + " ORDER BY key_hash" if self._insert_sorted(conn, rows) else insert
-                return self._timed(conn, f"{name}.insert", ordered, p).rowcount
+                if not empty:
+                    return self._timed(conn, f"{name}.insert", insert, p).rowcount
+                # no index to keep in order while inserting: the index builds sort by themselves
+                return self._load_without_indexes(conn, ent, insert.removesuffix(" ORDER BY key_hash"), p)
 
             try:
                 with conn.begin_nested():
@@ -620,85 +540,10 @@ class SnapshotWriter:
         if self._pool is not None:
             self._pool.abort()
             self._pool = None
-        if self._early is not None:
-            self._early.abort()
-            self._early = None
         if keep:
             return
         with self.engine.begin() as conn:
             drop_staging(conn, self.snapshot_id)
-
-
-class _EarlyMerge:
-    """The commit's transaction, begun by :meth:`SnapshotWriter.merge_early` on a thread of its own.
-
-    Merges run there one after another while the run's thread stages later streams;
-    :meth:`join` hands the open transaction to the commit, :meth:`abort` rolls it back.
-    """
-
-    def __init__(self, writer: SnapshotWriter) -> None:
-        self.writer = writer
-        self.conn = writer.engine.connect()
-        self.raw: psycopg.Connection | None = None  # for a cancel from the run's thread
-        self.merged: dict[str, dict[str, int]] = {}
-        self.futures: list[Future] = []
-        self.stopping = threading.Event()
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"ingest-merge-{writer.snapshot_id}")
-        self._run(self._begin)
-
-    def _run(self, fn: Callable[[], None]) -> None:
-        self.futures.append(self.pool.submit(self._guarded, fn))
-
-    def _guarded(self, fn: Callable[[], None]) -> None:
-        if self.stopping.is_set() or any(f.done() and f.exception() for f in self.futures):
-            return  # stopping, or an earlier step failed (join raises its error)
-        fn()
-
-    def _begin(self) -> None:
-        w, conn = self.writer, self.conn
-        self.raw = conn.connection.driver_connection
-        conn.begin()
-        w._settings(conn)
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:c))"),
-                     {"ns": COMMIT_LOCK_NS, "c": w.connector})
-        status = conn.execute(sa.text("SELECT status FROM ingest.snapshots WHERE snapshot_id = :sid"),
-                              {"sid": w.snapshot_id}).scalar_one_or_none()
-        if status != "running":
-            raise SnapshotError(f"snapshot {w.snapshot_id} is {status or 'missing'}, no longer running: another "
-                                "run took the connector over; nothing was committed", connector=w.connector)
-
-    def submit(self, name: str) -> None:
-        def merge() -> None:
-            started = time.perf_counter()
-            self.merged[name] = self.writer._merge(self.conn, ENTITIES[name])
-            log.info("merged_early", entity=name, seconds=round(time.perf_counter() - started, 3))
-
-        self._run(merge)
-
-    def join(self) -> tuple[sa.Connection, dict[str, dict[str, int]]]:
-        """Wait for the merges; the open transaction and their stats. Raises (rolled back) if one failed."""
-        self.pool.shutdown(wait=True)
-        for f in self.futures:
-            if f.exception() is not None:
-                self.conn.close()
-                raise f.exception()
-        return self.conn, self.merged
-
-    def abort(self) -> None:
-        """Stop the merges (the running statement is cancelled) and roll the transaction back."""
-        self.stopping.set()
-        while not all(f.done() for f in self.futures):
-            if self.raw is not None:
-                try:
-                    getattr(self.raw, "cancel_safe", self.raw.cancel)()
-                except psycopg.Error:
-                    pass
-            wait(self.futures, timeout=0.2)
-        self.pool.shutdown(wait=True)
-        try:
-            self.conn.close()
-        except sa.exc.SQLAlchemyError as e:  # a connection broken by the cancel
-            log.warning("early_merge_close_failed", error=redact(str(e)))
 
 
 def drop_staging(conn: sa.Connection, snapshot_id: int) -> int:
