@@ -24,7 +24,26 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ingest.db import _embedded_postgres, get_engine, migrate  # noqa: E402
+from ingest.staging import Stager  # noqa: E402
 from ingest.writer import ENTITIES, SnapshotWriter, _EntityStats  # noqa: E402
+
+# ``extra`` as wide as a SCIM user's (the raw resource, ~1 KB of jsonb)
+USER_EXTRA = """jsonb_build_object(
+    'schemas', jsonb_build_array('urn:ietf:params:scim:schemas:core:2.0:User',
+                                 'urn:ietf:params:scim:schemas:extension:enterprise:2.0:User'),
+    'id', 'u' || i, 'userName', 'user' || i || '@example.org', 'displayName', 'User ' || i, 'active', true,
+    'name', jsonb_build_object('givenName', 'Given' || i, 'familyName', 'Family' || i, 'formatted', 'Given Family ' || i),
+    'emails', jsonb_build_array(jsonb_build_object('value', 'user' || i || '@example.org', 'type', 'work', 'primary', true),
+                                jsonb_build_object('value', 'u' || i || '@home.example', 'type', 'home')),
+    'phoneNumbers', jsonb_build_array(jsonb_build_object('value', '+1 555 ' || lpad((i % 10000000)::text, 7, '0'), 'type', 'work')),
+    'addresses', jsonb_build_array(jsonb_build_object('streetAddress', i || ' Main Street', 'locality', 'Springfield',
+                                   'region', 'IL', 'postalCode', '62701', 'country', 'US', 'type', 'work')),
+    'title', 'Engineer ' || (i % 50), 'locale', 'en-US', 'timezone', 'America/Chicago', 'userType', 'Employee',
+    'urn:ietf:params:scim:schemas:extension:enterprise:2.0:User', jsonb_build_object(
+        'employeeNumber', i::text, 'costCenter', 'CC' || (i % 400), 'organization', 'Example Corp',
+        'division', 'Division ' || (i % 12), 'department', 'Department ' || (i % 90),
+        'manager', jsonb_build_object('value', 'u' || (i / 10), 'displayName', 'User ' || (i / 10))),
+    'meta', jsonb_build_object('resourceType', 'User', 'created', '2024-01-01T00:00:00Z'))"""
 
 
 def stage(w: SnapshotWriter, users: int, per_user: int, day: int) -> None:
@@ -33,20 +52,20 @@ def stage(w: SnapshotWriter, users: int, per_user: int, day: int) -> None:
     key = f"md5('bench' || chr(31) || 'u' || j || chr(31) || 'g' || {group} || chr(31) || chr(31))::uuid"
     with psycopg.connect(w._dsn(), autocommit=True) as c:
         for ent in ("account", "assignment"):
-            w._create_stage(c, ENTITIES[ent])
+            Stager.create(c, ENTITIES[ent], w.stage_table(ent))
             w.staged[ent] = _EntityStats()
         w.staged["account"].fetched, w.staged["assignment"].fetched = users, users * per_user
         c.execute(f"""INSERT INTO {w.stage_table('account')} (account_id, email, username, display_name, status,
                       account_type, custom_attributes, extra, key_hash, row_hash)
             SELECT 'u' || i, 'u' || i || '@example.org', 'user' || i, 'User ' || i, 'ACTIVE', 'user', '{{}}',
-                   jsonb_build_object('n', i), md5('bench' || chr(31) || 'u' || i)::uuid, md5('v' || i || {changed})::uuid
+                   {USER_EXTRA}, md5('bench' || chr(31) || 'u' || i)::uuid, md5('v' || i || {changed})::uuid
             FROM generate_series(1, {users}) i""")
         c.execute(f"""INSERT INTO {w.stage_table('assignment')} (account_id, entitlement_id, resource_type, resource_id,
                       key_hash, row_hash)
             SELECT 'u' || j, 'g' || {group}, '', '', {key}, {key}
             FROM generate_series(1, {users}) j, generate_series(0, {per_user} - 1) k""")
-        for ent in ("account", "assignment"):
-            c.execute(f"ANALYZE {w.stage_table(ent)}")
+        for ent in ("account", "assignment"):  # as the workers' COPY (FREEZE) leaves them: no hint bits to set
+            c.execute(f"VACUUM (FREEZE, ANALYZE) {w.stage_table(ent)}")
 
 
 def main() -> None:
