@@ -353,6 +353,39 @@ class TestFirstLoad:
                 conn.execute(sa.text("INSERT INTO ingest.assignments_history SELECT * FROM "
                                      "ingest.assignments_history WHERE valid_to IS NULL LIMIT 1"))
 
+    @pytest.mark.parametrize("index_bytes", [0, 10**9])  # the key index fits the cache: unsorted; or not: sorted
+    def test_a_later_first_load_in_key_order_or_not_gives_the_same_history(self, tmp_path, database_url,
+                                                                             monkeypatch, index_bytes):
+        import ingest.writer as writer_module
+
+        first = _org(tmp_path / "a", database_url, name="a") if (tmp_path / "a").mkdir() is None else None
+        assert first.run().exit_code == 0  # the tables are no longer empty: the next first load keeps the indexes
+        statements: list[str] = []
+        real = SnapshotWriter._timed
+
+        def timed(self, conn, label, sql, params=None):
+            statements.append(f"{label}: {sql}")
+            return real(self, conn, label, sql, params)
+
+        monkeypatch.setattr(SnapshotWriter, "_timed", timed)
+        monkeypatch.setattr(writer_module, "INDEX_BYTES_PER_ROW", index_bytes)
+        later = _org(tmp_path / "b", database_url, name="b") if (tmp_path / "b").mkdir() is None else None
+        later.data["account"] = people(40)[::-1]
+        later.save()
+        assert later.run().exit_code == 0
+        inserts = [s for s in statements if s.startswith("account.insert")]
+        assert len(inserts) == 1 and inserts[0].endswith("ORDER BY key_hash") is (index_bytes > 0)
+        assert not any(s.startswith("account.index") for s in statements)
+        assert [r["account_id"] for r in later.query(
+            "SELECT account_id FROM ingest.accounts WHERE connector = 'b' ORDER BY 1")] == sorted(
+            f"u{i}" for i in range(40))
+        assert _count(later, "SELECT count(*) AS n FROM ingest.accounts_history WHERE connector = 'b' "
+                             "AND valid_to IS NULL AND valid_from = (SELECT max(snapshot_id) FROM ingest.snapshots)") == 40
+        with pytest.raises(sa.exc.IntegrityError):  # the unique index holds
+            with get_engine(database_url).begin() as conn:
+                conn.execute(sa.text("INSERT INTO ingest.accounts_history SELECT * FROM "
+                                     "ingest.accounts_history WHERE connector = 'b' AND valid_to IS NULL LIMIT 1"))
+
     def test_two_first_loads_at_once_both_succeed(self, tmp_path, database_url):
         from ingest.config import load_config
         from ingest.db import migrate
