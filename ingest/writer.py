@@ -280,9 +280,13 @@ class SnapshotWriter:
                     )
                     err.stats = stats
                     raise err  # leaving the block rolls the merge back
+                t = time.perf_counter()
                 memo.keep(conn, self.connector, self.snapshot_id, [n for n, st in self.staged.items() if st.memo])
+                stats["merge_timings"]["memo.keep"] = round(time.perf_counter() - t, 3)
+                t = time.perf_counter()
                 drop_staging(conn, self.snapshot_id)
                 self._drop_superseded_rejections(conn)
+                stats["merge_timings"]["staging.drop"] = round(time.perf_counter() - t, 3)
                 if finish is not None:
                     finish(conn, stats)
         return stats
@@ -392,7 +396,7 @@ class SnapshotWriter:
                          f"FROM {self.stage_table('last_activity')} WHERE last_activity_at IS NOT NULL")
         if not parts:
             return None
-        return conn.execute(sa.text(
+        return self._timed(conn, "last_activity.upsert", (
             "INSERT INTO ingest.last_activity AS l (connector, account_id, last_activity_at, event_type, snapshot_id) "
             "SELECT DISTINCT ON (account_id) :c, account_id, last_activity_at, event_type, :sid "
             f"FROM ({' UNION ALL '.join(parts)}) x ORDER BY account_id, last_activity_at DESC, pri "
