@@ -14,9 +14,10 @@ the connector and requires its snapshot to still be ``running``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -267,7 +268,7 @@ class SnapshotWriter:
                     stats["invalid_samples"] = samples
                 if duplicate_samples:
                     stats["duplicate_samples"] = duplicate_samples
-                stats["merge_timings"] = dict(self.merge_timings)
+                stats["merge_timings"] = self.merge_timings  # with what the rest of the commit adds
                 for s in stats.values():
                     if isinstance(s, dict):
                         s.pop("before", None)
@@ -280,13 +281,11 @@ class SnapshotWriter:
                     )
                     err.stats = stats
                     raise err  # leaving the block rolls the merge back
-                t = time.perf_counter()
-                memo.keep(conn, self.connector, self.snapshot_id, [n for n, st in self.staged.items() if st.memo])
-                stats["merge_timings"]["memo.keep"] = round(time.perf_counter() - t, 3)
-                t = time.perf_counter()
-                drop_staging(conn, self.snapshot_id)
-                self._drop_superseded_rejections(conn)
-                stats["merge_timings"]["staging.drop"] = round(time.perf_counter() - t, 3)
+                with self._timing("memo.keep"):
+                    memo.keep(conn, self.connector, self.snapshot_id, [n for n, st in self.staged.items() if st.memo])
+                with self._timing("staging.drop"):
+                    drop_staging(conn, self.snapshot_id)
+                    self._drop_superseded_rejections(conn)
                 if finish is not None:
                     finish(conn, stats)
         return stats
@@ -330,12 +329,17 @@ class SnapshotWriter:
                 "the connector over after this one lost its lock; nothing was committed",
                 connector=self.connector)
 
-    def _timed(self, conn: sa.Connection, label: str, sql: str, params: dict[str, Any] | None = None):
-        """Execute one merge statement and add its seconds to ``merge_timings`` (stats, bench)."""
+    @contextlib.contextmanager
+    def _timing(self, label: str) -> Iterator[None]:
+        """Add the seconds of the block to ``merge_timings[label]`` (stats, bench)."""
         t = time.perf_counter()
-        result = conn.execute(sa.text(sql), params or {})
+        yield
         self.merge_timings[label] = round(self.merge_timings.get(label, 0.0) + time.perf_counter() - t, 3)
-        return result
+
+    def _timed(self, conn: sa.Connection, label: str, sql: str, params: dict[str, Any] | None = None):
+        """Execute one merge statement, timed (``_timing``)."""
+        with self._timing(label):
+            return conn.execute(sa.text(sql), params or {})
 
     def _drop_duplicates(self, conn: sa.Connection, ent: Entity) -> int:
         """Keep one copy per key of what the source sent twice: the one with the greatest row hash.

@@ -27,6 +27,12 @@ def _org(tmp_path, database_url, **kw) -> Org:
     return org
 
 
+def _named_org(tmp_path, database_url, name: str) -> Org:
+    """An org of its own directory and connector name, beside others in one database."""
+    (tmp_path / name).mkdir()
+    return _org(tmp_path / name, database_url, name=name)
+
+
 def _count(org: Org, sql: str, **params) -> int:
     return org.query(sql, **params)[0]["n"]
 
@@ -358,7 +364,7 @@ class TestFirstLoad:
                                                                              monkeypatch, index_bytes):
         import ingest.writer as writer_module
 
-        first = _org(tmp_path / "a", database_url, name="a") if (tmp_path / "a").mkdir() is None else None
+        first = _named_org(tmp_path, database_url, "a")
         assert first.run().exit_code == 0  # the tables are no longer empty: the next first load keeps the indexes
         statements: list[str] = []
         real = SnapshotWriter._timed
@@ -369,7 +375,7 @@ class TestFirstLoad:
 
         monkeypatch.setattr(SnapshotWriter, "_timed", timed)
         monkeypatch.setattr(writer_module, "INDEX_BYTES_PER_ROW", index_bytes)
-        later = _org(tmp_path / "b", database_url, name="b") if (tmp_path / "b").mkdir() is None else None
+        later = _named_org(tmp_path, database_url, "b")
         later.data["account"] = people(40)[::-1]
         later.save()
         assert later.run().exit_code == 0
@@ -392,8 +398,8 @@ class TestFirstLoad:
         from ingest.runner import run
 
         migrate(get_engine(database_url))
-        a = _org(tmp_path / "a", database_url, name="a") if (tmp_path / "a").mkdir() is None else None
-        b = _org(tmp_path / "b", database_url, name="b") if (tmp_path / "b").mkdir() is None else None
+        a = _named_org(tmp_path, database_url, "a")
+        b = _named_org(tmp_path, database_url, "b")
         results: dict[str, object] = {}
         threads = [threading.Thread(target=lambda o=o: results.__setitem__(
             o.name, run(load_config(o.config), o.name, database_url=database_url))) for o in (a, b)]
