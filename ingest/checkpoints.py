@@ -38,6 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
+from ingest import memo
 from ingest.errors import SourceError
 
 __all__ = ["Checkpoint", "Position", "ResumeRefused", "adopt", "config_hash", "current_position",
@@ -189,6 +190,8 @@ def adopt(conn: sa.Connection, old: int, new: int, entities: Callable[[str], tup
         "SELECT stream, page_seq, done, positions, counts FROM ingest.stage_checkpoints WHERE snapshot_id = :o"),
         {"o": old}).all()
     tables = set(_stage_tables(conn, old))
+    connector = conn.execute(sa.text("SELECT connector FROM ingest.snapshots WHERE snapshot_id = :o"),
+                             {"o": old}).scalar()
     kept: dict[str, Checkpoint] = {}
     for r in rows:
         cp = Checkpoint(r.stream, r.page_seq, r.done, r.positions, r.counts)
@@ -206,6 +209,9 @@ def adopt(conn: sa.Connection, old: int, new: int, entities: Callable[[str], tup
                 why = f"its staging has {staged} rows where the checkpoint counted " \
                       f"{c.get('fetched', 0) - c.get('invalid', 0)} (PostgreSQL restarted?)"
                 break
+            if c.get("reused") and not memo.readable(conn, connector, ent, f'ingest_stage."{table}"'):
+                why = "the memo its rows were staged from is gone (ingest.memo)"
+                break
         if why is not None:
             log.warning("resume_stream_restarts", stream=cp.stream, previous_snapshot=old, reason=why)
             for ent in ents:
@@ -213,8 +219,9 @@ def adopt(conn: sa.Connection, old: int, new: int, entities: Callable[[str], tup
             continue
         for ent in ents:
             rename_staging(conn, f"s{old}_{ent}", f"s{new}_{ent}")
-            # staged by a version without the memo's column (ingest.memo): every table of it gets one
-            conn.execute(sa.text(f'ALTER TABLE ingest_stage."s{new}_{ent}" ADD COLUMN IF NOT EXISTS src uuid'))
+            # staged by a version without the memo's columns (ingest.memo): every table of it gets them
+            conn.execute(sa.text(f'ALTER TABLE ingest_stage."s{new}_{ent}" ADD COLUMN IF NOT EXISTS src uuid, '
+                                 'ADD COLUMN IF NOT EXISTS hit boolean'))
         kept[cp.stream] = cp
     for table in set(_stage_tables(conn, old)):  # staging of streams without a checkpoint
         conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}" CASCADE'))

@@ -9,18 +9,27 @@ user) produces yesterday's staging row again. Telling such a record by the md5 o
 - every staged row remembers where it came from: ``src``, the md5 of the record's bytes and of
   :func:`digest` (the code and settings that turn those bytes into a row); only a record that
   mapped to exactly one valid row has one;
-- the commit keeps the snapshot's staging of such an entity as the connector's memo,
-  ``ingest_stage.m{snapshot}_{entity}`` (its worker segments, each indexed on ``src``);
-- the next run asks the memo for a page's ``src`` values and copies the rows it has, with this
-  run's ``page_seq``, in PostgreSQL (``INSERT ... SELECT ... RETURNING``); only the other records
-  are decoded, mapped and COPYed.
+- the connector keeps a memo of such an entity, ``ingest_stage.m{snapshot}_{entity}``: the rows of
+  every record it staged in full, each table of it indexed on ``src`` with what a hit needs beside
+  it (:func:`index`);
+- the next run asks the memo for a page's ``src`` values and stages, for each record it has, a
+  *hit*: a narrow row (the key, :func:`narrow` columns, ``key_hash``, ``row_hash``, this run's
+  ``page_seq``, ``src``, ``hit``) read from the memo's index alone (``INSERT ... SELECT ...
+  RETURNING``, in PostgreSQL); only the other records are decoded, mapped and COPYed in full.
 
-The staging then holds exactly the rows the full path would have staged, so the merge, last
-activity, duplicates and counts are as they were. A memo is only ever a cache: a stale one (other
-code, other settings, another connector name) matches nothing because its ``src`` values differ;
-a memo PostgreSQL emptied (it is UNLOGGED, like staging) matches nothing; a memo of another shape
-(an older version's columns) is not used. Mapping functions must be pure (``STYLE.md``): the memo
-holds what they returned for the same bytes.
+A hit row stands for the memo's row of its ``src``: the merge diffs it by its hashes like any row,
+and reads the rest of its columns from the memo only for the few hits that open a version (a
+record back to what it was some days ago; the losing copy of a duplicate key): see
+``SnapshotWriter._fill_hits``. Measured at 1M SCIM users, copying the whole row from the memo cost
+PostgreSQL 16.3 s of CPU and wrote 1.5 GB of staging; a hit costs it 5.5 s and 96 MB.
+
+So the memo outlives a run: the commit adds the rows this run staged in full (:func:`keep`), and
+drops what no run has asked for once that is most of it. A memo is only ever a cache: a stale one
+(other code, other settings, another connector name) matches nothing because its ``src`` values
+differ, and the commit then starts a new one from the run's staging; a memo PostgreSQL emptied (it
+is UNLOGGED, like staging) matches nothing; a memo of another shape (an older version's columns) is
+not used. Mapping functions must be pure (``STYLE.md``): the memo holds what they returned for the
+same bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import msgspec
 
 from ingest.pages import PageSpec
 
-__all__ = ["digest", "find", "keep", "keys", "split"]
+__all__ = ["digest", "find", "index", "keep", "keys", "narrow", "readable", "split"]
 
 _TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ANY = msgspec.json.Decoder()
@@ -169,9 +178,29 @@ def keys(raws: list[Any], dig: bytes, ignored: tuple[str, ...] = ()) -> list[str
     return out
 
 
+def narrow(ent: Any) -> tuple[str, ...]:
+    """The columns of entity ``ent`` (:class:`~ingest.staging.Entity`) a hit row carries besides its
+    hashes: the key (what duplicates report) and the last activity (what the commit upserts into
+    ``ingest.last_activity``); every column of an entity that is not versioned (last activity)."""
+    if ent.table is None:
+        return ent.columns
+    return (*ent.key, *(c for c in ("last_activity_at",) if c in ent.columns and c not in ent.key))
+
+
+def index(conn: Any, table: str, ent: Any, name: str | None = None) -> None:
+    """Index memo (or staging) ``table`` on ``src``, with everything a hit reads of it: a hit is then
+    an index-only scan where the table's pages are all-visible (COPY FREEZE leaves them so).
+    ``conn``: psycopg or SQLAlchemy (a string is executed either way)."""
+    import sqlalchemy as sa
+
+    cols = ", ".join(dict.fromkeys(("key_hash", "row_hash", *narrow(ent))))
+    sql = f"CREATE INDEX {'IF NOT EXISTS ' + name if name else ''} ON {table} (src) INCLUDE ({cols})"
+    conn.execute(sa.text(sql) if isinstance(conn, sa.Connection) else sql)
+
+
 def find(conn: Any, connector: str, entity: str, columns: tuple[str, ...]) -> str | None:
     """The connector's memo of ``entity`` (``ingest_stage.m{snapshot}_{entity}``), if it has one of
-    this version's shape: ``columns`` and ``src``. ``conn``: a SQLAlchemy connection."""
+    this version's shape: ``columns``, ``src`` and ``hit``. ``conn``: a SQLAlchemy connection."""
     import sqlalchemy as sa
 
     row = conn.execute(sa.text(
@@ -182,32 +211,93 @@ def find(conn: Any, connector: str, entity: str, columns: tuple[str, ...]) -> st
         "WHERE t.schemaname = 'ingest_stage' AND s.connector = :c AND s.status = 'succeeded' "
         "GROUP BY s.snapshot_id, t.tablename ORDER BY s.snapshot_id DESC LIMIT 1"),
         {"c": connector, "e": entity}).first()
-    if row is None or not {*columns, "src"} <= set(row[1]):
+    if row is None or not {*columns, "src", "hit"} <= set(row[1]):
         return None
     return f"ingest_stage.{row[0]}"
 
 
-def keep(conn: Any, connector: str, snapshot_id: int, entities: list[str]) -> None:
-    """In the commit's transaction: the connector's older memos are dropped, and the staging of
-    ``entities`` (those with rows that have a ``src``) becomes its memo, every table of it that
-    holds rows indexed on ``src``. ``conn``: a SQLAlchemy connection."""
+def readable(conn: Any, connector: str, entity: str, table: str) -> bool:
+    """Whether every hit row of staging ``table`` can be read back from the connector's memo (a resumed
+    attempt's staging, whose hits an earlier process staged). ``conn``: a SQLAlchemy connection."""
+    import sqlalchemy as sa
+
+    from ingest.staging import ENTITIES
+
+    used = find(conn, connector, entity, ENTITIES[entity].columns + ("key_hash", "row_hash"))
+    if used is None:
+        return not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE hit)")).scalar()
+    return not conn.execute(sa.text(
+        f"SELECT EXISTS (SELECT 1 FROM {table} s WHERE s.hit AND NOT EXISTS (SELECT 1 FROM {used} m WHERE m.src = s.src))"
+    )).scalar()
+
+
+GARBAGE = 0.5  # a memo more than this share of which no run asked for is cleared of it
+
+
+def keep(conn: Any, connector: str, snapshot_id: int, entities: list[tuple[Any, str | None, int]]) -> None:
+    """In the commit's transaction: what the connector keeps as its memo of each of ``entities`` (those
+    whose staging has rows with a ``src``), as ``(entity, the memo the run used or None, its hits)``;
+    every other memo of the connector is dropped. ``conn``: a SQLAlchemy connection.
+
+    - No hits (a first run, other code): the staging becomes the memo (it holds only full rows).
+    - Hits: the memo the run used gains the rows staged in full (those with a ``src``, cast to its
+      JSON kind); when more than :data:`GARBAGE` of it is rows this run did not ask for (records
+      changed or gone since), those are deleted first. It is renamed after this snapshot.
+    - Hits, but the memo they came from is gone: nothing is kept (the hits cannot be re-read).
+
+    Every table of a memo that holds rows is indexed (:func:`index`)."""
     import sqlalchemy as sa
 
     from ingest.checkpoints import rename_staging
 
+    kept: list[str] = []  # the memos' tables, segments included
+    for ent, used, hits in entities:
+        stage = f"ingest_stage.s{snapshot_id}_{ent.name}"
+        name = f"m{snapshot_id}_{ent.name}"
+        if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": stage}).scalar() is None:
+            continue
+        if hits and (used is None or conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": used}).scalar() is None):
+            continue
+        if not hits:
+            tables = rename_staging(conn, stage.partition(".")[2], name)
+        else:
+            _collect(conn, used, stage, hits)
+            kinds = dict(conn.execute(sa.text(
+                "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped"), {"t": used}).all())
+            cols = (*ent.columns, "key_hash", "row_hash", "page_seq", "src")
+            picked = ", ".join(f"CAST({c} AS {kinds[c]})" if kinds.get(c) in ("jsonb", "text") else c for c in cols)
+            conn.execute(sa.text(f"INSERT INTO {used} ({', '.join(cols)}) SELECT {picked} FROM {stage} "
+                                 "WHERE src IS NOT NULL AND hit IS NOT TRUE"))
+            tables = rename_staging(conn, used.partition(".")[2], name)
+        kept.extend(tables)
+        for table in tables:
+            full = f'ingest_stage."{table}"'
+            indexed = conn.execute(sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = CAST(:t AS regclass))"), {"t": full}).scalar()
+            if not indexed and conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM ONLY {full})")).scalar():
+                index(conn, full, ent)
     old = conn.execute(sa.text(
         "SELECT t.tablename FROM pg_tables t JOIN ingest.snapshots s ON t.tablename LIKE 'm' || s.snapshot_id || '\\_%' "
         "WHERE t.schemaname = 'ingest_stage' AND s.connector = :c ORDER BY length(t.tablename)"),
         {"c": connector}).scalars().all()
     for table in old:  # a parent first: CASCADE takes its segments along
-        conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}" CASCADE'))
-    for entity in entities:
-        parent = f"s{snapshot_id}_{entity}"
-        if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": f'ingest_stage."{parent}"'}).scalar() is None:
-            continue
-        for name in rename_staging(conn, parent, "m" + parent[1:]):
-            indexed = conn.execute(sa.text(
-                "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = CAST(:t AS regclass))"),
-                {"t": f'ingest_stage."{name}"'}).scalar()
-            if not indexed and conn.execute(sa.text(f'SELECT EXISTS (SELECT 1 FROM ONLY ingest_stage."{name}")')).scalar():
-                conn.execute(sa.text(f'CREATE INDEX ON ingest_stage."{name}" (src)'))
+        if table not in kept:
+            conn.execute(sa.text(f'DROP TABLE IF EXISTS ingest_stage."{table}" CASCADE'))
+
+
+def _collect(conn: Any, memo: str, stage: str, hits: int) -> None:
+    """Delete the rows of ``memo`` no row of ``stage`` asked for, once they are more than
+    :data:`GARBAGE` of it. Its size is its tables' ``reltuples`` (set by the index builds and ANALYZE;
+    rows added since are not in it, so it errs towards keeping them; ``n_live_tup`` counts a COPY
+    twice when ANALYZE ran in its transaction)."""
+    import sqlalchemy as sa
+
+    rows = conn.execute(sa.text(
+        "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_class c "
+        "WHERE c.oid = CAST(:t AS regclass) OR c.oid IN (SELECT inhrelid FROM pg_inherits "
+        "WHERE inhparent = CAST(:t AS regclass))"), {"t": memo}).scalar()
+    if rows * (1 - GARBAGE) <= hits:
+        return
+    conn.execute(sa.text(f"DELETE FROM {memo} m WHERE NOT EXISTS (SELECT 1 FROM {stage} s WHERE s.src = m.src)"))
+    conn.execute(sa.text(f"ANALYZE {memo}"))  # its size for the next run's question

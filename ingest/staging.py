@@ -48,7 +48,9 @@ from pydantic import BaseModel, ValidationError
 from ingest import errors
 from ingest.errors import IngestError, SnapshotError
 from ingest.memo import digest as memo_digest
+from ingest.memo import index as memo_index
 from ingest.memo import keys as memo_keys
+from ingest.memo import narrow as memo_narrow
 from ingest.memo import split as memo_split
 from ingest.pages import PageSpec, Undecoded, loads
 from ingest.records import Account, Assignment, Entitlement, Expense, LastActivity, NestedEntitlement, Resource
@@ -327,18 +329,18 @@ class Stager:
     def create(conn: psycopg.Connection, ent: Entity, table: str, json_text: bool = False) -> None:
         """(Re)create an empty staging table of ``ent``'s shape (``page_seq``: the page of its stream a
         row came in; checkpoints cover pages, see :mod:`ingest.checkpoints`; ``src``: the record bytes it
-        came from, see :mod:`ingest.memo`).
+        came from, and ``hit``: a narrow row standing for the memo's row of its ``src``, see :mod:`ingest.memo`).
 
         ``json_text``: the JSON columns are ``text``, not ``jsonb`` (see :func:`json_columns`)."""
         conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
         if ent.table is None:  # last activity: not versioned, its own shape
             conn.execute(f"CREATE UNLOGGED TABLE {table} (account_id text, last_activity_at timestamptz, "
-                         "event_type text, key_hash uuid, row_hash uuid, page_seq integer, src uuid)")
+                         "event_type text, key_hash uuid, row_hash uuid, page_seq integer, src uuid, hit boolean)")
             return
         as_text = json_columns(ent) if json_text else ()
         cols = ", ".join(f"{c}::text AS {c}" if c in as_text else c for c in ent.columns + ("key_hash", "row_hash"))
-        conn.execute(f"CREATE UNLOGGED TABLE {table} AS SELECT {cols}, 0::integer AS page_seq, NULL::uuid AS src "
-                     f"FROM ingest.{ent.table}_history WITH NO DATA")
+        conn.execute(f"CREATE UNLOGGED TABLE {table} AS SELECT {cols}, 0::integer AS page_seq, NULL::uuid AS src, "
+                     f"NULL::boolean AS hit FROM ingest.{ent.table}_history WITH NO DATA")
 
     def copy_into(self, conn: psycopg.Connection, ent: Entity, table: str, batches: Iterable[Any],
                   stats: _EntityStats, progress: Callable[[str, int], None] | None = None, *,
@@ -373,7 +375,7 @@ class Stager:
                         raws = memo_split(batch.spec, batch.body, batch.skip)
                     if raws is not None:
                         self._stage_memoised(conn, copies, ent, table, batch.spec, raws, dig, seq, stats,
-                                             memo_copy_sql, memo, json_text)
+                                             memo_copy_sql, memo)
                         if progress is not None:
                             progress(ent.name, stats.fetched)
                         continue
@@ -389,7 +391,7 @@ class Stager:
                 if progress is not None:
                     progress(ent.name, stats.fetched)
         if stats.memo > memoised:  # what the next run's memo looks up (see ingest.memo.keep)
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {table.rpartition('.')[2]}_src ON {table} (src)")
+            memo_index(conn, table, ent, f"{table.rpartition('.')[2]}_src")
 
     def _digest(self, spec: PageSpec, ent: Entity) -> bytes | None:
         try:
@@ -400,9 +402,9 @@ class Stager:
 
     def _stage_memoised(self, conn: psycopg.Connection, copies: _Copies, ent: Entity, table: str, spec: PageSpec,
                         raws: list[Any], dig: bytes, seq: int, stats: _EntityStats, copy_sql: str,
-                        memo: str | None, json_text: bool) -> None:
-        """Stage a page's records (their bytes) with their ``src``: those the memo has by an INSERT from
-        it, the others decoded, mapped and COPYed. A record that maps to more (or fewer) than one record
+                        memo: str | None) -> None:
+        """Stage a page's records (their bytes) with their ``src``: those the memo has as hit rows (an
+        INSERT from its index), the others decoded, mapped and COPYed. A record that maps to more (or fewer) than one record
         is staged without a ``src`` (the memo would not give them all back)."""
         srcs = memo_keys(raws, dig, spec.ignored)
         hits: set[str] | frozenset[str] = frozenset()
@@ -412,7 +414,7 @@ class Stager:
                 seen = collections.Counter(srcs)
                 ask = [x for x in srcs if seen[x] == 1]
             copies.end()
-            hits = {x for (x,) in conn.execute(self._memo_insert(ent, table, memo, json_text), (seq, ask),
+            hits = {x for (x,) in conn.execute(self._memo_insert(ent, table, memo), (seq, ask),
                                                prepare=True)}
             stats.fetched += len(hits)
             stats.reused += len(hits)
@@ -454,13 +456,12 @@ class Stager:
             e.stream = e.stream or spec.stream
             raise
 
-    def _memo_insert(self, ent: Entity, table: str, memo: str, json_text: bool) -> str:
-        """The rows of a page's records the memo has, inserted with this page's seq, their src returned."""
-        cols = ent.columns + ("key_hash", "row_hash")
-        as_json = json_columns(ent)
-        picked = ", ".join(f"CAST({c} AS {'text' if json_text else 'jsonb'})" if c in as_json else c for c in cols)
-        return (f"INSERT INTO {table} ({', '.join(cols)}, page_seq, src) "
-                f"SELECT DISTINCT ON (src) {picked}, %s, src FROM {memo} WHERE src = ANY(%s::uuid[]) "
+    def _memo_insert(self, ent: Entity, table: str, memo: str) -> str:
+        """A hit row (:mod:`ingest.memo`) for each of a page's records the memo has, with this page's seq;
+        their src returned."""
+        cols = ", ".join((*memo_narrow(ent), "key_hash", "row_hash"))
+        return (f"INSERT INTO {table} ({cols}, page_seq, src, hit) "
+                f"SELECT DISTINCT ON (src) {cols}, %s, src, true FROM {memo} WHERE src = ANY(%s::uuid[]) "
                 "RETURNING replace(CAST(src AS text), '-', '')")
 
     def row(self, ent: Entity, d: dict[str, Any]) -> tuple:

@@ -168,12 +168,11 @@ class SnapshotWriter:
     def json_as_text(self, ent: Entity, append: bool) -> bool:
         """Whether ``ent``'s staging holds its JSON columns as text (see :func:`~ingest.staging.json_columns`):
         on a re-run (the connector has a succeeded snapshot), not on a first load. Decided once per
-        entity; a staging table that already exists (``append``: a resumed attempt's) keeps its own kind,
-        and so does a re-run with a memo of ``ent`` (:mod:`ingest.memo`): most of its rows are copied
-        from it, and a copy from ``jsonb`` to text would cost more than parsing the few it decodes."""
+        entity; a staging table that already exists (``append``: a resumed attempt's) keeps its own kind.
+        (The memo's hits carry no JSON column: its kind does not matter here.)"""
         if ent.name in self._json_text or not json_columns(ent):
             return self._json_text.get(ent.name, False)
-        like = self.stage_table(ent.name) if append else self.memo(ent)
+        like = self.stage_table(ent.name) if append else None
         with self.engine.connect() as c:
             kind = None
             if like is not None:
@@ -204,11 +203,14 @@ class SnapshotWriter:
         """What an earlier attempt staged of ``entity`` (its checkpoint's counts): the stats go on from there."""
         stats = self.staged[entity] = _EntityStats()
         stats.fetched, stats.invalid = counts.get("fetched", 0), counts.get("invalid", 0)
+        stats.reused, stats.memo = counts.get("reused", 0), counts.get("memo", 0)
         stats.samples = list(counts.get("samples", []))
 
     def counts(self, entity: str) -> dict[str, Any]:
+        """What is staged of ``entity`` so far, as a checkpoint keeps it (``reused``: hit rows of the memo)."""
         stats = self.staged.get(entity) or _EntityStats()
-        return {"fetched": stats.fetched, "invalid": stats.invalid, "samples": stats.samples}
+        return {"fetched": stats.fetched, "invalid": stats.invalid, "samples": stats.samples,
+                "reused": stats.reused, "memo": stats.memo}
 
     def _dsn(self) -> str:
         url = self.engine.url
@@ -282,7 +284,9 @@ class SnapshotWriter:
                     err.stats = stats
                     raise err  # leaving the block rolls the merge back
                 with self._timing("memo.keep"):
-                    memo.keep(conn, self.connector, self.snapshot_id, [n for n, st in self.staged.items() if st.memo])
+                    memo.keep(conn, self.connector, self.snapshot_id,
+                              [(ENTITIES[n], self.memo(ENTITIES[n]) if st.reused else None, st.reused)
+                               for n, st in self.staged.items() if st.memo])
                 with self._timing("staging.drop"):
                     drop_staging(conn, self.snapshot_id)
                     self._drop_superseded_rejections(conn)
@@ -493,6 +497,8 @@ class SnapshotWriter:
         has_current = self._timed(conn, f"{name}.exists", f"SELECT EXISTS (SELECT 1 FROM {hist} "
                                   "WHERE connector = :c AND valid_to IS NULL)", p).scalar()
         if not has_current:
+            if st.reused:  # hits from a memo, yet no current version (none of this entity's rows were kept)
+                self._fill_hits(conn, ent, stage)
             insert = (f"INSERT INTO {hist} (connector, {cols}, key_hash, row_hash, valid_from) "
                       f"SELECT :c, {values}, key_hash, row_hash, :sid FROM {stage}")
             empty = bulk and not conn.execute(sa.text(f"SELECT EXISTS (SELECT 1 FROM {hist})")).scalar()
@@ -520,12 +526,12 @@ class SnapshotWriter:
             f"(SELECT key_hash, row_hash FROM {hist} WHERE connector = :c AND valid_to IS NULL) h "
             f"ON h.key_hash = s.key_hash "
             f"WHERE s.key_hash IS NULL OR h.key_hash IS NULL OR s.row_hash <> h.row_hash"), p)
-        new_rows, new_keys, mod_rows, mod_keys, removed = (int(x) for x in self._timed(conn, f"{name}.count", (
+        new_rows, new_keys, mod_rows, mod_keys, removed, hits = (int(x) for x in self._timed(conn, f"{name}.count", (
             f"SELECT count(*) FILTER (WHERE old_key_hash IS NULL), "
             f"count(DISTINCT key_hash) FILTER (WHERE old_key_hash IS NULL), "
             f"count(*) FILTER (WHERE key_hash IS NOT NULL AND old_key_hash IS NOT NULL), "
             f"count(DISTINCT old_key_hash) FILTER (WHERE key_hash IS NOT NULL AND old_key_hash IS NOT NULL), "
-            f"count(*) FILTER (WHERE key_hash IS NULL) FROM {diff}")).one())
+            f"count(*) FILTER (WHERE key_hash IS NULL), count(*) FILTER (WHERE hit) FROM {diff}")).one())
         before = self._current_count(conn, ent)
         matched = rows - new_rows  # staged rows that found a current version (each at most once without duplicates)
         if matched != before - removed:
@@ -538,6 +544,8 @@ class SnapshotWriter:
                                     connector=self.connector)
             return self._merge(conn, ent)
         added, modified = new_rows, mod_rows
+        if hits:  # hit rows that open a version: their columns from the memo
+            self._fill_hits(conn, ent, diff)
         if added + modified + removed:
             conn.execute(sa.text(f"ANALYZE {diff}"))
         closed = self._timed(conn, f"{name}.close", (
@@ -560,6 +568,31 @@ class SnapshotWriter:
             "unchanged": unchanged,
             "before": before,
         }
+
+    def _fill_hits(self, conn: sa.Connection, ent: Entity, table: str) -> None:
+        """Give the hit rows of ``table`` (staging, or the diff of it) every column from the memo row
+        they stand for (:mod:`ingest.memo`: a hit carries only its key, hashes and last activity).
+
+        Raises :class:`SnapshotError` (nothing committed) when the memo no longer has them all."""
+        used = self.memo(ent)
+        if used is None or conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": used}).scalar() is None:
+            raise SnapshotError(f"{ent.table}: rows staged from the memo of {ent.name} cannot be read back (the memo "
+                                "is gone); nothing was committed", connector=self.connector)
+        kept, as_json = memo.narrow(ent), json_columns(ent)
+        rest = [c for c in ent.columns if c not in kept]
+        if not rest:
+            return
+        target = as_json and conn.execute(sa.text(  # the staging's JSON kind (json_as_text), the memo's may differ
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) "
+            "AND attname = :col"), {"t": self.stage_table(ent.name), "col": as_json[0]}).scalar()
+        sets = ", ".join(f"{c} = CAST(m.{c} AS {target})" if c in as_json else f"{c} = m.{c}" for c in rest)
+        filled = self._timed(conn, f"{ent.name}.fill", (
+            f"UPDATE {table} t SET {sets} FROM (SELECT DISTINCT ON (src) * FROM {used} "
+            f"WHERE src IN (SELECT src FROM {table} WHERE hit)) m WHERE t.hit AND t.src = m.src")).rowcount
+        wanted = conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE hit")).scalar_one()
+        if filled != wanted:
+            raise SnapshotError(f"{ent.table}: {wanted - filled} of the rows staged from the memo of {ent.name} "
+                                "are no longer in it; nothing was committed", connector=self.connector)
 
     def discard(self, keep: bool = False) -> None:
         """Stop the staging workers and drop the staging tables (``keep`` leaves them: for inspection,

@@ -71,8 +71,27 @@ _ROWS = ("SELECT account_id, email, username, display_name, status, account_type
 
 
 def _staged(engine: sa.Engine, writer: SnapshotWriter) -> list[tuple]:
+    """The writer's account staging, each hit row read as the memo row it stands for (with its own
+    ``page_seq`` and ``src``)."""
+    ent = ENTITIES["account"]
+    stage, used = writer.stage_table("account"), writer.memo(ent)
+    if used is None or writer.staged["account"].reused == 0:
+        table = stage
+    else:
+        kept = memo.narrow(ent)
+        cols = ", ".join(f"s.{c}" if c in kept or c in ("key_hash", "row_hash", "page_seq", "src") else
+                         f"CASE WHEN s.hit THEN CAST(m.{c} AS text) ELSE CAST(s.{c} AS text) END AS {c}"
+                         for c in (*ent.columns, "key_hash", "row_hash", "page_seq", "src"))
+        table = (f"(SELECT {cols} FROM {stage} s LEFT JOIN LATERAL (SELECT * FROM {used} m WHERE m.src = s.src "
+                 "LIMIT 1) m ON s.hit) x")
     with engine.connect() as conn:
-        return sorted(conn.execute(sa.text(_ROWS.format(t=writer.stage_table("account")))).all(), key=repr)
+        return sorted(conn.execute(sa.text(_ROWS.format(t=table))).all(), key=repr)
+
+
+def _hits(engine: sa.Engine, writer: SnapshotWriter) -> list[tuple]:
+    """The hit rows of the writer's account staging, as they are."""
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT * FROM {writer.stage_table('account')} WHERE hit")).mappings().all()
 
 
 def _memo_tables(engine: sa.Engine, connector: str) -> dict[str, bool]:
@@ -134,10 +153,17 @@ def test_a_rerun_stages_from_the_memo_exactly_what_the_full_path_stages(database
 
     sid2, w2 = stage(_pages(day2))
     got = _staged(engine, w2)
-    # a re-run with a memo keeps the memo's JSON kind (day 1 staged jsonb); without one, text (json_as_text)
-    assert w2._json_text == {"account": False} and ref._json_text == {"account": True}
+    # a re-run stages JSON as text (json_as_text), with a memo (day 1 staged jsonb) or not
+    assert w2._json_text == {"account": True} and ref._json_text == {"account": True}
     stats = vars_of(w2.staged["account"])
     assert got == expected
+    # a hit carries its key, hashes, last activity and where it came from; nothing else
+    hits = _hits(engine, w2)
+    assert len(hits) == stats["reused"]
+    assert all(h["src"] and h["key_hash"] and h["row_hash"] and h["account_id"] for h in hits)
+    assert any(h["last_activity_at"] for h in hits), [dict(h) for h in hits[:3]]
+    assert {k for h in hits for k, v in h.items() if v is not None} == {
+        "account_id", "last_activity_at", "key_hash", "row_hash", "page_seq", "src", "hit"}
     # every record of day 1 that is on day 2 as it was (to the byte), once on its page, and mapped to one
     # valid account on day 1
     memoised = {orjson.dumps(u) for u in users if not u.get("twice")}
@@ -245,7 +271,7 @@ def _run(engine: sa.Engine, connector: str, pages: list[Undecoded], commit: bool
     w = SnapshotWriter(engine, connector, sid, workers=0)
     w.stage("account", pages)
     if commit:
-        w.commit(finish=_finish(sid))
+        w.result = w.commit(finish=_finish(sid))
     return w
 
 
@@ -301,3 +327,121 @@ class TestSplit:
         assert memo.digest(PageSpec("k", "s", "members", map_record, True), "c", "assignment") is None
         a = memo.digest(SPEC, "c", "account")
         assert a is not None and a != memo.digest(SPEC, "d", "account") != memo.digest(SPEC, "c", "resource")
+
+
+def _current(engine: sa.Engine, connector: str) -> list[tuple]:
+    """The connector's current accounts, every column but the connector and the snapshot ids."""
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.text(
+            "SELECT account_id, email, username, display_name, status, account_type, custom_attributes, extra, "
+            "key_hash, row_hash FROM ingest.accounts_history WHERE connector = :c AND valid_to IS NULL"),
+            {"c": connector}).all(), key=repr)
+
+
+def _memo_rows(engine: sa.Engine, connector: str) -> list[str]:
+    with engine.connect() as conn:
+        table = memo.find(conn, connector, "account", ENTITIES["account"].columns)
+        return sorted(str(s) for s in conn.execute(sa.text(f"SELECT src FROM {table}")).scalars())
+
+
+def test_a_record_back_to_an_older_version_opens_it_in_full_from_the_memo(database_url, monkeypatch):
+    """A hit whose row is not the current version opens a version with every column the memo has (user 3
+    is back to day 1's bytes on day 3; user 5 comes as day 1's and day 2's records at once, and the copy
+    the duplicate rule keeps is a hit): the history is the one the full path writes."""
+    engine = get_engine(database_url)
+    migrate(engine)
+    users = _users(120)
+    day2 = [dict(u) for u in users]
+    day2[3]["email"] = "new@example.org"
+    day2[5] = {**users[5], "email": "zz-copy@example.org"}
+    day3 = [dict(u) for u in users] + [day2[5]]  # both copies of u0005: hits of day 1 and of day 2
+
+    def days(connector: str) -> list[dict[str, Any]]:
+        out = []
+        for records in (users, day2, day3):
+            w = _run(engine, connector, _pages(records))
+            out.append({"reused": w.staged["account"].reused, "stats": w.result})
+        return out
+
+    got = days("back")
+    with monkeypatch.context() as m:
+        m.setattr(memo, "find", lambda *a, **k: None)
+        ref = days("full")
+    assert [d["reused"] for d in got] == [0, 118, 121] and [d["reused"] for d in ref] == [0, 0, 0]
+    assert [{**d["stats"]["account"], "reused": 0} for d in got] == [{**d["stats"]["account"], "reused": 0}
+                                                                     for d in ref]
+    assert got[2]["stats"]["account"]["modified"] in (1, 2) and got[2]["stats"]["account"]["duplicates"] == 1
+    assert "account.fill" in got[2]["stats"]["merge_timings"]
+    strip = [tuple(v for i, v in enumerate(r) if i < 8) for r in _current(engine, "back")]
+    assert strip == [tuple(v for i, v in enumerate(r) if i < 8) for r in _current(engine, "full")]
+    with engine.connect() as conn:
+        u3 = conn.execute(sa.text("SELECT email, extra FROM ingest.accounts WHERE connector = 'back' "
+                                  "AND account_id = 'u0003'")).one()
+    assert u3.email == "u3@example.org" and u3.extra["raw"] == users[3]
+
+
+def test_the_memo_gains_the_new_rows_and_sheds_what_no_run_asks_for(database_url):
+    engine = get_engine(database_url)
+    migrate(engine)
+    users = _users(100)
+    _run(engine, "shed", _pages(users))
+    day1 = _memo_rows(engine, "shed")
+    assert len(day1) == 100
+    # 10 changed: the memo keeps day 1's rows (most of it is still asked for) and gains the 10
+    day2 = [dict(u, n=u["n"] + 1000) if i < 10 else u for i, u in enumerate(users)]
+    w = _run(engine, "shed", _pages(day2))
+    assert w.staged["account"].reused == 90
+    assert len(_memo_rows(engine, "shed")) == 110 and set(day1) < set(_memo_rows(engine, "shed"))
+    assert _memo_tables(engine, "shed") and all(t.startswith(f"m{w.snapshot_id}_")
+                                                for t in _memo_tables(engine, "shed"))
+    # 80 changed: what no run asked for is most of the memo now; it is dropped before the 80 are added
+    day3 = [dict(u, n=u["n"] + 5000) if i < 80 else u for i, u in enumerate(day2)]
+    w = _run(engine, "shed", _pages(day3))
+    assert w.staged["account"].reused == 20
+    after = _memo_rows(engine, "shed")
+    w_again = _run(engine, "shed", _pages(day3))
+    assert w_again.staged["account"].reused == 100 and len(after) == 100
+    assert _current(engine, "shed") and len(_current(engine, "shed")) == 100
+
+
+def test_a_resumed_attempt_keeps_its_hits_only_while_their_memo_is_there(database_url):
+    """An attempt that staged hits and failed is continued by the next (ingest.checkpoints.adopt): with
+    the memo in place the hits stay and the commit gives the full path's history; with the memo gone
+    the stream starts over."""
+    from ingest import checkpoints
+
+    engine = get_engine(database_url)
+    migrate(engine)
+    users = _users(150)
+    _run(engine, "res", _pages(users))
+    day2 = [dict(u, email="x@example.org") if i % 10 == 0 else u for i, u in enumerate(users)]
+    results = []
+    for drop_memo in (False, True):
+        w = _run(engine, "res", _pages(day2), commit=False)
+        assert w.staged["account"].reused == (150 if drop_memo else 135)  # the second: after day 2 committed
+        cp = checkpoints.Checkpoint("list_accounts", 2, True, {}, {"account": w.counts("account")})
+        with engine.begin() as conn:
+            checkpoints.save_sa(conn, w.snapshot_id, cp)
+            conn.execute(sa.text("UPDATE ingest.snapshots SET status = 'failed' WHERE snapshot_id = :s"),
+                         {"s": w.snapshot_id})
+        w.discard(keep=True)
+        if drop_memo:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"DROP TABLE {w.memo(ENTITIES['account'])} CASCADE"))
+        sid = _snapshot(engine, "res")
+        with engine.begin() as conn:
+            kept = checkpoints.adopt(conn, w.snapshot_id, sid, lambda stream: ("account",))
+        results.append(set(kept))
+        if drop_memo:
+            break
+        again = SnapshotWriter(engine, "res", sid, workers=0)
+        again.restore("account", kept["list_accounts"].counts["account"])
+        stats = again.commit(finish=_finish(sid))
+        assert stats["account"]["reused"] == 135 and stats["account"]["modified"] == 15
+        assert stats["account"]["unchanged"] == 135
+        with engine.connect() as conn:
+            emails = dict(conn.execute(sa.text(
+                "SELECT account_id, email FROM ingest.accounts WHERE connector = 'res'")).all())
+        assert emails == {u["id"]: u["email"] for u in day2}
+        assert len(_memo_rows(engine, "res")) == 165  # day 1's 150 and the 15 staged in full
+    assert results == [{"list_accounts"}, set()]
