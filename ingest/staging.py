@@ -391,7 +391,7 @@ class Stager:
                 if progress is not None:
                     progress(ent.name, stats.fetched)
         if stats.memo > memoised:  # what the next run's memo looks up (see ingest.memo.keep)
-            memo_index(conn, table, ent, f"{table.rpartition('.')[2]}_src")
+            conn.execute(memo_index(table, ent, f"{table.rpartition('.')[2]}_src"))
 
     def _digest(self, spec: PageSpec, ent: Entity) -> bytes | None:
         try:
@@ -414,7 +414,7 @@ class Stager:
                 seen = collections.Counter(srcs)
                 ask = [x for x in srcs if seen[x] == 1]
             copies.end()
-            hits = {x for (x,) in conn.execute(self._memo_insert(ent, table, memo), (seq, ask),
+            hits = {x for (x,) in conn.execute(self._memo_insert(ent, table, memo), (seq, ",".join(ask)),
                                                prepare=True)}
             stats.fetched += len(hits)
             stats.reused += len(hits)
@@ -461,7 +461,9 @@ class Stager:
         their src returned."""
         cols = ", ".join((*memo_narrow(ent), "key_hash", "row_hash"))
         return (f"INSERT INTO {table} ({cols}, page_seq, src, hit) "
-                f"SELECT DISTINCT ON (src) {cols}, %s, src, true FROM {memo} WHERE src = ANY(%s::uuid[]) "
+                f"SELECT DISTINCT ON (src) {cols}, %s, src, true FROM {memo} "
+                # the srcs as one text (psycopg dumps a list of 1,000 strings element by element)
+                "WHERE src = ANY(CAST(string_to_array(%s, ',') AS uuid[])) "
                 "RETURNING replace(CAST(src AS text), '-', '')")
 
     def row(self, ent: Entity, d: dict[str, Any]) -> tuple:
