@@ -258,12 +258,14 @@ class TestFailurePolicy:
 
     def test_status_reports_a_connector_failing_after_n_days_and_it_keeps_being_tried(self, tmp_path,
                                                                                      database_url, daemons):
+        slot = (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
         cfg = write_config(tmp_path, {"acme": {**file_connector(tmp_path, "acme", org(), fail_in="account"),
-                                               "schedule": past_daily(2)}}, failing_after_days=3)
+                                               "schedule": f"{slot.minute} {slot.hour} * * *"}},
+                           failing_after_days=3)
         loaded = load_config(cfg)
-        for days_ago in (2, 1):  # two failed days behind us
+        for days_ago in (2, 1):  # the two slots before today's failed (slots, not "now": near midnight they differ)
             r = run(loaded, "acme", database_url=database_url, trigger="schedule",
-                    scheduled_for=datetime.now(UTC) - timedelta(days=days_ago))
+                    scheduled_for=slot - timedelta(days=days_ago))
             assert r.status == "failed"
         execute(database_url, "UPDATE ingest.snapshots SET finished_at = scheduled_for, started_at = scheduled_for")
 
