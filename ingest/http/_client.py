@@ -61,6 +61,7 @@ from ingest.http._fetcher import END, Fetcher
 from ingest.http._paginators import PageRequest, Paginator, SinglePage, json_path
 from ingest.http._readonly import READ_METHODS, ReadOnlyRequests, compile_read_only, is_read_only
 from ingest.http._settings import HttpSettings, HttpStats
+from ingest.http._transport import Transport
 from ingest.pages import light_decode
 from ingest.pages import loads as _loads
 from ingest.redact import redact, redact_url, register_secret
@@ -302,6 +303,8 @@ class HttpClient:
             log.warning("tls_verification_disabled", connector=self.connector)
         if s.proxy:
             register_secret(httpx.URL(s.proxy).password if "://" in s.proxy else None)
+        if not s.proxy:  # the wire without a proxy: http.client's connections (see ingest.http._transport)
+            return Transport(verify, max_keepalive=s.max_concurrency)
         try:
             return httpx.HTTPTransport(verify=verify, proxy=s.proxy,
                                        limits=httpx.Limits(max_connections=s.max_concurrency,

@@ -462,6 +462,15 @@ class FakeApi(LoopbackServer):
             self.requests.append(req)
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        left = [False]
+
+        def answered() -> None:  # no longer in flight once the answer can be complete at the client's end
+            if not left[0]:
+                left[0] = True
+                with self._lock:
+                    self._in_flight -= 1
+
+        h.answered = answered
         try:
             if self.latency:
                 self._stopping.wait(self.latency)
@@ -475,8 +484,7 @@ class FakeApi(LoopbackServer):
         except OSError:
             h.close_connection = True
         finally:
-            with self._lock:
-                self._in_flight -= 1
+            answered()
 
     def _answer(self, req: SeenRequest) -> Reply:
         handler = self._routes.get((req.method, req.path))
@@ -500,6 +508,7 @@ class FakeApi(LoopbackServer):
         for k, v in reply.headers.items():
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(payload) if content_length is None else content_length))
+        getattr(h, "answered", lambda: None)()  # before the last bytes: a fast client sends its next request at once
         h.end_headers()
         if h.command != "HEAD" and reply.chunk_delay:
             for i in range(0, len(payload), 64):
