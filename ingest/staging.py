@@ -542,39 +542,37 @@ class Stager:
         ``write_text`` (a COPY's ``write``): the batch's rows go to it as one piece of COPY text, each
         row a line of tab-separated values, instead of one ``write`` call per row (psycopg's per-row
         layers cost more than the line itself). A row with a character COPY's text format escapes
-        (backslash, tab, newline, carriage return) goes through ``write``, which escapes it."""
-        fast, md5, prefix = _FAST[ent.name], hashlib.md5, self.connector + "\x1f"
-        key = _ROW_PARTS[ent.name][0]
-        texts: list[str] = []  # the rows' key texts: looked at once for what COPY escapes
-        rows: list[tuple[Any, str]] = []  # their values and hash
-        for item in batch:
-            d = fast(item)
-            if d is None:
-                self._copy_records(ent, [item], stats, write, seq)
-                continue
-            values = key(d)
-            text = prefix + "\x1f".join(values)
-            if "\x00" in text:
-                self._invalid(ent, item, stats, "contains a NUL character, which PostgreSQL cannot store")
-                continue
-            h = md5(text.encode()).hexdigest()
-            if write_text is None:
-                write((*values, h, h, seq))
-            else:
-                texts.append(text)
-                rows.append((values, h))
-        if not rows:
+        (backslash, tab, newline, carriage return) goes through ``write``, which escapes it.
+
+        Each step runs over the whole batch (``map``, comprehensions): a SCIM fan-out stages five million
+        of these rows, and one loop body doing every step cost ~1.7 us a row against ~1.4 us."""
+        fast, prefix = _FAST[ent.name], self.connector + "\x1f"
+        checked = list(map(fast, batch))
+        if None in checked:  # rare: what the quick check refuses goes the full way (first, as before)
+            kept = [(item, d) for item, d in zip(batch, checked) if d is not None]
+            self._copy_records(ent, [item for item, d in zip(batch, checked) if d is None], stats, write, seq)
+            batch, checked = [item for item, _ in kept], [d for _, d in kept]
+        if not checked:
             return
-        tail = f"\t{seq}\n"
+        values = list(map(_ROW_PARTS[ent.name][0], checked))
+        join = "\x1f".join
+        texts = [prefix + join(v) for v in values]  # what key_hash hashes
         every = "".join(texts)
-        if "\\" in every or "\t" in every or "\n" in every or "\r" in every:  # rare: those rows one by one
-            for text, (values, h) in zip(texts, rows):
-                if _COPY_ESCAPED.search(text):
-                    write((*values, h, h, seq))
+        md5 = hashlib.md5
+        if write_text is None or "\x00" in every or "\\" in every or "\t" in every or "\n" in every or "\r" in every:
+            for item, text, v in zip(batch, texts, values):  # rare: those rows one by one
+                if "\x00" in text:
+                    self._invalid(ent, item, stats, "contains a NUL character, which PostgreSQL cannot store")
+                    continue
+                h = md5(text.encode()).hexdigest()
+                if write_text is None or _COPY_ESCAPED.search(text):
+                    write((*v, h, h, seq))
                 else:
-                    write_text("\t".join(values) + f"\t{h}\t{h}{tail}")
+                    write_text("\t".join(v) + f"\t{h}\t{h}\t{seq}\n")
             return
-        write_text("".join(["\t".join(values) + f"\t{h}\t{h}{tail}" for values, h in rows]))
+        hashes = [md5(t.encode()).hexdigest() for t in texts]
+        tail, tab = f"\t{seq}\n", "\t".join
+        write_text("".join([f"{tab(v)}\t{h}\t{h}{tail}" for v, h in zip(values, hashes)]))
 
 
 def is_nested(item: Any) -> bool:

@@ -164,18 +164,22 @@ def test_key_only_rows_written_as_copy_text_are_the_rows_copied_one_by_one(datab
               {"account_id": "u\x00", "entitlement_id": "g"}]              # invalid: NUL
     ent = ENTITIES["assignment"]
     url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    clean = batch[:300]  # no character COPY escapes: the batch's one block of text
     with psycopg.connect(url, autocommit=True) as conn:
         rows, stats = {}, {}
-        for table, plain in (("ingest_stage.t_text", True), ("ingest_stage.t_rows", False)):
+        for table, plain, part in (("ingest_stage.t_clean", True, clean), ("ingest_stage.t_clean_rows", False, clean),
+                                   ("ingest_stage.t_text", True, batch), ("ingest_stage.t_rows", False, batch)):
             stats[table] = _EntityStats()
             Stager.create(conn, ent, table)
             with conn.transaction(), conn.cursor() as cur, cur.copy(
                     f"COPY {table} ({', '.join(ent.columns)}, key_hash, row_hash, page_seq) FROM STDIN") as copy:
-                STAGER._copy_plain(ent, batch, stats[table], copy.write_row, 5, copy.write if plain else None)
+                STAGER._copy_plain(ent, part, stats[table], copy.write_row, 5, copy.write if plain else None)
             rows[table] = conn.execute(f"SELECT {', '.join(ent.columns)}, key_hash::text, page_seq "
                                        f"FROM {table} ORDER BY 1, 2, 3, 4").fetchall()
             conn.execute(f"DROP TABLE {table}")
     assert rows["ingest_stage.t_text"] == rows["ingest_stage.t_rows"]
+    assert rows["ingest_stage.t_clean"] == rows["ingest_stage.t_clean_rows"]
+    assert len(rows["ingest_stage.t_clean"]) == 300 and stats["ingest_stage.t_clean"].invalid == 0
     assert len(rows["ingest_stage.t_text"]) == 300 + len(tricky) + 1
     assert {r[0] for r in rows["ingest_stage.t_text"]} >= set(tricky) | {"u-bytes"}
     assert {r[-1] for r in rows["ingest_stage.t_text"]} == {5}
