@@ -21,6 +21,8 @@
 - ``is_read_only`` (``_readonly``): GET/HEAD, or a request a connector class
   declares in ``read_only_requests``; the guard and the conformance kit read it.
 - ``HttpSettings`` (``_settings``): what every HTTP connector's settings include.
+- ``Transport`` (``_transport``): the wire under the client without a proxy, HTTP/1.1 over kept-alive
+  ``http.client`` connections, failing with the httpx exceptions httpcore raises.
 """
 
 from ingest.http._auth import (
