@@ -548,7 +548,7 @@ class Stager:
         of these rows, and one loop body doing every step cost ~1.7 us a row against ~1.4 us."""
         fast, prefix = _FAST[ent.name], self.connector + "\x1f"
         checked = list(map(fast, batch))
-        if None in checked:  # rare: what the quick check refuses goes the full way (first, as before)
+        if None in checked:  # rare: what the quick check refuses goes the full way, ahead of the rest
             kept = [(item, d) for item, d in zip(batch, checked) if d is not None]
             self._copy_records(ent, [item for item, d in zip(batch, checked) if d is None], stats, write, seq)
             batch, checked = [item for item, _ in kept], [d for _, d in kept]

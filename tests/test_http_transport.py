@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import socketserver
 import threading
 from collections.abc import Callable, Iterator
 
@@ -15,86 +16,69 @@ import pytest
 from ingest.errors import RetryableError
 from ingest.http import HttpClient, HttpSettings
 from ingest.http._transport import Transport
+from ingest.testing._loopback import LoopbackServer, QuietServer
 
 Answer = Callable[[int, bytes], bytes | None]  # (request number on the server, request head) -> bytes to send
 
 
-class RawServer:
-    """Accepts connections on 127.0.0.1; for each request read on a connection, sends ``answer(n, head)``
-    (None: close the connection without answering). ``close_after``: requests a connection serves
-    before the server closes it, silently (a keep-alive timeout)."""
+class _RawHandler(socketserver.BaseRequestHandler):
+    """Reads request heads off one connection and sends what the owner's ``answer`` scripts for each."""
+
+    server: QuietServer
+
+    def setup(self) -> None:
+        self.request.settimeout(5)
+        self.server.owner._track(self.request, True)
+
+    def finish(self) -> None:
+        self.server.owner._track(self.request, False)
+
+    def handle(self) -> None:
+        self.server.owner._serve(self.request)
+
+
+class RawServer(LoopbackServer):
+    """Answers, on 127.0.0.1, each request read on a connection with ``answer(n, head)`` (None: close the
+    connection without answering). ``close_after``: requests a connection serves before the server
+    closes it, silently (a keep-alive timeout)."""
 
     def __init__(self, answer: Answer, close_after: int | None = None) -> None:
         self.answer, self.close_after = answer, close_after
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.connections = 0
         self.requests: list[bytes] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
 
-    def __enter__(self) -> RawServer:
-        t = threading.Thread(target=self._accept, daemon=True)
-        t.start()
-        self._threads.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        with self._lock:
-            for conn in self._conns:  # a kept-alive connection's thread waits in recv: end it now
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        for t in self._threads:
-            t.join(timeout=5)
-        self.sock.close()
+    def _make_server(self) -> QuietServer:
+        return QuietServer(("127.0.0.1", 0), _RawHandler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            with self._lock:
-                self.connections += 1
-                self._conns.append(conn)
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
+        return self.root_url
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
+        with self._lock:
+            self.connections += 1
         buf, served = b"", 0
-        with conn:
-            while not self._stop.is_set():
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        got = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not got:
-                        return
-                    buf += got
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                with self._lock:
-                    self.requests.append(head)
-                    n = len(self.requests)
-                reply = self.answer(n, head)
-                if reply is None:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                try:
+                    got = conn.recv(65536)
+                except OSError:
                     return
-                conn.sendall(reply)
-                served += 1
-                if self.close_after is not None and served >= self.close_after:
+                if not got:
                     return
+                buf += got
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            with self._lock:
+                self.requests.append(head)
+                n = len(self.requests)
+            reply = self.answer(n, head)
+            if reply is None:
+                return
+            conn.sendall(reply)
+            served += 1
+            if self.close_after is not None and served >= self.close_after:
+                return
 
 
 def ok(body: bytes = b'{"ok": true}', *headers: str) -> bytes:
@@ -171,7 +155,11 @@ def test_no_answer_on_a_new_connection_is_a_protocol_error_not_a_second_send(cli
 
 def test_timeouts_and_refused_connections_map_to_httpx_errors() -> None:
     hang = threading.Event()
-    with RawServer(lambda n, head: None if hang.wait(3) else None) as srv:
+
+    def never(n: int, head: bytes) -> None:  # holds the answer back until the test is done with it
+        hang.wait(3)
+
+    with RawServer(never) as srv:
         with httpx.Client(transport=Transport(), timeout=httpx.Timeout(0.3, connect=2)) as c:
             with pytest.raises(httpx.ReadTimeout):
                 c.get(srv.url + "/slow")

@@ -301,10 +301,9 @@ class HttpClient:
                 raise ConfigError(f"ca_bundle {s.ca_bundle!r} cannot be loaded: {e}", connector=self.connector) from None
         elif not s.verify_ssl:
             log.warning("tls_verification_disabled", connector=self.connector)
-        if s.proxy:
-            register_secret(httpx.URL(s.proxy).password if "://" in s.proxy else None)
         if not s.proxy:  # the wire without a proxy: http.client's connections (see ingest.http._transport)
             return Transport(verify, max_keepalive=s.max_concurrency)
+        register_secret(httpx.URL(s.proxy).password if "://" in s.proxy else None)
         try:
             return httpx.HTTPTransport(verify=verify, proxy=s.proxy,
                                        limits=httpx.Limits(max_connections=s.max_concurrency,

@@ -60,7 +60,7 @@ class _Body(httpx.SyncByteStream):
             except http.client.HTTPException as e:
                 raise httpx.RemoteProtocolError(f"malformed answer body: {e}") from e
             except OSError as e:
-                raise httpx.ReadError(str(e) or type(e).__name__) from e
+                raise httpx.ReadError(_said(e)) from e
             if not chunk:
                 if self._response.length:  # read1 ends quietly where the connection did: the body is short
                     raise httpx.RemoteProtocolError(
@@ -98,10 +98,10 @@ class Transport(httpx.BaseTransport):
             return idle.pop() if idle else None
 
     def _release(self, key: tuple[str, str, int], conn: http.client.HTTPConnection, reusable: bool) -> None:
-        if reusable and not self._closed:
-            with self._lock:
+        if reusable:
+            with self._lock:  # close() takes the lock too: a connection released after it is closed, not kept
                 idle = self._idle.setdefault(key, [])
-                if len(idle) < self._max_keepalive:
+                if not self._closed and len(idle) < self._max_keepalive:
                     idle.append(conn)
                     return
         conn.close()
@@ -121,7 +121,7 @@ class Transport(httpx.BaseTransport):
             raise httpx.ConnectTimeout(str(e) or "timed out connecting") from e
         except OSError as e:  # refused, unreachable, a name that does not resolve, TLS (ssl.SSLError)
             conn.close()
-            raise httpx.ConnectError(str(e) or type(e).__name__) from e
+            raise httpx.ConnectError(_said(e)) from e
         return conn
 
     # -- one exchange ----------------------------------------------------------------------------
@@ -158,12 +158,10 @@ class Transport(httpx.BaseTransport):
                 conn.endheaders(body or None, encode_chunked=chunked)
             except TimeoutError as e:
                 raise httpx.WriteTimeout(str(e) or "timed out sending the request") from e
-            except _STALE as e:
-                if not fresh:
-                    raise _Stale() from e
-                raise httpx.WriteError(str(e) or type(e).__name__) from e
             except OSError as e:
-                raise httpx.WriteError(str(e) or type(e).__name__) from e
+                if isinstance(e, _STALE) and not fresh:
+                    raise _Stale() from e
+                raise httpx.WriteError(_said(e)) from e
             if conn.sock is not None:
                 conn.sock.settimeout(timeouts.get("read"))
             try:
@@ -177,7 +175,7 @@ class Transport(httpx.BaseTransport):
             except http.client.HTTPException as e:  # a status line or headers that are not HTTP
                 raise httpx.RemoteProtocolError(f"malformed answer: {type(e).__name__}: {e}") from e
             except OSError as e:
-                raise httpx.ReadError(str(e) or type(e).__name__) from e
+                raise httpx.ReadError(_said(e)) from e
         except BaseException:
             conn.close()
             raise
@@ -196,6 +194,11 @@ class Transport(httpx.BaseTransport):
             self._idle.clear()
         for c in conns:
             c.close()
+
+
+def _said(e: BaseException) -> str:
+    """An OS error's message, or its kind when it has none."""
+    return str(e) or type(e).__name__
 
 
 class _Stale(Exception):

@@ -462,11 +462,12 @@ class FakeApi(LoopbackServer):
             self.requests.append(req)
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        left = [False]
+        left = False
 
         def answered() -> None:  # no longer in flight once the answer can be complete at the client's end
-            if not left[0]:
-                left[0] = True
+            nonlocal left
+            if not left:
+                left = True
                 with self._lock:
                     self._in_flight -= 1
 
@@ -508,7 +509,7 @@ class FakeApi(LoopbackServer):
         for k, v in reply.headers.items():
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(payload) if content_length is None else content_length))
-        getattr(h, "answered", lambda: None)()  # before the last bytes: a fast client sends its next request at once
+        h.answered()  # before the last bytes: a fast client sends its next request at once
         h.end_headers()
         if h.command != "HEAD" and reply.chunk_delay:
             for i in range(0, len(payload), 64):
