@@ -359,6 +359,34 @@ class TestFirstLoad:
                 conn.execute(sa.text("INSERT INTO ingest.assignments_history SELECT * FROM "
                                      "ingest.assignments_history WHERE valid_to IS NULL LIMIT 1"))
 
+    def test_the_indexes_of_closed_versions_are_kept_and_serve_the_next_run(self, tmp_path, database_url):
+        from ingest.db import migrate
+
+        migrate(get_engine(database_url))
+        oids = ("SELECT c.relname, c.oid::bigint AS oid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+                "WHERE i.indrelid = 'ingest.accounts_history'::regclass ORDER BY 1")
+        org = _org(tmp_path, database_url)
+        before = {r["relname"]: r["oid"] for r in org.query(oids)}
+        assert org.run().exit_code == 0
+        assert "account.index" in org.last_snapshot()["stats"]["merge_timings"]  # the bulk path was taken
+        after = {r["relname"]: r["oid"] for r in org.query(oids)}
+        assert set(after) == set(before)
+        # every inserted row is current: the closed-version indexes had nothing to take and were not rebuilt
+        assert [n for n in before if after[n] == before[n]] == ["accounts_closed_key_idx", "accounts_to_idx"]
+        org.data["account"] = [{**p, "display_name": "Renamed"} if p["account_id"] in ("u1", "u3") else p
+                               for p in org.data["account"]]
+        org.save()
+        assert org.run().exit_code == 0
+        with get_engine(database_url).begin() as conn:  # read through the kept indexes only
+            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            conn.execute(sa.text("SET LOCAL enable_bitmapscan = off"))
+            plan = "\n".join(conn.execute(sa.text(
+                "EXPLAIN SELECT account_id FROM ingest.accounts_history WHERE valid_to IS NOT NULL")).scalars())
+            closed = conn.execute(sa.text("SELECT account_id FROM ingest.accounts_history "
+                                          "WHERE valid_to IS NOT NULL ORDER BY 1")).scalars().all()
+        assert "accounts_closed_key_idx" in plan or "accounts_to_idx" in plan
+        assert closed == ["u1", "u3"]
+
     @pytest.mark.parametrize("index_bytes", [0, 10**9])  # the key index fits the cache: unsorted; or not: sorted
     def test_a_later_first_load_in_key_order_or_not_gives_the_same_history(self, tmp_path, database_url,
                                                                              monkeypatch, index_bytes):
