@@ -401,6 +401,7 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
     tracked = getattr(rc.cls, "resumable", False)
     previous, saved = resume
     resumed: dict[str, Any] = {}
+    complete: set[str] = set()  # entities whose streams are staged: merged ahead of the rest (merge_ahead)
     try:
         check()
         with rc.cls(ctx) as connector:
@@ -415,6 +416,8 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                                                        for e in _entities_of(capability)}}
                     if cp.done:
                         log.info("stream_resumed", stream=capability, skipped="staged before")
+                        complete.update(_entities_of(capability))
+                        writer.merge_ahead(complete)
                         continue
                 position = Position(cp.positions, cp.page_seq) if cp is not None else Position() if tracked else None
                 log.info("stream_started", stream=capability, resumed_at=cp.page_seq if cp is not None else None)
@@ -451,6 +454,8 @@ def _take(rc: ResolvedConnector, sid: int, engine: sa.Engine, conn: sa.Connectio
                 timings.stage += elapsed
                 log.info("stream_staged", stream=capability, seconds=round(elapsed, 3),
                          records={e: s.fetched for e, s in writer.staged.items()})
+                complete.update(_entities_of(capability))
+                writer.merge_ahead(complete)
             check()
 
             merge_started = time.perf_counter()

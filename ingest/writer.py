@@ -9,13 +9,18 @@ transaction commits, queries see the previous snapshot.
 In that transaction: a key sent twice keeps the copy with the greatest row hash
 (counted in stats as ``duplicates``); last activity goes to ``ingest.last_activity``
 in place, never into a version; and the commit holds a transaction-level lock on
-the connector and requires its snapshot to still be ``running``.
+the connector and requires its snapshot to still be ``running``. That transaction
+may begin while later streams still stage (``merge_ahead``: the entities already
+staged are merged on a thread of its own), and commits once, at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -55,6 +60,7 @@ VACUUM_AFTER_ROWS = 100_000
 COMMIT_LOCK_NS = 1770  # advisory lock namespace: (1770, hashtext(connector)) = "a commit of this connector"
 # bytes a row of a history table's unique index on key_hash takes, about (see SnapshotWriter._insert_sorted)
 INDEX_BYTES_PER_ROW = 40
+AHEAD_POLL_SECONDS = 1.0  # a merge begun ahead checks this often that its snapshot still owns the connector
 
 
 class SnapshotWriter:
@@ -80,6 +86,7 @@ class SnapshotWriter:
         self._json_text: dict[str, bool] = {}  # per entity: its staging holds JSON columns as text
         self._memo: dict[str, str | None] = {}  # per entity: the connector's memo of it (ingest.memo)
         self.loaded: list[str] = []  # history tables the commit wrote VACUUM_AFTER_ROWS versions or more into
+        self._ahead: _Ahead | None = None  # the commit's transaction, opened early by merge_ahead()
 
     def stage_table(self, entity: str) -> str:
         return f"ingest_stage.{self._prefix}{entity}"
@@ -217,6 +224,37 @@ class SnapshotWriter:
         return url.render_as_string(hide_password=False).replace("postgresql+psycopg://", "postgresql://", 1)
 
     # -- commit ----------------------------------------------------------------
+    def merge_ahead(self, complete: Iterable[str]) -> None:
+        """Start merging, in the background, the entities whose staging is ``complete`` while later
+        streams stage (a first load of 1M accounts: their insert and index builds beside the staging
+        of the memberships, on the core the staging leaves idle).
+
+        This is the commit's own transaction, opened early on a connection of its own: nothing of
+        it is visible before :meth:`commit`, and :meth:`discard` rolls it back. Only the head of
+        ``ENTITIES``' order goes ahead (every entity before it merged ahead already), so runs of
+        different connectors take the history tables' locks in one order, as the commit does. The
+        snapshot's row is locked and checked by :meth:`commit` only: a checkpoint's key-share lock
+        on it must not wait for this transaction. An error here is raised by the next call, or by
+        the commit.
+        """
+        if self._ahead is not None:
+            self._ahead.raise_error()
+        going = self._ahead.names if self._ahead is not None else []
+        names = []
+        for name, ent in ENTITIES.items():
+            if ent.table is None or name in going:
+                continue
+            if name not in complete or name not in self.staged:
+                break
+            names.append(name)
+        if not names:
+            return
+        if self._ahead is None:
+            self._ahead = _Ahead(self)
+        for name in names:
+            log.info("merge_ahead", entity=name)
+            self._ahead.put(name)
+
     def commit(self, *, max_deletion_ratio: float = 1.0, allow_mass_delete: bool = False,
                finish: Callable[[sa.Connection, dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Merge every staged entity in one transaction and return the stats.
@@ -226,72 +264,73 @@ class SnapshotWriter:
         :class:`MassDeletionError` (nothing committed, staging kept) when an
         entity would lose more than ``max_deletion_ratio`` of its rows, and
         :class:`SnapshotError` (nothing committed) when the snapshot is no longer
-        ``running`` (another run took the connector over).
+        ``running`` (another run took the connector over). Entities merged ahead
+        (:meth:`merge_ahead`) are in this transaction already.
         """
         self.close_workers()
+        ahead = self._ahead
+        if ahead is not None:
+            conn, tx, merged = ahead.join()  # raises its error (rolled back); discard() still stops it then
+            self._ahead = None
+        else:
+            conn = self.engine.connect()
+            tx, merged = conn.begin(), {}
         stats: dict[str, Any] = {}
         too_many: list[str] = []
         duplicate_samples: dict[str, list[dict[str, Any]]] = {}
-        with self.engine.connect() as conn:
-            with conn.begin():
-                self._hold_snapshot(conn)
-                # ours to set for this transaction only: the diff's hash join and the sorts stay in
-                # memory (PostgreSQL's default 4 MB spills them to disk in many batches)
-                conn.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
-                # the diff (CREATE TABLE AS: the only statement here PostgreSQL runs in parallel) keeps only
-                # the changed rows, but the planner cannot know how few they are and prices every row through
-                # the Gather; at the default 0.1 it never plans the parallel hash join (measured, 5M current
-                # assignments, 1 % changed: 4.5 s one process -> 3.4 s with two workers)
-                conn.execute(sa.text(f"SET LOCAL parallel_tuple_cost = {MERGE_PARALLEL_TUPLE_COST}"))
-                for name, ent in ENTITIES.items():
-                    if ent.table is None or name not in self.staged:
-                        continue
-                    s = self._merge(conn, ent)
-                    s["fetched"] = self.staged[name].fetched
-                    s["invalid"] = self.staged[name].invalid
-                    if self.staged[name].reused:  # of fetched: staged from the memo (ingest.memo)
-                        s["reused"] = self.staged[name].reused
-                    if name in self.duplicates:
-                        s["duplicates"], duplicate_samples[name] = self.duplicates[name]
-                    stats[name] = s
-                    if s["added"] + s["modified"] >= VACUUM_AFTER_ROWS:
-                        self.loaded.append(f"ingest.{ent.table}_history")
-                    if (not allow_mass_delete and s["before"] > 0
-                            and s["removed"] / s["before"] > max_deletion_ratio):
-                        too_many.append(f"{s['removed']} of {s['before']} {ent.table}")
-                moved = self._record_last_activity(conn)
-                if "last_activity" in self.staged:
-                    la = self.staged["last_activity"]
-                    stats["last_activity"] = {"fetched": la.fetched, "invalid": la.invalid}
-                if moved is not None:
-                    stats.setdefault("last_activity", {})["updated"] = moved
-                samples = {k: v.samples for k, v in self.staged.items() if v.samples}
-                if samples:
-                    stats["invalid_samples"] = samples
-                if duplicate_samples:
-                    stats["duplicate_samples"] = duplicate_samples
-                stats["merge_timings"] = self.merge_timings  # with what the rest of the commit adds
-                for s in stats.values():
-                    if isinstance(s, dict):
-                        s.pop("before", None)
-                if too_many:
-                    err = MassDeletionError(
-                        f"rejected: the run would remove {', '.join(too_many)} (more than "
-                        f"max_deletion_ratio {max_deletion_ratio:g}); the fetched data is kept in "
-                        f"{self.stage_table('*')} for inspection; re-run with --allow-mass-delete to accept it",
-                        connector=self.connector,
-                    )
-                    err.stats = stats
-                    raise err  # leaving the block rolls the merge back
-                with self._timing("memo.keep"):
-                    memo.keep(conn, self.connector, self.snapshot_id,
-                              [(ENTITIES[n], self.memo(ENTITIES[n]) if st.reused else None, st.reused)
-                               for n, st in self.staged.items() if st.memo])
-                with self._timing("staging.drop"):
-                    drop_staging(conn, self.snapshot_id)
-                    self._drop_superseded_rejections(conn)
-                if finish is not None:
-                    finish(conn, stats)
+        with conn, tx:
+            if ahead is None:
+                self._open_merge(conn)
+            self._hold_snapshot(conn)
+            for name, ent in ENTITIES.items():
+                if ent.table is None or name not in self.staged:
+                    continue
+                s = merged[name] if name in merged else self._merge(conn, ent)
+                s["fetched"] = self.staged[name].fetched
+                s["invalid"] = self.staged[name].invalid
+                if self.staged[name].reused:  # of fetched: staged from the memo (ingest.memo)
+                    s["reused"] = self.staged[name].reused
+                if name in self.duplicates:
+                    s["duplicates"], duplicate_samples[name] = self.duplicates[name]
+                stats[name] = s
+                if s["added"] + s["modified"] >= VACUUM_AFTER_ROWS:
+                    self.loaded.append(f"ingest.{ent.table}_history")
+                if (not allow_mass_delete and s["before"] > 0
+                        and s["removed"] / s["before"] > max_deletion_ratio):
+                    too_many.append(f"{s['removed']} of {s['before']} {ent.table}")
+            moved = self._record_last_activity(conn)
+            if "last_activity" in self.staged:
+                la = self.staged["last_activity"]
+                stats["last_activity"] = {"fetched": la.fetched, "invalid": la.invalid}
+            if moved is not None:
+                stats.setdefault("last_activity", {})["updated"] = moved
+            samples = {k: v.samples for k, v in self.staged.items() if v.samples}
+            if samples:
+                stats["invalid_samples"] = samples
+            if duplicate_samples:
+                stats["duplicate_samples"] = duplicate_samples
+            stats["merge_timings"] = self.merge_timings  # with what the rest of the commit adds
+            for s in stats.values():
+                if isinstance(s, dict):
+                    s.pop("before", None)
+            if too_many:
+                err = MassDeletionError(
+                    f"rejected: the run would remove {', '.join(too_many)} (more than "
+                    f"max_deletion_ratio {max_deletion_ratio:g}); the fetched data is kept in "
+                    f"{self.stage_table('*')} for inspection; re-run with --allow-mass-delete to accept it",
+                    connector=self.connector,
+                )
+                err.stats = stats
+                raise err  # leaving the block rolls the merge back
+            with self._timing("memo.keep"):
+                memo.keep(conn, self.connector, self.snapshot_id,
+                          [(ENTITIES[n], self.memo(ENTITIES[n]) if st.reused else None, st.reused)
+                           for n, st in self.staged.items() if st.memo])
+            with self._timing("staging.drop"):
+                drop_staging(conn, self.snapshot_id)
+                self._drop_superseded_rejections(conn)
+            if finish is not None:
+                finish(conn, stats)
         return stats
 
     def vacuum_loaded(self) -> None:
@@ -315,17 +354,35 @@ class SnapshotWriter:
             return
         log.info("history_vacuumed", tables=self.loaded, seconds=round(time.perf_counter() - started, 3))
 
-    def _hold_snapshot(self, conn: sa.Connection) -> None:
-        """Serialise commits of this connector and make sure this snapshot still owns it.
+    def _open_merge(self, conn: sa.Connection) -> None:
+        """The merge transaction's settings, and its lock on the connector's commits.
 
-        The run's session-level lock can be lost before the commit (idle timeout, a
-        pooler, a killed connection); another run may then have taken the connector
-        over and marked this snapshot ``interrupted``. The transaction-level lock and
-        the row lock on the snapshot hold until this transaction ends.
+        The run's session-level lock can be lost before the commit (idle timeout, a pooler, a
+        killed connection); the transaction-level lock serialises commits of this connector then.
         """
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:c))"),
                      {"ns": COMMIT_LOCK_NS, "c": self.connector})
-        status = conn.execute(sa.text("SELECT status FROM ingest.snapshots WHERE snapshot_id = :sid FOR UPDATE"),
+        # ours to set for this transaction only: the diff's hash join and the sorts stay in
+        # memory (PostgreSQL's default 4 MB spills them to disk in many batches)
+        conn.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
+        # the diff (CREATE TABLE AS: the only statement here PostgreSQL runs in parallel) keeps only
+        # the changed rows, but the planner cannot know how few they are and prices every row through
+        # the Gather; at the default 0.1 it never plans the parallel hash join (measured, 5M current
+        # assignments, 1 % changed: 4.5 s one process -> 3.4 s with two workers)
+        conn.execute(sa.text(f"SET LOCAL parallel_tuple_cost = {MERGE_PARALLEL_TUPLE_COST}"))
+        # merged ahead, the transaction waits for the rest of the staging: a server's idle limit
+        # must not end it
+        conn.execute(sa.text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+
+    def _hold_snapshot(self, conn: sa.Connection, lock: bool = True) -> None:
+        """Make sure this snapshot still owns the connector, and (``lock``) keep it so until the commit.
+
+        Another run may have taken the connector over after this one lost its session-level
+        lock, and marked this snapshot ``interrupted``. The row lock on the snapshot holds until
+        this transaction ends.
+        """
+        status = conn.execute(sa.text("SELECT status FROM ingest.snapshots WHERE snapshot_id = :sid"
+                                      + (" FOR UPDATE" if lock else "")),
                               {"sid": self.snapshot_id}).scalar_one_or_none()
         if status != "running":
             raise SnapshotError(
@@ -600,7 +657,11 @@ class SnapshotWriter:
 
     def discard(self, keep: bool = False) -> None:
         """Stop the staging workers and drop the staging tables (``keep`` leaves them: for inspection,
-        or for the next attempt to continue from)."""
+        or for the next attempt to continue from). A merge begun ahead is stopped and rolled back first
+        (its transaction reads the staging)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.abandon()
         if self._pool is not None:
             self._pool.abort()
             self._pool = None
@@ -608,6 +669,83 @@ class SnapshotWriter:
             return
         with self.engine.begin() as conn:
             drop_staging(conn, self.snapshot_id)
+
+
+class _Ahead:
+    """The merge transaction of :meth:`SnapshotWriter.merge_ahead`: a thread merges the entities put
+    to it, one after another, on a connection of its own (the server does the work; the thread waits
+    on it without the GIL). :meth:`join` hands the open transaction to the commit; :meth:`abandon`
+    cancels what runs and rolls everything back."""
+
+    def __init__(self, writer: SnapshotWriter) -> None:
+        self.writer = writer
+        self.names: list[str] = []
+        self.merged: dict[str, dict[str, int]] = {}
+        self.error: BaseException | None = None
+        self._todo: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.conn = writer.engine.connect()
+        try:
+            self.tx = self.conn.begin()
+        except BaseException:
+            self.conn.close()
+            raise
+        self._raw = self.conn.connection.driver_connection  # cancels the statement running (abandon)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._work,),  # the log's context
+                                        name=f"merge-ahead-{writer.snapshot_id}", daemon=True)
+        self._thread.start()
+
+    def put(self, name: str) -> None:
+        self.names.append(name)
+        self._todo.put(name)
+
+    def _work(self) -> None:
+        """Merge what is put; between merges, every ``AHEAD_POLL_SECONDS``, make sure the snapshot still
+        owns the connector: a run that took it over (this one lost its session) must not wait for this
+        transaction's locks until this run reaches its commit. Then the transaction ends here."""
+        try:
+            self.writer._open_merge(self.conn)
+            while not self._stop.is_set():
+                try:
+                    name = self._todo.get(timeout=AHEAD_POLL_SECONDS)
+                except queue.Empty:
+                    self.writer._hold_snapshot(self.conn, lock=False)
+                    continue
+                if name is None:
+                    break
+                t = time.perf_counter()
+                self.merged[name] = self.writer._merge(self.conn, ENTITIES[name])
+                log.info("merged_ahead", entity=name, seconds=round(time.perf_counter() - t, 3))
+        except BaseException as e:  # noqa: BLE001 - handed to the commit (or dropped by abandon)
+            self.error = e
+            with contextlib.suppress(Exception):
+                self.tx.rollback()  # its locks go now, not when the run gets to its commit
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            self.abandon()
+            raise self.error
+
+    def join(self) -> tuple[sa.Connection, sa.RootTransaction, dict[str, dict[str, int]]]:
+        """Wait for what was put; the connection with its open transaction, and each entity's merge counts."""
+        self._todo.put(None)
+        self._thread.join()
+        self.raise_error()
+        return self.conn, self.tx, self.merged
+
+    def abandon(self) -> None:
+        """Stop the merge (a statement running is cancelled) and roll its transaction back."""
+        self._stop.set()
+        self._todo.put(None)
+        while self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._raw.cancel_safe(timeout=5.0)
+            self._thread.join(0.5)
+        with contextlib.suppress(Exception):
+            if self.tx.is_active:
+                self.tx.rollback()
+        with contextlib.suppress(Exception):
+            self.conn.close()
 
 
 def drop_staging(conn: sa.Connection, snapshot_id: int) -> int:

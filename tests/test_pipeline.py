@@ -334,3 +334,127 @@ class TestRecovery:
         assert result.exit_code == 1
         assert "in progress" in result.output
         assert org.last_snapshot()["status"] == "succeeded"
+
+
+class TestMergeAhead:
+    """The entities whose streams are staged are merged while later streams stage, in the commit's
+    own transaction (SnapshotWriter.merge_ahead): invisible until the commit, rolled back by a failure."""
+
+    @staticmethod
+    def _gate_associations(monkeypatch, before_associations):
+        """Call ``before_associations()`` when the associations stream starts (its records are read)."""
+        from tests.fakes import FileConnector
+
+        real = FileConnector.find_entitlement_associations
+
+        def associations(self):
+            before_associations()
+            return real(self)
+
+        monkeypatch.setattr(FileConnector, "find_entitlement_associations", associations)
+
+    @staticmethod
+    def _watch_merges(monkeypatch) -> dict:
+        """Where each entity was merged (the thread's name), and an event once accounts were."""
+        import threading
+
+        seen: dict = {"threads": {}, "account": threading.Event()}
+        real = SnapshotWriter._merge
+
+        def merge(self, conn, ent):
+            out = real(self, conn, ent)
+            seen["threads"][ent.name] = threading.current_thread().name
+            if ent.name == "account":
+                seen["account"].set()
+            return out
+
+        monkeypatch.setattr(SnapshotWriter, "_merge", merge)
+        return seen
+
+    def test_accounts_merge_while_the_associations_stage_and_show_only_at_the_commit(
+            self, tmp_path, database_url, monkeypatch):
+        org = _org(tmp_path, database_url)
+        assert org.run().exit_code == 0
+        before = _current(org)
+        org.data["account"] = people(8) + people(3, start=50)
+        org.save()
+        seen = self._watch_merges(monkeypatch)
+        during: list = []
+
+        def associations():
+            assert seen["account"].wait(30), "the accounts were not merged before the next stream's records"
+            during.append(_current(org))  # another session: the accounts merged ahead are not committed
+
+        self._gate_associations(monkeypatch, associations)
+        assert org.run("--allow-mass-delete").exit_code == 0
+        assert seen["threads"]["account"].startswith("merge-ahead-")
+        assert during == [before]
+        after = _current(org)
+        assert [a["account_id"] for a in after["account"]] == sorted(f"u{i}" for i in [*range(8), 50, 51, 52])
+        stats = org.last_snapshot()["stats"]
+        assert stats["account"]["added"] == 3 and stats["account"]["removed"] == 2
+        assert stats["account"]["unchanged"] == 8
+
+    def test_a_failed_stream_cancels_the_merge_running_ahead_and_rolls_it_back(
+            self, tmp_path, database_url, monkeypatch):
+        import threading
+
+        import sqlalchemy as sa
+
+        from ingest.errors import RetryableError
+
+        org = _org(tmp_path, database_url)
+        assert org.run().exit_code == 0
+        before = _current(org)
+        org.data["account"] = people(10, start=100)
+        org.save()
+        sleeping = threading.Event()
+        real = SnapshotWriter._merge
+
+        def merge(self, conn, ent):
+            out = real(self, conn, ent)
+            if ent.name == "account":  # accounts merged ahead; then a statement that would run a minute
+                sleeping.set()
+                conn.execute(sa.text("SELECT pg_sleep(60)"))
+            return out
+
+        def associations():
+            assert sleeping.wait(30)
+            raise RetryableError("the source broke", connector=org.name)
+
+        monkeypatch.setattr(SnapshotWriter, "_merge", merge)
+        self._gate_associations(monkeypatch, associations)
+        done: list = []
+        t = threading.Thread(target=lambda: done.append(org.run("--allow-mass-delete")))
+        t.start()
+        t.join(40)  # not the minute of the sleep: the statement was cancelled
+        assert not t.is_alive() and done[0].exit_code == 1
+        snap = org.last_snapshot()
+        assert snap["status"] == "failed" and "the source broke" in snap["error"]
+        assert _current(org) == before
+        assert org.query("SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' "
+                         "AND pid <> pg_backend_pid()")[0]["n"] == 0
+        assert org.query("SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'ingest_stage'")[0]["n"] == 0
+
+    def test_a_server_idle_limit_does_not_end_the_transaction_waiting_for_later_streams(
+            self, tmp_path, database_url, monkeypatch):
+        """A merged-ahead transaction sits idle while the next streams stage; a server or role that
+        sets ``idle_in_transaction_session_timeout`` must not end it (the merge sets it off for itself)."""
+        import time
+
+        org = _org(tmp_path, database_url)
+        assert org.run().exit_code == 0
+        org.data["account"] = people(12)
+        org.save()
+        seen = self._watch_merges(monkeypatch)
+
+        def associations():
+            assert seen["account"].wait(30)
+            time.sleep(1.5)  # the accounts' merge waits, idle in its transaction
+
+        self._gate_associations(monkeypatch, associations)
+        sep = "&" if "?" in database_url else "?"
+        org.url = f"{database_url}{sep}options=--idle_in_transaction_session_timeout%3D300"
+        result = org.run()
+        assert result.exit_code == 0, result.output
+        assert org.last_snapshot()["stats"]["account"]["added"] == 2
