@@ -331,16 +331,23 @@ class Stager:
         row came in; checkpoints cover pages, see :mod:`ingest.checkpoints`; ``src``: the record bytes it
         came from, and ``hit``: a narrow row standing for the memo's row of its ``src``, see :mod:`ingest.memo`).
 
-        ``json_text``: the JSON columns are ``text``, not ``jsonb`` (see :func:`json_columns`)."""
+        ``json_text``: the JSON columns are ``text``, not ``jsonb`` (see :func:`json_columns`).
+
+        The column types come from the catalog, not from a query of the history table: a commit
+        that holds that table locked (a first load, merged ahead while its later streams stage)
+        does not hold up another connector's staging."""
         conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
         if ent.table is None:  # last activity: not versioned, its own shape
             conn.execute(f"CREATE UNLOGGED TABLE {table} (account_id text, last_activity_at timestamptz, "
                          "event_type text, key_hash uuid, row_hash uuid, page_seq integer, src uuid, hit boolean)")
             return
+        types = dict(conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+            (f"ingest.{ent.table}_history",)).fetchall())
         as_text = json_columns(ent) if json_text else ()
-        cols = ", ".join(f"{c}::text AS {c}" if c in as_text else c for c in ent.columns + ("key_hash", "row_hash"))
-        conn.execute(f"CREATE UNLOGGED TABLE {table} AS SELECT {cols}, 0::integer AS page_seq, NULL::uuid AS src, "
-                     f"NULL::boolean AS hit FROM ingest.{ent.table}_history WITH NO DATA")
+        cols = ", ".join(f"{c} {'text' if c in as_text else types[c]}" for c in ent.columns + ("key_hash", "row_hash"))
+        conn.execute(f"CREATE UNLOGGED TABLE {table} ({cols}, page_seq integer, src uuid, hit boolean)")
 
     def copy_into(self, conn: psycopg.Connection, ent: Entity, table: str, batches: Iterable[Any],
                   stats: _EntityStats, progress: Callable[[str, int], None] | None = None, *,

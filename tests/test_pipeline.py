@@ -458,3 +458,27 @@ class TestMergeAhead:
         result = org.run()
         assert result.exit_code == 0, result.output
         assert org.last_snapshot()["stats"]["account"]["added"] == 2
+
+    def test_staging_does_not_wait_for_a_commit_that_holds_the_history_locked(self, tmp_path, database_url):
+        """A first load merged ahead holds its history table locked until its commit; another run's
+        staging table of that entity is created from the catalog meanwhile, without waiting."""
+        import psycopg
+
+        from ingest.db import get_engine, migrate
+        from ingest.staging import ENTITIES, Stager
+
+        migrate(get_engine(database_url))
+        dsn = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(dsn) as holder, psycopg.connect(dsn, autocommit=True) as other:
+            holder.execute("LOCK TABLE ingest.accounts_history IN ACCESS EXCLUSIVE MODE")
+            other.execute("SET lock_timeout = '3s'")
+            for json_text in (False, True):
+                Stager.create(other, ENTITIES["account"], "ingest_stage.s999_account", json_text)
+                kinds = dict(other.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                    "'ingest_stage.s999_account'::regclass AND attnum > 0 AND NOT attisdropped").fetchall())
+                assert kinds["extra"] == ("text" if json_text else "jsonb")
+                assert kinds["key_hash"] == "uuid" and kinds["last_activity_at"] == "timestamp with time zone"
+                assert list(kinds)[-3:] == ["page_seq", "src", "hit"]
+            holder.rollback()
+            other.execute("DROP TABLE ingest_stage.s999_account")
