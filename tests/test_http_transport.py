@@ -51,10 +51,6 @@ class RawServer(LoopbackServer):
     def _make_server(self) -> QuietServer:
         return QuietServer(("127.0.0.1", 0), _RawHandler)
 
-    @property
-    def url(self) -> str:
-        return self.root_url
-
     def _serve(self, conn: socket.socket) -> None:
         with self._lock:
             self.connections += 1
@@ -94,7 +90,7 @@ def client() -> Iterator[httpx.Client]:
 
 def test_one_kept_alive_connection_serves_many_requests(client: httpx.Client) -> None:
     with RawServer(lambda n, head: ok(b'{"n": %d}' % n)) as srv:
-        got = [client.get(f"{srv.url}/items/{i}").json()["n"] for i in range(1, 6)]
+        got = [client.get(f"{srv.root_url}/items/{i}").json()["n"] for i in range(1, 6)]
     assert got == [1, 2, 3, 4, 5]
     assert srv.connections == 1
     assert srv.requests[0].startswith(b"GET /items/1 HTTP/1.1\r\n")
@@ -103,9 +99,9 @@ def test_one_kept_alive_connection_serves_many_requests(client: httpx.Client) ->
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_sent_once(client: httpx.Client) -> None:
     with RawServer(lambda n, head: ok(b'{"n": %d}' % n), close_after=1) as srv:
-        assert client.get(f"{srv.url}/a").json() == {"n": 1}
-        assert client.get(f"{srv.url}/b").json() == {"n": 2}  # the kept connection was closed by then
-        assert client.get(f"{srv.url}/c").json() == {"n": 3}
+        assert client.get(f"{srv.root_url}/a").json() == {"n": 1}
+        assert client.get(f"{srv.root_url}/b").json() == {"n": 2}  # the kept connection was closed by then
+        assert client.get(f"{srv.root_url}/c").json() == {"n": 3}
     assert [r.split(b" ")[1] for r in srv.requests] == [b"/a", b"/b", b"/c"]  # nothing sent twice
     assert srv.connections == 3
 
@@ -113,7 +109,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_s
 def test_connection_close_is_obeyed(client: httpx.Client) -> None:
     with RawServer(lambda n, head: ok(b"{}", "Connection: close")) as srv:
         for _ in range(3):
-            assert client.get(srv.url + "/x").status_code == 200
+            assert client.get(srv.root_url + "/x").status_code == 200
     assert srv.connections == 3
 
 
@@ -123,9 +119,9 @@ def test_chunked_and_gzip_bodies_are_decoded(client: httpx.Client) -> None:
     reply = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
              b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
     with RawServer(lambda n, head: reply) as srv:
-        r = client.get(srv.url + "/users")
+        r = client.get(srv.root_url + "/users")
         assert r.json() == {"users": ["a", "b"]}
-        assert client.get(srv.url + "/users").json() == {"users": ["a", "b"]}  # and the connection was reused
+        assert client.get(srv.root_url + "/users").json() == {"users": ["a", "b"]}  # and the connection was reused
     assert srv.connections == 1
 
 
@@ -135,21 +131,21 @@ def test_a_body_cut_short_is_a_protocol_error_and_the_connection_is_not_reused(c
 
     with RawServer(answer, close_after=1) as srv:
         with pytest.raises(httpx.RemoteProtocolError, match="90 bytes before the end"):
-            client.get(srv.url + "/cut")
-        assert client.get(srv.url + "/next").json() == {"ok": True}
+            client.get(srv.root_url + "/cut")
+        assert client.get(srv.root_url + "/next").json() == {"ok": True}
     assert srv.connections == 2
 
 
 def test_an_answer_that_is_not_http_is_a_protocol_error(client: httpx.Client) -> None:
     with RawServer(lambda n, head: b"SSH-2.0-OpenSSH_9.6\r\n\r\n", close_after=1) as srv:
         with pytest.raises(httpx.RemoteProtocolError, match="malformed answer"):
-            client.get(srv.url + "/")
+            client.get(srv.root_url + "/")
 
 
 def test_no_answer_on_a_new_connection_is_a_protocol_error_not_a_second_send(client: httpx.Client) -> None:
     with RawServer(lambda n, head: None) as srv:
         with pytest.raises(httpx.RemoteProtocolError, match="without answering"):
-            client.get(srv.url + "/")
+            client.get(srv.root_url + "/")
     assert len(srv.requests) == 1
 
 
@@ -162,7 +158,7 @@ def test_timeouts_and_refused_connections_map_to_httpx_errors() -> None:
     with RawServer(never) as srv:
         with httpx.Client(transport=Transport(), timeout=httpx.Timeout(0.3, connect=2)) as c:
             with pytest.raises(httpx.ReadTimeout):
-                c.get(srv.url + "/slow")
+                c.get(srv.root_url + "/slow")
         hang.set()
     free = socket.create_server(("127.0.0.1", 0))
     port = free.getsockname()[1]
@@ -174,7 +170,7 @@ def test_timeouts_and_refused_connections_map_to_httpx_errors() -> None:
 
 def test_headers_and_body_of_a_post_go_as_httpx_built_them(client: httpx.Client) -> None:
     with RawServer(lambda n, head: ok()) as srv:
-        client.post(srv.url + "/token", data={"grant_type": "client_credentials"}, headers={"X-Trace": "abc"})
+        client.post(srv.root_url + "/token", data={"grant_type": "client_credentials"}, headers={"X-Trace": "abc"})
     head = srv.requests[0]
     assert head.startswith(b"POST /token HTTP/1.1\r\n")
     assert b"\r\nX-Trace: abc" in head and b"\r\nContent-Length: 29" in head
@@ -187,7 +183,7 @@ def test_the_client_uses_it_and_retries_a_cut_body_as_before() -> None:
 
     with RawServer(answer, close_after=1) as srv:
         settings = HttpSettings(max_retries=2, backoff_initial=0.01, backoff_max=0.02)
-        with HttpClient(srv.url, settings=settings, connector="raw") as http:
+        with HttpClient(srv.root_url, settings=settings, connector="raw") as http:
             assert isinstance(http._client._transport, Transport)
             assert http.get_json("/item") == {"id": 7}
             assert http.stats.retries == 1
@@ -197,6 +193,6 @@ def test_the_client_uses_it_and_retries_a_cut_body_as_before() -> None:
 def test_a_cut_body_on_every_attempt_fails_as_a_retryable_connection_error() -> None:
     with RawServer(lambda n, head: b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{", close_after=1) as srv:
         settings = HttpSettings(max_retries=1, backoff_initial=0.01, backoff_max=0.02)
-        with HttpClient(srv.url, settings=settings, connector="raw") as http:
+        with HttpClient(srv.root_url, settings=settings, connector="raw") as http:
             with pytest.raises(RetryableError, match="connection failed"):
                 http.get_json("/item")
